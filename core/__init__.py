@@ -1,0 +1,1 @@
+"""STA reproduction suite: data, models, losses, engine, evaluation, tracking, reporting."""

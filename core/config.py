@@ -1,0 +1,266 @@
+"""Every knob of a run, in one place, as frozen dataclasses.
+
+This is the single home of defaults (one comment per field). Experiment specs
+(`experiments/*.yaml`) override fields by dotted key, e.g. ``model.fusion: true``;
+:func:`apply_overrides` validates each key, type and value and names what is allowed.
+
+Where the paper is ambiguous (`../shared/paper/ambiguities.md`, items A1..A16), the
+field that decides it says so with ``[A<n>]`` and lists its choices; the default is
+what we consider the paper's most literal reading. ``core/models/README.md`` maps the
+model options to code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A config key, type or value is not allowed; the message says which and what is."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"          # synthetic | mars | duke
+    root: str | None = None             # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>)
+    synthetic_size: str = "default"     # generator preset: tiny | small | default (core.data.synthetic.PRESETS)
+    synthetic_seed: int = 0             # generator seed (the synthetic dataset is a function of size and seed)
+    height: int = 256                   # frame height after resize [A11: 256x128 implied by 16x8 maps]
+    width: int = 128                    # frame width after resize
+    seq_len: int = 4                    # N, frames per training clip (paper: 4)
+    train_sampling: str = "restricted"  # [A12] restricted (one random frame per N equal chunks) | random (N uniform)
+    ids_per_batch: int = 16             # P identities per batch (paper: 16)
+    tracklets_per_id: int = 4           # K tracklets per identity (paper: 4; not the region count)
+    epoch_def: str = "identities"       # [A10] identities (one pass over train ids, ~39 it on MARS) | tracklets (~every tracklet once)
+    gallery_with_queries: bool = True   # [A15a] True: official MARS protocol (11,310 gallery); False: torchreid's 9,330
+    flip_prob: float = 0.5              # horizontal flip probability, one decision per clip
+    num_workers: int = 2                # DataLoader workers
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet50"          # resnet18 | resnet34 | resnet50; conv5 stride is always set to 1
+    pretrained: bool = True             # ImageNet weights (torchvision cache or weights_path)
+    weights_path: str | None = None     # explicit ImageNet state-dict file, overrides the cache
+    aggregation: str = "sta"            # frame (image baseline) | avg (temporal average) | sta (Eq. 1-4 + F2)
+    fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
+    num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
+    feat_dim: int = 1024                # [A7] width of the FC retrieval feature (paper: not given)
+    attention: str = "energy"           # [A1] energy (Eq. 1 as printed: sum_d f^2 / sum over positions) | l2 (reading-notes variant)
+    f2_weights: str = "normalized"      # [A5] normalized (Eq. 4 scores, weighted average) | raw (Eq. 3 block sums, Alg. 1 literally)
+    remainder: str = "last"             # [A4] when K does not divide H: last (last region takes the extra rows) | spread (first H mod K regions get one more)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    triplet: bool = True                # add batch-hard triplet (Eq. 9) to softmax CE (Eq. 10)
+    margin: float = 0.3                 # triplet margin alpha (paper: 0.3, "recommended")
+    reg_weight: float = 0.0             # lambda of Eq. 7 [A8: never given; tune.py searches it]; 0 disables Reg
+    reg_squared: bool = False           # [A8] False: ||g_i - g_j||_F as in Eq. 6; True: squared, as the text says
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 800                   # [A10] total epochs (paper: 800; "70" in the same paragraph)
+    lr: float = 3e-4                    # Adam learning rate
+    weight_decay: float = 5e-4          # Adam weight decay
+    milestones: tuple[int, ...] = (200, 400)  # lr x gamma after these epochs
+    gamma: float = 0.1                  # lr decay factor
+    seed: int = 0                       # seeds python, numpy, torch, the sampler and frame choice
+    device: str = "auto"                # auto | cpu | cuda | cuda:<i>
+    amp: bool = True                    # CUDA only: autocast to bf16 (fp16 + GradScaler where bf16 is unsupported)
+    channels_last: bool = True          # CUDA only: channels-last memory format
+    eval_every: int = 0                 # evaluate every n epochs during training (0: only at the end)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    seq_len: int = 4                    # N at test time (free: the model has no N-dependent weights; Table 2)
+    sampling: str = "evenly"            # [A12] evenly (N evenly spaced frames) | dense (all frames in chunks of N, averaged)
+    distance: str = "euclidean"         # euclidean | cosine
+    ap_rule: str = "trapezoid"          # [A15b] trapezoid (official MARS code) | step (non-interpolated, torchreid)
+    rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
+    batch_size: int = 32                # clips per extraction batch
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Allowed values of the string-valued choices; checked by validate().
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("synthetic", "mars", "duke"),
+    "data.synthetic_size": ("tiny", "small", "default"),
+    "data.train_sampling": ("restricted", "random"),
+    "data.epoch_def": ("identities", "tracklets"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50"),
+    "model.aggregation": ("frame", "avg", "sta"),
+    "model.attention": ("energy", "l2"),
+    "model.f2_weights": ("normalized", "raw"),
+    "model.remainder": ("last", "spread"),
+    "eval.sampling": ("evenly", "dense"),
+    "eval.distance": ("euclidean", "cosine"),
+    "eval.ap_rule": ("trapezoid", "step"),
+}
+
+# Lower bounds of numeric fields (inclusive).
+MINIMUM: dict[str, float] = {
+    "data.height": 32, "data.width": 16, "data.seq_len": 1, "data.ids_per_batch": 2,
+    "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
+    "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
+    "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
+    "train.eval_every": 0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
+    "eval.rerank_lambda": 0.0, "eval.batch_size": 1,
+}
+
+# Output stride of the backbone with conv5 stride 1: a 256x128 frame gives 16x8 maps.
+BACKBONE_STRIDE = 16
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against the type hint of `key`; int is accepted for float, lists for tuples."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: key '{key}' must be a list of {args[0].__name__}, got {value!r}")
+        return tuple(_coerce(key, v, args[0], where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def allowed_keys() -> list[str]:
+    """All dotted keys a spec may override, e.g. 'model.fusion'."""
+    return [f"{name}.{f.name}" for name, cls in _section_classes().items() for f in dataclasses.fields(cls)]
+
+
+def _section_classes() -> dict[str, type]:
+    hints = _field_types(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+def flatten_overrides(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'fusion': True}} -> {'model.fusion': True}; dotted keys pass through."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            flat.update(flatten_overrides(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any], where: str = "overrides") -> RunConfig:
+    """Return `cfg` with dotted-key overrides applied and validated.
+
+    `where` names the source (a spec file and row) in every error message.
+    """
+    sections = _section_classes()
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in flatten_overrides(overrides).items():
+        section, _, name = key.partition(".")
+        if section not in sections or not name:
+            raise ConfigError(f"{where}: unknown key '{key}'; sections are {sorted(sections)}")
+        hints = _field_types(sections[section])
+        if name not in hints:
+            allowed = ", ".join(f"{section}.{n}" for n in hints)
+            raise ConfigError(f"{where}: unknown key '{key}'; allowed in '{section}': {allowed}")
+        changes.setdefault(section, {})[name] = _coerce(key, value, hints[name], where)
+    new = cfg
+    for section, vals in changes.items():
+        new = dataclasses.replace(new, **{section: dataclasses.replace(getattr(new, section), **vals)})
+    validate(new, where)
+    return new
+
+
+def validate(cfg: RunConfig, where: str = "config") -> None:
+    """Raise ConfigError naming the key and what is allowed for impossible values."""
+    flat = to_flat_dict(cfg)
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}; allowed: {', '.join(allowed)}")
+    for key, low in MINIMUM.items():
+        if flat[key] < low:
+            raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}; must be >= {low}")
+    if not 0.0 <= cfg.data.flip_prob <= 1.0:
+        raise ConfigError(f"{where}: key 'data.flip_prob' is {cfg.data.flip_prob}; must be in [0, 1]")
+    fmap_h = cfg.data.height // BACKBONE_STRIDE
+    if cfg.model.num_regions > fmap_h:
+        raise ConfigError(
+            f"{where}: key 'model.num_regions' is {cfg.model.num_regions} but a {cfg.data.height}-pixel frame gives "
+            f"feature maps of height {fmap_h}; K must be <= {fmap_h} (raise data.height or lower K)")
+    if cfg.data.height % BACKBONE_STRIDE or cfg.data.width % BACKBONE_STRIDE:
+        raise ConfigError(f"{where}: keys 'data.height'/'data.width' ({cfg.data.height}x{cfg.data.width}) "
+                          f"must be multiples of {BACKBONE_STRIDE}")
+    if list(cfg.train.milestones) != sorted(cfg.train.milestones):
+        raise ConfigError(f"{where}: key 'train.milestones' {cfg.train.milestones} must be increasing")
+    if cfg.data.dataset in ("mars", "duke") and not cfg.data.root:
+        raise ConfigError(f"{where}: key 'data.root' is required for dataset '{cfg.data.dataset}' "
+                          f"(the folder that holds the downloaded dataset)")
+    dev = cfg.train.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"{where}: key 'train.device' is {dev!r}; allowed: auto, cpu, cuda, cuda:<index>")
+
+
+def to_flat_dict(cfg: RunConfig) -> dict[str, Any]:
+    """{'data.dataset': 'synthetic', ...}: the form logged as MLflow params."""
+    return flatten_overrides(dataclasses.asdict(cfg))
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(tree: Mapping[str, Any], where: str = "config") -> RunConfig:
+    """Inverse of to_dict (also accepts partial trees: missing keys keep their defaults)."""
+    return apply_overrides(RunConfig(), tree, where)
+
+
+def config_hash(cfg: RunConfig, sections: tuple[str, ...] = ("data", "model", "loss", "train", "eval")) -> str:
+    """Stable short hash of the chosen sections (used to reuse finished runs and checkpoints).
+
+    Fields that do not change results (num_workers) are left out.
+    """
+    d = {k: v for k, v in to_dict(cfg).items() if k in sections}
+    if "data" in d:
+        d["data"] = {k: v for k, v in d["data"].items() if k != "num_workers"}
+    blob = json.dumps(d, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
