@@ -1,0 +1,50 @@
+"""Feature extraction for query/gallery tracklets (no gradients, batched, CPU or GPU)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from core.data import Tracklet, make_test_loader
+from core.engine.device import autocast
+
+
+@dataclass(frozen=True)
+class Extracted:
+    feats: torch.Tensor            # (T, D) float32, one row per tracklet (mean over its clips)
+    scores: dict[int, torch.Tensor]  # tracklet index -> (N, K) attention scores of its first clip (STA models only)
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_len: int, sampling: str,
+                     height: int, width: int, batch_size: int, num_workers: int, device: torch.device,
+                     dtype: torch.dtype | None = None, keep_scores_for: int = 0, progress: bool = True,
+                     desc: str = "extract") -> Extracted:
+    """One feature per tracklet: the model's retrieval feature of each test clip, averaged over the clips
+    of the tracklet ("dense" gives several clips per tracklet, "evenly" one) [A12].
+
+    ``keep_scores_for`` keeps the N x K score matrix of the first clip of tracklets 0..keep_scores_for-1
+    (for the attention figures).
+    """
+    model.eval()
+    loader = make_test_loader(tracklets, seq_len=seq_len, sampling=sampling, height=height, width=width,
+                              batch_size=batch_size, num_workers=num_workers)
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(len(tracklets))
+    scores: dict[int, torch.Tensor] = {}
+    for clips, owner in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        with autocast(device, dtype):
+            out = model(clips.to(device, non_blocking=True))      # clips: (B', N, 3, H, W)
+        feat = out["feat"].float().cpu()                          # (B', D)
+        if sums is None:
+            sums = torch.zeros(len(tracklets), feat.shape[1])
+        sums.index_add_(0, owner, feat)
+        counts.index_add_(0, owner, torch.ones(len(owner)))
+        if out.get("scores") is not None:
+            for row, t in enumerate(owner.tolist()):
+                if t < keep_scores_for and t not in scores:
+                    scores[t] = out["scores"][row].float().cpu()    # (N, K)
+    if sums is None:
+        raise ValueError("extract_features got no tracklets")
+    return Extracted(feats=sums / counts.clamp(min=1).unsqueeze(1), scores=scores)
