@@ -1,0 +1,138 @@
+"""Engine: deterministic CPU training, resume after a kill, NaN guard, callbacks, atomic checkpoints."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import core.engine.train as train_mod
+from core.config import RunConfig, apply_overrides
+from core.data import load_dataset
+from core.engine import NonFiniteLossError, run, train
+from core.engine.checkpoint import load_torch, save_torch
+
+
+def tiny_cfg(root, **overrides) -> RunConfig:
+    base = {
+        "data.dataset": "synthetic", "data.root": str(root), "data.synthetic_size": "tiny",
+        "data.height": 64, "data.width": 32, "data.seq_len": 2, "data.ids_per_batch": 4,
+        "data.tracklets_per_id": 2, "data.num_workers": 0,
+        "model.backbone": "resnet18", "model.pretrained": False, "model.feat_dim": 32, "model.num_regions": 2,
+        "loss.reg_weight": 0.5,
+        "train.epochs": 2, "train.milestones": [1], "train.device": "cpu",
+        "eval.batch_size": 8,
+    }
+    base.update(overrides)
+    return apply_overrides(RunConfig(), base, "tests")
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_synthetic_root):
+    return load_dataset(tiny_cfg(tiny_synthetic_root).data)
+
+
+def test_two_runs_with_one_seed_give_identical_losses(tiny_synthetic_root, dataset, tmp_path):
+    cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1})
+    _, h1 = train(cfg, dataset, tmp_path / "a", progress=False)
+    _, h2 = train(cfg, dataset, tmp_path / "b", progress=False)
+    assert h1[0].iterations > 0
+    assert [(h.ce, h.triplet, h.reg, h.total) for h in h1] == [(h.ce, h.triplet, h.reg, h.total) for h in h2]
+    _, h3 = train(tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1, "train.seed": 1}), dataset,
+                  tmp_path / "c", progress=False)
+    assert h3[0].total != h1[0].total
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_synthetic_root, dataset, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_synthetic_root)
+    full_model, full_hist = train(cfg, dataset, tmp_path / "full", progress=False)
+
+    real = train_mod.compute_losses
+    calls = {"n": 0}
+    per_epoch = full_hist[0].iterations
+
+    def dies_mid_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == per_epoch + 2:  # second iteration of epoch 2: a kill at an arbitrary point
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "compute_losses", dies_mid_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, dataset, tmp_path / "killed", progress=False)
+    assert load_torch(tmp_path / "killed" / "last.pt")["epoch"] == 0
+    monkeypatch.setattr(train_mod, "compute_losses", real)
+
+    resumed_model, resumed_hist = train(cfg, dataset, tmp_path / "killed", progress=False)
+    assert [h.total for h in resumed_hist] == [h.total for h in full_hist]
+    assert _states_equal(resumed_model.state_dict(), full_model.state_dict())
+    # a finished run is not trained again
+    again, hist = train(cfg, dataset, tmp_path / "killed", progress=False)
+    assert len(hist) == cfg.train.epochs and _states_equal(again.state_dict(), full_model.state_dict())
+
+
+def test_non_finite_loss_stops_with_epoch_iteration_and_term(tiny_synthetic_root, dataset, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_synthetic_root)
+    real = train_mod.compute_losses
+    calls = {"n": 0}
+
+    def nan_triplet_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        losses = real(*args, **kwargs)
+        if calls["n"] > iters_per_epoch:
+            losses["triplet"] = torch.tensor(float("nan"))
+            losses["total"] = losses["total"] + losses["triplet"]
+        return losses
+
+    _, hist = train(tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1}), dataset, tmp_path / "probe",
+                    progress=False)
+    iters_per_epoch = hist[0].iterations
+    monkeypatch.setattr(train_mod, "compute_losses", nan_triplet_in_epoch_two)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, iteration 1: term 'triplet'"):
+        train(cfg, dataset, tmp_path / "nan", progress=False)
+    kept = load_torch(tmp_path / "nan" / "last.pt")
+    assert kept["epoch"] == 0 and all(math.isfinite(h["total"]) for h in kept["history"])
+
+
+def test_callbacks_see_every_epoch_and_can_stop_training(tiny_synthetic_root, dataset, tmp_path):
+    cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 3, "train.milestones": [1, 2]})
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def callback(stats, model):
+        seen.append((stats.epoch, stats.lr))
+        if stats.epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, dataset, tmp_path / "cb", callbacks=[callback], progress=False)
+    assert seen == [(0, pytest.approx(3e-4)), (1, pytest.approx(3e-5))]
+    assert load_torch(tmp_path / "cb" / "last.pt")["epoch"] == 1
+
+
+def test_corrupt_checkpoint_is_reported_with_its_path(tmp_path):
+    path = tmp_path / "last.pt"
+    save_torch({"x": torch.ones(3)}, path)
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(RuntimeError, match="last.pt"):
+        load_torch(path)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_run_trains_evaluates_and_writes_metrics(tiny_synthetic_root, dataset, tmp_path):
+    cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1, "eval.rerank": True, "eval.rerank_k1": 4,
+                                           "eval.rerank_k2": 2})
+    result = run(cfg, tmp_path, progress=False, dataset=dataset)
+    for key in ("R1", "R5", "R10", "R20", "mAP", "rerank_R1", "rerank_mAP"):
+        assert 0.0 <= result.metrics[key] <= 1.0, key
+    assert result.metrics["num_queries"] + result.metrics["num_skipped_queries"] == len(dataset.query)
+    assert result.cmc.shape == (20,) and all(result.cmc[i] <= result.cmc[i + 1] for i in range(19))
+    assert result.synthetic and "synthetic" in result.dataset_name
+    assert result.scores and all(s.shape == (2, 2) for s in result.scores.values())
+    assert list(result.run_dir.glob("eval-*.json")) and (result.run_dir / "config.json").exists()
