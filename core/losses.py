@@ -1,0 +1,76 @@
+"""Losses: batch-hard triplet (Eq. 9), softmax cross entropy (Eq. 10), inter-frame regulariser (Eq. 6),
+combined as L_total + lambda * Reg (Eq. 7, Eq. 11)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.models.sta import EPS
+
+
+def pairwise_distances(x: Tensor) -> Tensor:
+    """Euclidean (not squared) distances (B, D) -> (B, B), float32.
+
+    Clamped before the square root, so the gradient stays finite for identical vectors (the diagonal).
+    """
+    x = x.float()
+    sq = x.square().sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2 * x @ x.T  # ||a||^2 + ||b||^2 - 2ab, may dip below 0 by rounding
+    return d2.clamp_min(EPS).sqrt()
+
+
+def batch_hard_triplet(feats: Tensor, targets: Tensor, margin: float = 0.3) -> Tensor:
+    """Eq. 9 with its typo corrected [A9]: mean over anchors of
+    [margin + max_p ||x_a - x_p|| - min_{n: other identity} ||x_a - x_n||]_+.
+
+    The paper sums over the batch; we average over anchors (the usual implementation). An anchor with no
+    negative in the batch contributes 0.
+    """
+    d = pairwise_distances(feats)
+    same = targets[:, None] == targets[None, :]  # (B, B)
+    hardest_pos = d.masked_fill(~same, float("-inf")).amax(1)
+    hardest_neg = d.masked_fill(same, float("inf")).amin(1)
+    return F.relu(margin + hardest_pos - hardest_neg).mean()
+
+
+def inter_frame_reg(attention: Tensor, generator: torch.Generator | None = None, squared: bool = False) -> Tensor:
+    """Eq. 6: ||g_i - g_j||_F for two distinct random frames i != j of each tracklet, averaged over the batch.
+
+    attention: (B, N, h, w) maps of Eq. 1. squared=True gives the "square Frobenius norm" of the text [A8].
+    Frame pairs are drawn with `generator` (on its device, CPU when None) so training is reproducible.
+    Returns 0 when N == 1.
+    """
+    b, n = attention.shape[:2]
+    if n < 2:
+        return attention.new_zeros(())
+    dev = generator.device if generator is not None else "cpu"
+    i = torch.randint(n, (b,), generator=generator, device=dev)
+    j = (i + torch.randint(1, n, (b,), generator=generator, device=dev)) % n  # uniform over the N-1 other frames
+    rows = torch.arange(b)
+    i, j = i.to(attention.device), j.to(attention.device)
+    diff = (attention[rows, i] - attention[rows, j]).float()  # (B, h, w)
+    sq = diff.square().sum((1, 2))  # (B,)
+    if squared:
+        return sq.mean()
+    # sqrt with a finite (zero) gradient where g_i == g_j
+    return torch.where(sq > 0, sq.clamp_min(EPS).sqrt(), torch.zeros_like(sq)).mean()
+
+
+def compute_losses(out: dict, pids: Tensor, margin: float, use_triplet: bool, reg_weight: float, reg_squared: bool,
+                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """{"ce", "triplet", "reg", "total"} for a model output dict; total = ce + triplet + reg_weight * reg (Eq. 7, 11).
+
+    "reg" is the unweighted Eq. 6 value, computed (and detached) even when reg_weight is 0 so it can be logged.
+    For frame-level training (frames_per_clip > 1) each label is repeated for the frames of its clip.
+    """
+    targets = pids.repeat_interleave(out["frames_per_clip"])  # (B,) -> (B * frames_per_clip,)
+    ce = F.cross_entropy(out["logits"].float(), targets)  # Eq. 10 (averaged over the batch)
+    triplet = batch_hard_triplet(out["feat"], targets, margin) if use_triplet else ce.new_zeros(())  # Eq. 9
+    reg = inter_frame_reg(out["attention"], generator, reg_squared)  # Eq. 6
+    total = ce + triplet  # Eq. 11
+    if reg_weight > 0:
+        total = total + reg_weight * reg  # Eq. 7
+    else:
+        reg = reg.detach()
+    return {"ce": ce, "triplet": triplet, "reg": reg, "total": total}

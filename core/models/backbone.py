@@ -1,0 +1,79 @@
+"""ResNet backbone with conv5 stride 1 and no avgpool/fc ("Backbone Network" paragraph of the paper).
+
+A 256x128 frame gives 2048x16x8 maps with ResNet-50 (512x16x8 with ResNet-18/34, the CPU options).
+ImageNet weights come from the torch hub cache or an explicit state-dict file; this module never downloads:
+when the cached file is missing it raises WeightsUnavailableError saying which file to fetch and where to put it.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+# name -> (constructor, ImageNet weights enum entry, output channels D)
+BACKBONES = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, 2048),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither in the torch hub cache nor given as a readable, matching weights_path."""
+
+
+def cached_weights_file(name: str) -> str:
+    """Where torchvision keeps the ImageNet weights of `name`: <torch.hub.get_dir()>/checkpoints/<file>."""
+    url = BACKBONES[name][1].url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
+def _read_state_dict(name: str, weights_path: str | None) -> dict[str, torch.Tensor]:
+    if weights_path is not None:
+        if not os.path.isfile(weights_path):
+            raise WeightsUnavailableError(f"model.weights_path '{weights_path}' does not exist (expected an ImageNet "
+                                          f"{name} state-dict file such as {os.path.basename(cached_weights_file(name))})")
+        return torch.load(weights_path, map_location="cpu", weights_only=True)
+    path = cached_weights_file(name)
+    if not os.path.isfile(path):  # checked before any download is attempted: this module never touches the network
+        url = BACKBONES[name][1].url
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {name} are not cached and cannot be downloaded here. Fetch {url} and save it as "
+            f"{path} (folder: {os.path.dirname(path)}, i.e. torch.hub.get_dir()/checkpoints), or pass its location as "
+            f"model.weights_path, or set model.pretrained=false")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_imagenet(net: nn.Module, name: str, weights_path: str | None) -> None:
+    source = weights_path or cached_weights_file(name)
+    state = _read_state_dict(name, weights_path)
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"weights file '{source}' does not hold a state dict (got {type(state).__name__})")
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise WeightsUnavailableError(f"weights file '{source}' does not match torchvision's {name}: {e}") from e
+    missing = [k for k in missing if not k.startswith("fc.")]  # fc is removed anyway
+    if missing or unexpected:
+        raise WeightsUnavailableError(f"weights file '{source}' does not match torchvision's {name}: "
+                                      f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+
+
+def build_backbone(name: str, pretrained: bool, weights_path: str | None = None) -> tuple[nn.Module, int]:
+    """ResNet `name` with conv5 stride 1, avgpool/fc removed: (B, 3, H, W) -> (B, D, H/16, W/16); returns (module, D)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; valid: {', '.join(BACKBONES)}")
+    make, _, channels = BACKBONES[name]
+    net = make(weights=None)
+    if pretrained:  # weights_path is where the ImageNet weights come from; pretrained=False ignores it
+        _load_imagenet(net, name, weights_path)
+    block = net.layer4[0]
+    # conv5 stride 2 -> 1: the strided conv is conv2 (3x3) in a Bottleneck, conv1 in a BasicBlock, plus the shortcut
+    strided = block.conv2 if isinstance(block, torchvision.models.resnet.Bottleneck) else block.conv1
+    strided.stride = (1, 1)
+    block.downsample[0].stride = (1, 1)
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    return body, channels

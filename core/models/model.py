@@ -1,0 +1,80 @@
+"""The video re-ID model: backbone -> frame aggregation (Table 1's rows) -> GAP -> FC -> classifier.
+
+aggregation="frame": image baseline, every frame is a sample in training; test-time feature = mean of the N
+frame FC outputs [A13]. "avg": temporal average pooling of the frame maps. "sta": Eq. 1-4 and Alg. 1's F2,
+with fusion=True also F1, concatenated along channels [A7]. The head is GAP -> Linear(D or 2D, feat_dim) (the
+retrieval feature; plain Linear, no BN/ReLU: the paper says only "a fully connected layer" [A7]) ->
+Linear(feat_dim, num_classes). Nothing depends on N, so any number of frames works at test time.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from core.config import ModelConfig
+from core.models.backbone import build_backbone
+from core.models.sta import ATTENTION, REMAINDERS, attention_map, block_scores, fuse_pooled, normalize_scores, region_bounds
+
+AGGREGATIONS = ("frame", "avg", "sta")
+F2_WEIGHTS = ("normalized", "raw")  # [A5] Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
+
+
+def _check(name: str, value: str, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} '{value}'; valid: {', '.join(valid)}")
+
+
+class VideoReIDModel(nn.Module):
+    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained: bool = True,
+                 weights_path: str | None = None, aggregation: str = "sta", fusion: bool = True, num_regions: int = 4,
+                 feat_dim: int = 1024, attention: str = "energy", f2_weights: str = "normalized",
+                 remainder: str = "last"):
+        super().__init__()
+        _check("aggregation", aggregation, AGGREGATIONS)
+        _check("attention", attention, ATTENTION)
+        _check("f2_weights", f2_weights, F2_WEIGHTS)
+        _check("remainder", remainder, REMAINDERS)
+        if num_regions < 1:
+            raise ValueError(f"num_regions must be >= 1, got {num_regions}")
+        self.aggregation, self.attention, self.f2_weights, self.remainder = aggregation, attention, f2_weights, remainder
+        self.fusion = fusion and aggregation == "sta"  # fusion only exists for STA; ignored for frame/avg
+        self.num_regions = num_regions
+        self.backbone, channels = build_backbone(backbone, pretrained, weights_path)
+        self.fc = nn.Linear(channels * (2 if self.fusion else 1), feat_dim)
+        self.classifier = nn.Linear(feat_dim, num_classes)
+        nn.init.kaiming_normal_(self.fc.weight, mode="fan_out")
+        nn.init.zeros_(self.fc.bias)
+        nn.init.normal_(self.classifier.weight, std=0.001)  # initial logits ~0: CE starts at log(num_classes)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, clips: Tensor) -> dict:
+        """clips (B, N, 3, H, W) -> {"feat", "logits", "scores", "attention", "frames_per_clip"} (see README.md)."""
+        b, n = clips.shape[:2]
+        f = self.backbone(clips.flatten(0, 1))  # (B, N, 3, H, W) -> (B*N, 3, H, W) -> (B*N, D, h, w)
+        f = f.unflatten(0, (b, n))  # (B*N, D, h, w) -> (B, N, D, h, w)
+        g = attention_map(f, self.attention)  # Eq. 1: (B, N, h, w), float32; also feeds Reg (Eq. 6) and drawings
+        scores, per_clip = None, 1
+        if self.aggregation == "frame":
+            v = f.mean((-2, -1), dtype=torch.float32)  # GAP per frame: (B, N, D, h, w) -> (B, N, D)
+            feat = self.fc(v.flatten(0, 1))  # (B, N, D) -> (B*N, D) -> (B*N, feat_dim)
+            if self.training:
+                per_clip = n  # every frame is a sample; the caller repeats labels with repeat_interleave
+            else:
+                feat = feat.unflatten(0, (b, n)).mean(1)  # [A13] (B*N, F) -> (B, N, F) -> (B, F)
+        elif self.aggregation == "avg":
+            feat = self.fc(f.mean((-2, -1), dtype=torch.float32).mean(1))  # (B, N, D, h, w) -> (B, N, D) -> (B, D)
+        else:
+            bounds = region_bounds(f.shape[-2], self.num_regions, self.remainder)  # Eq. 2
+            s = block_scores(g, bounds)  # Eq. 3: (B, N, K)
+            scores = normalize_scores(s)  # Eq. 4: (B, N, K), columns sum to 1
+            x1, x2 = fuse_pooled(f, scores, scores if self.f2_weights == "normalized" else s, bounds)  # Alg. 1 + GAP
+            feat = self.fc(torch.cat([x1, x2], 1) if self.fusion else x2)  # [A7] (B, 2D) or (B, D) -> (B, feat_dim)
+        return {"feat": feat, "logits": self.classifier(feat), "scores": scores, "attention": g,
+                "frames_per_clip": per_clip}
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> VideoReIDModel:
+    return VideoReIDModel(num_classes, backbone=cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
+                          aggregation=cfg.aggregation, fusion=cfg.fusion, num_regions=cfg.num_regions,
+                          feat_dim=cfg.feat_dim, attention=cfg.attention, f2_weights=cfg.f2_weights,
+                          remainder=cfg.remainder)
