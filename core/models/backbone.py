@@ -32,19 +32,19 @@ def cached_weights_file(name: str) -> str:
 
 
 def _read_state_dict(name: str, weights_path: str | None) -> dict[str, torch.Tensor]:
-    if weights_path is not None:
-        if not os.path.isfile(weights_path):
-            raise WeightsUnavailableError(f"model.weights_path '{weights_path}' does not exist (expected an ImageNet "
-                                          f"{name} state-dict file such as {os.path.basename(cached_weights_file(name))})")
-        return torch.load(weights_path, map_location="cpu", weights_only=True)
-    path = cached_weights_file(name)
-    if not os.path.isfile(path):  # checked before any download is attempted: this module never touches the network
-        url = BACKBONES[name][1].url
+    path = weights_path or cached_weights_file(name)
+    if weights_path is not None and not os.path.isfile(weights_path):
+        raise WeightsUnavailableError(f"model.weights_path '{weights_path}' does not exist (expected an ImageNet "
+                                      f"{name} state-dict file such as {os.path.basename(cached_weights_file(name))})")
+    if not os.path.isfile(path):  # checked instead of downloading: this module never touches the network
         raise WeightsUnavailableError(
-            f"ImageNet weights for {name} are not cached and cannot be downloaded here. Fetch {url} and save it as "
-            f"{path} (folder: {os.path.dirname(path)}, i.e. torch.hub.get_dir()/checkpoints), or pass its location as "
-            f"model.weights_path, or set model.pretrained=false")
-    return torch.load(path, map_location="cpu", weights_only=True)
+            f"ImageNet weights for {name} are not in the torch hub cache (this suite never downloads them). Fetch "
+            f"{BACKBONES[name][1].url} and save it as {path} (folder: {os.path.dirname(path)}, i.e. "
+            f"torch.hub.get_dir()/checkpoints), or pass its location as model.weights_path, or set model.pretrained=false")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsUnavailableError(f"weights file '{path}' cannot be read as a state dict: {e}") from e
 
 
 def _load_imagenet(net: nn.Module, name: str, weights_path: str | None) -> None:
