@@ -1,0 +1,221 @@
+"""Experiment specs (experiments/tableN.yaml): a paper table as rows of config overrides plus the paper's numbers.
+
+Layering of one row's config (flat dotted-key merges, later wins, no deeper inheritance):
+
+    core/config.py defaults <- profile (experiments/profiles.yaml) <- table ``base:`` <- row ``overrides:`` <- CLI
+
+Everything is validated on load: an unknown key, a wrong type or an impossible value raises
+:class:`core.config.ConfigError` naming the file, the row, the key and what is allowed, before anything trains.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from core.config import ConfigError, RunConfig, allowed_keys, apply_overrides, flatten_overrides
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+PROFILES_PATH = EXPERIMENTS / "profiles.yaml"
+METRICS = ("R1", "R5", "R10", "R20", "mAP")      # what every run computes [A14]
+PAPER_DATASETS = ("mars", "duke")                # datasets the paper reports
+DATASET_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID", "synthetic": "synthetic"}
+SPEC_KEYS = {"table": str, "title": str, "metrics": list, "base": dict, "rows": list, "notes": str}
+ROW_KEYS = {"label": str, "overrides": dict, "paper": dict, "deviation": str, "run": bool}
+PROFILE_KEYS = {"description": str, "overrides": dict}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a paper table. ``config`` is the resolved run config (None for quoted literature rows)."""
+    index: int                                   # 1-based position in the table
+    label: str                                   # as printed in the paper
+    overrides: dict[str, Any]                    # flat dotted keys
+    paper: dict[str, dict[str, float | None]]    # dataset -> metric -> percent (None: "—" in the paper)
+    deviation: str = ""
+    run: bool = True                             # False: a literature row quoted by the paper
+    config: RunConfig | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    table: str                                   # "table1"
+    title: str
+    metrics: tuple[str, ...]                     # the metric columns the paper prints
+    base: dict[str, Any]
+    rows: tuple[Row, ...]
+    notes: str = ""
+    profile: str | None = None                   # set by load_spec
+    dataset: str | None = None
+    cli_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_rows(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.run)
+
+
+def spec_path(table: str) -> Path:
+    """experiments/<table>.yaml, e.g. spec_path('table1')."""
+    path = EXPERIMENTS / f"{table}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no spec for '{table}'; available: {', '.join(p.stem for p in all_spec_paths())}")
+    return path
+
+
+def all_spec_paths() -> list[Path]:
+    return sorted(EXPERIMENTS.glob("table*.yaml"))
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read spec ({e})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+
+
+def _check_keys(tree: Any, allowed: Mapping[str, type], where: str, required: Sequence[str] = ()) -> None:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(allowed)}, got {tree!r}")
+    for key, value in tree.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(allowed)}")
+        kind = allowed[key]
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{where}: key '{key}' must be a {kind.__name__}, got {value!r}")
+    for key in required:
+        if tree.get(key) is None:
+            raise ConfigError(f"{where}: key '{key}' is required")
+
+
+def _flat_overrides(tree: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """Flatten nested or dotted overrides and refuse keys config.py does not have."""
+    flat = flatten_overrides(tree or {})
+    known = set(allowed_keys())
+    for key in flat:
+        if key not in known:
+            section = key.partition(".")[0]
+            close = [k for k in sorted(known) if k.startswith(section + ".")] or sorted(known)
+            raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(close)}")
+    return flat
+
+
+def _paper_numbers(paper: Any, metrics: tuple[str, ...], where: str) -> dict[str, dict[str, float | None]]:
+    if not paper:
+        raise ConfigError(f"{where}: key 'paper' is required: the paper's numbers per dataset "
+                          f"({', '.join(PAPER_DATASETS)}), metrics {', '.join(metrics)}, in percent")
+    out: dict[str, dict[str, float | None]] = {}
+    for ds, numbers in paper.items():
+        if ds not in PAPER_DATASETS:
+            raise ConfigError(f"{where}: key 'paper.{ds}' is not a paper dataset; allowed: {', '.join(PAPER_DATASETS)}")
+        if not isinstance(numbers, dict):
+            raise ConfigError(f"{where}: key 'paper.{ds}' must map metrics to numbers, got {numbers!r}")
+        for m in numbers:
+            if m not in metrics:
+                raise ConfigError(f"{where}: key 'paper.{ds}.{m}' is not a metric of this table; "
+                                  f"allowed: {', '.join(metrics)}")
+        missing = [m for m in metrics if m not in numbers]
+        if missing:
+            raise ConfigError(f"{where}: key 'paper.{ds}' lacks {', '.join(missing)} (write null for a '—' in the paper)")
+        for m, v in numbers.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100):
+                raise ConfigError(f"{where}: key 'paper.{ds}.{m}' must be a percentage in [0, 100] or null, got {v!r}")
+        out[ds] = {m: None if numbers[m] is None else float(numbers[m]) for m in metrics}
+    return out
+
+
+def read_spec(path: str | Path) -> Spec:
+    """Parse and check a spec's structure, keys and paper numbers (rows not yet resolved to configs)."""
+    path = Path(path)
+    tree = _read_yaml(path)
+    _check_keys(tree, SPEC_KEYS, str(path), required=("table", "title", "metrics", "rows"))
+    metrics = tuple(tree["metrics"])
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise ConfigError(f"{path}: key 'metrics' has {bad or 'nothing'}; allowed: {', '.join(METRICS)}")
+    base = _flat_overrides(tree.get("base"), f"{path}, base")
+    rows, seen = [], set()
+    for i, raw in enumerate(tree["rows"], start=1):
+        where = f"{path}, row {i}" + (f" '{raw['label']}'" if isinstance(raw, dict) and raw.get("label") else "")
+        _check_keys(raw, ROW_KEYS, where, required=("label",))
+        label = raw["label"]
+        if label in seen:
+            raise ConfigError(f"{where}: duplicate label '{label}'; labels must be unique within a table")
+        seen.add(label)
+        run = raw.get("run", True)
+        if not run and raw.get("overrides"):
+            raise ConfigError(f"{where}: key 'overrides' given on a row with run: false (a quoted literature row)")
+        rows.append(Row(index=i, label=label, overrides=_flat_overrides(raw.get("overrides"), where),
+                        paper=_paper_numbers(raw.get("paper"), metrics, where),
+                        deviation=" ".join((raw.get("deviation") or "").split()), run=run))
+    if not rows:
+        raise ConfigError(f"{path}: key 'rows' is empty")
+    return Spec(path=path, table=tree["table"], title=tree["title"], metrics=metrics, base=base, rows=tuple(rows),
+                notes=" ".join((tree.get("notes") or "").split()))
+
+
+def load_profiles(path: str | Path = PROFILES_PATH) -> dict[str, dict[str, Any]]:
+    """{'paper': {dotted key: value}, 'cpu': {...}} from experiments/profiles.yaml, keys checked."""
+    path = Path(path)
+    tree = _read_yaml(path)
+    if not isinstance(tree, dict) or not tree:
+        raise ConfigError(f"{path}: must map profile names to {{description, overrides}}")
+    out = {}
+    for name, prof in tree.items():
+        _check_keys(prof, PROFILE_KEYS, f"{path}, profile '{name}'", required=("overrides",))
+        out[name] = _flat_overrides(prof["overrides"], f"{path}, profile '{name}'")
+    return out
+
+
+def profile_descriptions(path: str | Path = PROFILES_PATH) -> dict[str, str]:
+    return {name: " ".join((p.get("description") or "").split()) for name, p in _read_yaml(Path(path)).items()}
+
+
+def resolve_row(spec: Spec, row: Row, profile: Mapping[str, Any], cli: Mapping[str, Any], where: str) -> RunConfig:
+    """defaults <- profile <- base <- row <- cli, validated as one config (errors name `where` and the key)."""
+    merged = {**profile, **spec.base, **row.overrides, **cli}
+    cfg = apply_overrides(RunConfig(), merged, where)
+    if cfg.data.dataset in PAPER_DATASETS and not Path(cfg.data.root).is_dir():
+        raise ConfigError(f"{where}: key 'data.root' is {cfg.data.root!r}, which is not a folder; it must hold "
+                          f"the downloaded {DATASET_NAMES[cfg.data.dataset]} dataset (README: real datasets)")
+    return cfg
+
+
+def load_spec(path: str | Path, profile: str = "cpu", dataset: str = "synthetic", data_root: str | None = None,
+              overrides: Mapping[str, Any] | None = None, profiles_path: str | Path = PROFILES_PATH) -> Spec:
+    """Read a spec and resolve every runnable row's config for a profile and dataset.
+
+    ``overrides`` are the CLI's dotted keys (highest precedence); ``dataset``/``data_root`` set data.dataset/root.
+    """
+    spec = read_spec(path)
+    profiles = load_profiles(profiles_path)
+    if profile not in profiles:
+        raise ConfigError(f"{profiles_path}: unknown profile '{profile}'; allowed: {', '.join(profiles)}")
+    cli = {"data.dataset": dataset, **({"data.root": data_root} if data_root else {}),
+           **_flat_overrides(overrides, "command-line overrides")}
+    rows = []
+    for row in spec.rows:
+        where = f"{spec.path}, row {row.index} '{row.label}' (profile '{profile}', dataset '{cli['data.dataset']}')"
+        rows.append(replace(row, config=resolve_row(spec, row, profiles[profile], cli, where)) if row.run else row)
+    return replace(spec, rows=tuple(rows), profile=profile, dataset=cli["data.dataset"], cli_overrides=cli)
+
+
+def select_rows(spec: Spec, selectors: Sequence[str] | None) -> Spec:
+    """Keep the rows named by label or 1-based index (all rows when `selectors` is empty)."""
+    if not selectors:
+        return spec
+    by_label = {r.label: r for r in spec.rows}
+    chosen = []
+    for s in selectors:
+        s = str(s).strip()
+        row = by_label.get(s) or (spec.rows[int(s) - 1] if s.isdigit() and 1 <= int(s) <= len(spec.rows) else None)
+        if row is None:
+            valid = "; ".join(f"{r.index}: {r.label}" for r in spec.rows)
+            raise ConfigError(f"{spec.path}: no row '{s}'; rows are {valid}")
+        if row not in chosen:
+            chosen.append(row)
+    return replace(spec, rows=tuple(sorted(chosen, key=lambda r: r.index)))

@@ -1,0 +1,7 @@
+"""Table 4 of Fu et al. (AAAI 2019): train, evaluate, track and report every row (python reproduce/table4.py -h)."""
+import sys
+
+from core.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("table4"))
