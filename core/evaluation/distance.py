@@ -1,0 +1,108 @@
+"""Pairwise distances between feature sets, computed in torch (chunked).
+
+Both the evaluation (query x gallery) and the re-ranking (all x all) go through this
+module, so the fast re-ranking and its reference see bit-identical float32 distances
+(their neighbour rankings then agree exactly; see ``rerank.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+METRICS = ("euclidean", "cosine")
+
+
+def as_tensor(x, device=None, dtype=torch.float32) -> torch.Tensor:
+    """numpy array or tensor -> tensor of `dtype` on `device` (None: keep a tensor's device, CPU for numpy)."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def full_precision_matmul():
+    """Run float32 matmuls in full float32 (no TF32 / bf16 shortcuts set elsewhere), restore on exit."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def _euclidean_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+    """Plain (not squared) Euclidean distances of rows a [p, d] to rows b [r, d] -> [p, r].
+
+    ||a-b|| = sqrt(clamp(|a|^2 + |b|^2 - 2 a.b, min=0)); the clamp removes the small negative
+    values that cancellation leaves for near-identical vectors.
+    """
+    d2 = torch.addmm(a_sq[:, None] + b_sq[None, :], a, b.T, beta=1.0, alpha=-2.0)
+    return d2.clamp_(min=0.0).sqrt_()
+
+
+def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device=None) -> torch.Tensor:
+    """Distance of every query feature to every gallery feature.
+
+    Args:
+        q: query features, numpy array or tensor of shape [m, d].
+        g: gallery features, numpy array or tensor of shape [n, d].
+        metric: "euclidean" (plain L2 distance, not squared) or "cosine" (1 - cosine similarity).
+        chunk: query rows computed per matmul (bounds the temporaries to chunk x n).
+        device: where to compute (None: the device of `q` if it is a tensor, else CPU).
+
+    Returns:
+        float32 tensor of shape [m, n] on the compute device.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    q = as_tensor(q, device)
+    g = as_tensor(g, q.device)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"features must be [m, d] and [n, d], got {tuple(q.shape)} and {tuple(g.shape)}")
+    out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=q.device)
+    with full_precision_matmul():
+        if metric == "cosine":
+            qn = torch.nn.functional.normalize(q, dim=1)
+            gn = torch.nn.functional.normalize(g, dim=1)
+            for s in range(0, q.shape[0], chunk):
+                out[s:s + chunk] = 1.0 - qn[s:s + chunk] @ gn.T
+            return out
+        q_sq, g_sq = (q * q).sum(1), (g * g).sum(1)
+        for s in range(0, q.shape[0], chunk):
+            out[s:s + chunk] = _euclidean_block(q[s:s + chunk], g, q_sq[s:s + chunk], g_sq)
+    return out
+
+
+def self_euclidean(x, block: int = 2048, device=None) -> torch.Tensor:
+    """Plain Euclidean distances among all rows of x, exactly symmetric, zero diagonal.
+
+    Only the blocks on and above the diagonal are multiplied (half the flops of x @ x.T);
+    each is mirrored, so out[i, j] == out[j, i] bit for bit. The result depends only on
+    x and `block`, so two callers with the same arguments get identical numbers.
+
+    Args:
+        x: features, numpy array or tensor of shape [N, d].
+        block: side of the square blocks (memory of the temporaries: a few block x block floats).
+        device: where to compute (None: x's device, CPU for numpy).
+
+    Returns:
+        float32 tensor of shape [N, N] on the compute device.
+    """
+    x = as_tensor(x, device)
+    n = x.shape[0]
+    sq = (x * x).sum(1)
+    out = torch.empty(n, n, dtype=torch.float32, device=x.device)
+    with full_precision_matmul():
+        for s in range(0, n, block):
+            e = min(s + block, n)
+            for t in range(s, n, block):
+                f = min(t + block, n)
+                d = _euclidean_block(x[s:e], x[t:f], sq[s:e], sq[t:f])
+                if t == s:  # diagonal block: keep its upper triangle, mirror it, zero the diagonal
+                    d = d.triu(1)
+                    d = d + d.T
+                out[s:e, t:f] = d
+                if t != s:
+                    out[t:f, s:e] = d.T
+    return out

@@ -1,0 +1,118 @@
+"""CMC and mAP for video re-ID, vectorised over query chunks [A14, A15].
+
+Protocol [A15] (official MARS / Market-1501 code): for a query, gallery items of the
+same identity AND the same camera are ignored, junk items (pid -1) are ignored, and
+distractors (pid 0) stay as negatives. A query whose gallery holds no valid match is
+skipped: counted in ``num_skipped`` and left out of every average.
+
+Ranking: gallery items sorted by distance, ties broken by gallery index (a stable sort),
+here and in ``reference.evaluate_reference``.
+
+AP rules [A15b], with hits h = 1..G (G valid matches) at ranks r_h counted among the
+non-ignored items only (1-based):
+
+* "step" (torchreid, sklearn; non-interpolated): AP = (1/G) sum_h h / r_h.
+* "trapezoid" (official ``compute_AP.m``): the code walks the non-ignored list keeping
+  old_recall (init 0) and old_precision (init 1.0) and adds
+  (recall - old_recall) * (old_precision + precision) / 2 at every position. Recall
+  only moves at hits, by 1/G, and old_precision there is the precision one position
+  earlier, (h-1)/(r_h-1), or 1.0 when r_h = 1. Hence
+  AP = (1/G) sum_h [ (h-1)/(r_h-1) + h/r_h ] / 2   (first term := 1 if r_h = 1).
+
+Worked example: G = 2 matches at ranks 1 and 3.
+  step:      (1/1 + 2/3) / 2                 = 5/6   = 0.833333
+  trapezoid: ((1 + 1)/2 + (1/2 + 2/3)/2) / 2 = 19/24 = 0.791667
+CMC for that query: [1, 1, 1, ...] (first match at rank 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.evaluation.distance import as_tensor
+
+AP_RULES = ("trapezoid", "step")
+REPORTED_RANKS = (1, 5, 10, 20)
+
+
+def check_ap_rule(ap_rule: str) -> None:
+    if ap_rule not in AP_RULES:
+        raise ValueError(f"unknown ap_rule {ap_rule!r}; valid: {', '.join(AP_RULES)}")
+
+
+def summarize(cmc_hits: np.ndarray, aps: np.ndarray, valid: np.ndarray, max_rank: int) -> dict:
+    """Average per-query results over the queries that have a valid match.
+
+    Args:
+        cmc_hits: bool [num_q, max_rank], True at r-1 when the first match is within rank r.
+        aps: float64 [num_q], per-query AP (ignored where not valid).
+        valid: bool [num_q], query has at least one valid match.
+    """
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError("no query has a valid match in the gallery (check pids and camids)")
+    cmc = cmc_hits[valid].sum(0) / num_valid
+    ap = np.where(valid, aps, np.nan)
+    out = {"cmc": cmc, "mAP": float(ap[valid].mean()), "AP": ap,
+           "num_valid": num_valid, "num_skipped": int(len(valid) - num_valid)}
+    out.update({f"R{r}": float(cmc[r - 1]) for r in REPORTED_RANKS if r <= max_rank})
+    return out
+
+
+def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
+             ap_rule: str = "trapezoid", chunk: int = 256) -> dict:
+    """CMC and mAP of a query x gallery distance matrix (torchreid-style shapes).
+
+    Args:
+        distmat: distances, numpy array or tensor of shape [num_q, num_g] (smaller = closer).
+        q_pids: query identities, int array of shape [num_q].
+        g_pids: gallery identities, int array of shape [num_g] (-1 junk, 0 distractor).
+        q_camids: query camera ids, int array of shape [num_q].
+        g_camids: gallery camera ids, int array of shape [num_g].
+        max_rank: length of the CMC curve.
+        ap_rule: "trapezoid" (official MARS code) or "step" (non-interpolated); see module doc.
+        chunk: queries processed at once (temporaries are ~10 arrays of chunk x num_g).
+
+    Returns:
+        dict with ``cmc`` (float64 numpy [max_rank], cmc[r-1] = rank-r accuracy in 0..1),
+        ``mAP`` (float, 0..1), ``AP`` (float64 numpy [num_q], NaN for skipped queries),
+        ``num_valid`` and ``num_skipped`` (ints), and ``R1``, ``R5``, ``R10``, ``R20``
+        (floats, those <= max_rank).
+    """
+    check_ap_rule(ap_rule)
+    dist = as_tensor(distmat, dtype=torch.float64 if _is_double(distmat) else torch.float32)
+    dev = dist.device
+    q_pids, g_pids, q_camids, g_camids = (as_tensor(a, dev, torch.int64) for a in (q_pids, g_pids, q_camids, g_camids))
+    num_q, num_g = dist.shape
+    if q_pids.shape != (num_q,) or q_camids.shape != (num_q,) or g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
+        raise ValueError(f"distmat is {tuple(dist.shape)} but pids/camids have shapes "
+                         f"{tuple(q_pids.shape)}, {tuple(g_pids.shape)}, {tuple(q_camids.shape)}, {tuple(g_camids.shape)}")
+    hits_all, aps_all, valid_all = [], [], []
+    for s in range(0, num_q, chunk):
+        order = torch.sort(dist[s:s + chunk], dim=1, stable=True).indices           # (c, num_g), ties by index
+        gp, gc = g_pids[order], g_camids[order]                                      # (c, num_g) in rank order
+        qp, qc = q_pids[s:s + chunk, None], q_camids[s:s + chunk, None]              # (c, 1)
+        keep = ~(((gp == qp) & (gc == qc)) | (gp == -1))                             # not ignored [A15]
+        good = keep & (gp == qp)
+        rank = torch.cumsum(keep, 1, dtype=torch.float64)                            # rank among kept items
+        hit_no = torch.cumsum(good, 1, dtype=torch.float64)                          # h at each position
+        num_pos = hit_no[:, -1]
+        first = torch.where(good, rank, torch.inf).amin(1)                           # rank of the first match
+        hits_all.append(first[:, None] <= torch.arange(1, max_rank + 1, device=dev))
+        prec = hit_no / rank
+        if ap_rule == "step":
+            terms = prec
+        else:  # trapezoid: precision one kept position before the hit, 1.0 at rank 1
+            prev = torch.where(rank > 1, (hit_no - 1) / (rank - 1).clamp(min=1), 1.0)
+            terms = (prev + prec) / 2
+        aps_all.append(torch.where(good, terms, 0.0).sum(1) / num_pos.clamp(min=1))
+        valid_all.append(num_pos > 0)
+    return summarize(_cat(hits_all), _cat(aps_all), _cat(valid_all), max_rank)
+
+
+def _cat(parts: list[torch.Tensor]) -> np.ndarray:
+    return torch.cat(parts).cpu().numpy()
+
+
+def _is_double(x) -> bool:
+    return x.dtype == torch.float64 if isinstance(x, torch.Tensor) else np.asarray(x).dtype == np.float64
