@@ -1,0 +1,123 @@
+"""Clips of N frames as tensors, and the train / test DataLoaders the engine uses."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from core.config import DataConfig
+from core.data.base import DatasetError, Tracklet
+from core.data.sampling import IdentityBatchSampler, test_frames, train_frames
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_frame(path: str) -> torch.Tensor:
+    """[3, h, w] uint8 RGB; DatasetError naming the path if the file is missing, unreadable or truncated."""
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, "image file is truncated"
+        raise DatasetError(f"{path}: cannot decode frame ({e}); expected a readable JPEG") from e
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class ClipTransform:
+    """Frames [3, h, w] uint8 -> clip [N, 3, H, W] float: resize, optional flip, scale to [0, 1], ImageNet norm.
+
+    The flip decision is taken once per clip by the caller and applied to every frame alike.
+    """
+
+    def __init__(self, height: int, width: int):
+        self.size = (height, width)
+        self.resize = v2.Resize(self.size, antialias=True)
+        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __call__(self, frames: Sequence[torch.Tensor], flip: bool = False) -> torch.Tensor:
+        if len({tuple(f.shape) for f in frames}) == 1:
+            clip = torch.stack(list(frames))  # [N, 3, h, w]
+            clip = clip if tuple(clip.shape[-2:]) == self.size else self.resize(clip)
+        else:  # frames of different sizes (DukeMTMC-VideoReID): resize one by one
+            clip = torch.stack([self.resize(f) for f in frames])
+        if flip:
+            clip = v2.functional.horizontal_flip(clip)
+        return self.normalize(clip)  # [N, 3, H, W] float32
+
+
+def read_clip(paths: Sequence[str], indices: np.ndarray, transform: ClipTransform, flip: bool) -> torch.Tensor:
+    """[N, 3, H, W]: frames paths[indices] (each distinct file decoded once)."""
+    cache = {int(i): read_frame(paths[int(i)]) for i in set(indices.tolist())}
+    return transform([cache[int(i)] for i in indices], flip)
+
+
+class TrainClips(Dataset):
+    """dataset[(index, item_seed)] -> (clip [N, 3, H, W] float, pid, camid); frames and flip from the item seed."""
+
+    def __init__(self, tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int,
+                 flip_prob: float):
+        self.tracklets, self.seq_len, self.sampling, self.flip_prob = tracklets, seq_len, sampling, flip_prob
+        self.transform = ClipTransform(height, width)
+
+    def __len__(self) -> int:
+        return len(self.tracklets)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, item_seed = key
+        t = self.tracklets[index]
+        rng = np.random.default_rng(item_seed)
+        indices = train_frames(len(t.paths), self.seq_len, self.sampling, rng)
+        flip = bool(rng.random() < self.flip_prob)
+        return read_clip(t.paths, indices, self.transform, flip), t.pid, t.camid
+
+
+class TestClips(Dataset):
+    """dataset[i] -> (clip [N, 3, H, W] float, owner): clip i of all test clips; owner indexes `tracklets`.
+
+    "evenly": one clip per tracklet; "dense": every chunk of every tracklet is a clip [A12].
+    """
+
+    def __init__(self, tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int):
+        self.tracklets = tracklets
+        self.items = [(owner, idx) for owner, t in enumerate(tracklets)
+                      for idx in test_frames(len(t.paths), seq_len, sampling)]
+        self.transform = ClipTransform(height, width)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        owner, idx = self.items[i]
+        return read_clip(self.tracklets[owner].paths, idx, self.transform, False), owner
+
+
+def _loader_kwargs(num_workers: int) -> dict:
+    return {"num_workers": num_workers, "persistent_workers": num_workers > 0,
+            "pin_memory": torch.cuda.is_available()}
+
+
+def make_train_loader(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int, rank: int = 0,
+                      world_size: int = 1) -> DataLoader:
+    """Yields (clips [B, N, 3, H, W] float, pids [B] long, camids [B] long), B = P*K / world_size.
+
+    Call loader.batch_sampler.set_epoch(e) before each epoch.
+    """
+    sampler = IdentityBatchSampler([t.pid for t in tracklets], cfg.ids_per_batch, cfg.tracklets_per_id, seed,
+                                   cfg.epoch_def, rank, world_size)
+    data = TrainClips(tracklets, cfg.seq_len, cfg.train_sampling, cfg.height, cfg.width, cfg.flip_prob)
+    return DataLoader(data, batch_sampler=sampler, **_loader_kwargs(cfg.num_workers))
+
+
+def make_test_loader(tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int,
+                     batch_size: int, num_workers: int) -> DataLoader:
+    """Yields (clips [B', N, 3, H, W] float, owner [B'] long) in order; owner[i] indexes `tracklets`.
+
+    B' <= batch_size clips ("dense" splits a tracklet into several clips, possibly across batches): the
+    extractor averages the clip features of each owner.
+    """
+    data = TestClips(tracklets, seq_len, sampling, height, width)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers))

@@ -1,0 +1,81 @@
+"""DukeMTMC-VideoReID, read from its on-disk layout (train/, query/, gallery/)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from core.data.base import DatasetError, Tracklet, VideoDataset, relabel
+
+FRAME_NAME = re.compile(r"^(\d+)_C(\d+)_F(\d+)_X(\d+)\.jpg$")  # identity, camera, frame in tracklet, frame in video
+
+
+def load_duke(root: str | os.PathLike) -> VideoDataset:
+    """DukeMTMC-VideoReID (Wu et al., "Exploit the Unknown Gradually: One-Shot Video-Based Person
+    Re-Identification by Stepwise Learning", CVPR 2018; videos of DukeMTMC, Ristani et al., ECCVW 2016).
+
+    URL: https://github.com/Yu-Wu/DukeMTMC-VideoReID
+
+    Statistics of the real dataset: 8 cameras; train: 702 identities, 2,196 tracklets, 369,656 frames;
+    query: 702 tracklets (one per test identity); gallery: 2,636 tracklets of 1,110 identities (the 702 test
+    identities plus 408 distractor identities), query tracklets included.
+
+    Layout read here::
+
+        train/0001/0001/0001_C6_F0099_X30823.jpg   identity folder / tracklet folder / frame named
+        query/...  gallery/...                     identity, camera (1-8), frame index in the tracklet,
+                                                   frame number in the video
+
+    Frames are sorted by the F index. `gallery/` already contains the query tracklets, so the gallery is read
+    as is (dropping them would change nothing under the protocol: a query's own tracklet has its identity and
+    camera and is ignored, and each test identity has one query). There are no junk tracklets.
+    Train pids are relabelled 0..C-1; query and gallery keep the original pids.
+    Raises DatasetError naming the path and what was expected on any disagreement.
+    """
+    root = Path(root)
+    splits = {}
+    for split in ("train", "query", "gallery"):
+        folder = root / split
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: missing folder (expected the DukeMTMC-VideoReID layout: "
+                               f"train/, query/, gallery/)")
+        splits[split] = _read_split(folder)
+        if not splits[split]:
+            raise DatasetError(f"{folder}: no tracklets; expected identity folders such as 0001/0001/")
+    train, num_pids = relabel(splits["train"])
+    return VideoDataset("DukeMTMC-VideoReID", False, train, splits["query"], splits["gallery"], num_pids)
+
+
+def _subdirs(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if e.is_dir()), key=lambda e: e.name)
+
+
+def _read_split(split_dir: Path) -> list[Tracklet]:
+    out = []
+    for id_dir in _subdirs(split_dir):
+        if not id_dir.name.isdigit():
+            raise DatasetError(f"{id_dir.path}: identity folder name is not a number; expected e.g. 0001")
+        for track_dir in _subdirs(Path(id_dir.path)):
+            out.append(_read_tracklet(Path(track_dir.path), int(id_dir.name)))
+    return out
+
+
+def _read_tracklet(folder: Path, pid: int) -> Tracklet:
+    frames = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if not entry.name.lower().endswith(".jpg"):
+                continue
+            m = FRAME_NAME.match(entry.name)
+            if m is None or int(m.group(1)) != pid:
+                raise DatasetError(f"{entry.path}: unexpected frame name; expected {pid:04d}_C<camera>_F<index>_"
+                                   f"X<frame>.jpg inside identity folder {pid:04d}")
+            frames.append((int(m.group(3)), int(m.group(2)), entry.path))
+    if not frames:
+        raise DatasetError(f"{folder}: empty tracklet; expected at least one .jpg frame")
+    cams = {c for _, c, _ in frames}
+    if len(cams) != 1:
+        raise DatasetError(f"{folder}: frames from cameras {sorted(cams)}; expected one camera per tracklet")
+    frames.sort()
+    return Tracklet(tuple(p for _, _, p in frames), pid, cams.pop())

@@ -1,0 +1,230 @@
+"""Synthetic pedestrian video re-ID dataset written in the exact MARS layout (the suite's embedded default).
+
+`generate` draws identities (region-wise appearance: hair/cap, patterned upper clothing, sleeves, lower clothing,
+shoes, bag; see core.data.render) seen by 6 cameras (each with its colour cast, illumination, contrast, blur and
+noise), walking (legs/arms swing) with detector-style box jitter and scale drift, cluttered scrolling backgrounds
+and occluders (a horizontal band or a vertical strip) in some tracklets, and writes JPEG frames, name lists and
+.mat tables (incl. query_IDX) exactly as MARS ships them, so `load_mars` reads it.
+
+Presets (identities are disjoint between train and test; every identity is seen by >= 2 cameras; each test
+identity has 1 query, or 2 from different cameras when it is seen by >= 3 cameras, and every query has a non-query
+tracklet of its identity in another camera, so it has a valid match with either gallery protocol):
+
+    size      train ids  test ids  tracklets/id  cameras/id  frames/tracklet  frame HxW  distractor  junk
+    tiny          8          8         2-3          2-3          6-16            64x32        4         2
+    small        32         32         3-5          2-4          8-24           128x64       24         8
+    default      80         80         3-6          2-4          8-32           128x64       60        20
+
+Distractor tracklets (identity 0, folder 0000) show people of no other tracklet; junk tracklets (identity -1,
+folder 00-1) are badly placed boxes that cut a person. Output is a deterministic function of (size, seed);
+generation is atomic: frames go to a hidden sibling folder renamed into place at the end, with
+`synthetic.json` (size, seed, preset) as the completeness marker.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image
+from tqdm import tqdm
+
+from core.data import render
+from core.data.base import DatasetError
+
+NUM_CAMERAS = 6
+MARKER = "synthetic.json"
+VERSION = 1  # bump when the drawing changes, so that stale cached trees are not reused
+
+
+@dataclass(frozen=True)
+class Preset:
+    train_ids: int
+    test_ids: int
+    tracklets: tuple[int, int]  # tracklets per identity, inclusive range
+    cameras: tuple[int, int]    # cameras per identity, inclusive range (>= 2)
+    frames: tuple[int, int]     # frames per tracklet, inclusive range
+    height: int                 # stored frame size
+    width: int
+    distractors: int            # distractor tracklets (identity 0) in the test split
+    junk: int                   # junk tracklets (identity -1) in the test split
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(8, 8, (2, 3), (2, 3), (6, 16), 64, 32, 4, 2),
+    "small": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 24, 8),
+    "default": Preset(80, 80, (3, 6), (2, 4), (8, 32), 128, 64, 60, 20),
+}
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One tracklet to draw. `who` seeds the appearance: the identity, or a fresh person for 0 / -1."""
+    pid: int
+    cam: int
+    length: int
+    who: int
+    query: bool = False
+
+
+def _preset(size: str) -> Preset:
+    if size not in PRESETS:
+        raise DatasetError(f"unknown synthetic size {size!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[size]
+
+
+def _plan(pre: Preset, seed: int) -> tuple[list[_Spec], list[_Spec]]:
+    """Train and test tracklet specs (identities, cameras, lengths, queries); deterministic in (pre, seed)."""
+    rng = np.random.default_rng([seed, 0])
+    n = pre.train_ids + pre.test_ids
+    pids = [int(p) for p in rng.choice(np.arange(1, 3 * n + 1), n, replace=False)]
+    splits: tuple[list[_Spec], list[_Spec]] = ([], [])
+    for i, pid in enumerate(pids):
+        n_cams = int(rng.integers(pre.cameras[0], pre.cameras[1] + 1))
+        n_tracks = max(n_cams, int(rng.integers(pre.tracklets[0], pre.tracklets[1] + 1)))
+        cams = [int(c) + 1 for c in rng.choice(NUM_CAMERAS, n_cams, replace=False)]
+        track_cams = cams + [int(c) for c in rng.choice(cams, n_tracks - n_cams)]
+        is_test = i >= pre.train_ids
+        query_cams = set(rng.choice(cams, 2 if n_cams >= 3 else 1, replace=False).tolist()) if is_test else set()
+        for c in track_cams:
+            query = c in query_cams
+            query_cams.discard(c)  # one query per chosen camera
+            splits[is_test].append(_Spec(pid, c, _length(rng, pre), pid, query))
+    test = splits[1]
+    for j in range(pre.distractors + pre.junk):
+        pid = 0 if j < pre.distractors else -1
+        test.append(_Spec(pid, int(rng.integers(1, NUM_CAMERAS + 1)), _length(rng, pre), -(j + 1)))
+    return splits[0], test
+
+
+def _length(rng: np.random.Generator, pre: Preset) -> int:
+    return int(rng.integers(pre.frames[0], pre.frames[1] + 1))
+
+
+def _folder(pid: int) -> str:
+    return "00-1" if pid == -1 else f"{pid:04d}"
+
+
+def _save(frame: np.ndarray, path: Path) -> None:
+    Image.fromarray(frame).save(path, quality=90)
+
+
+def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: int, cams: list, bar: tqdm,
+                 writer: ThreadPoolExecutor) -> dict:
+    """Draw the frames of one split and queue their JPEG writes (file creation is slow: a thread pool overlaps
+    it with drawing); returns name list, table and query rows in MARS form."""
+    order = sorted(range(len(specs)), key=lambda k: (_folder(specs[k].pid), specs[k].cam, k))
+    names, rows, query_rows, counters, pending = [], [], [], {}, []
+    for k in order:
+        s = specs[k]
+        tnum = counters[(s.pid, s.cam)] = counters.get((s.pid, s.cam), 0) + 1
+        person = render.sample_person(np.random.default_rng([seed, 1, s.who + 1_000_000]))
+        rng = np.random.default_rng([seed, 2, split == "test", k])
+        track = render.sample_track(rng, cams[s.cam - 1], s.length, junk=s.pid == -1)
+        frames = render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng)
+        folder = tmp / f"bbox_{split}" / _folder(s.pid)
+        folder.mkdir(parents=True, exist_ok=True)
+        start = len(names) + 1
+        for f, frame in enumerate(frames):
+            name = f"{_folder(s.pid)}C{s.cam}T{tnum:04d}F{f + 1:03d}.jpg"
+            pending.append(writer.submit(_save, frame, folder / name))
+            names.append(name)
+        for job in pending[:-2 * len(frames)]:  # bound the queue; raise write errors early
+            job.result()
+        del pending[:-2 * len(frames)]
+        bar.update(len(frames))
+        rows.append([start, len(names), s.pid, s.cam])
+        if s.query:
+            query_rows.append(len(rows))
+    for job in pending:
+        job.result()
+    return {"names": names, "table": np.array(rows, np.int32), "query": np.array([query_rows], np.int32)}
+
+
+def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:
+    """Write the synthetic dataset of preset `size` for `seed` into `root` (which must not exist); returns root.
+
+    Atomic: everything is written into a hidden sibling folder that is renamed to `root` at the end; on any
+    error (or interrupt) the partial folder is removed, and a killed process leaves no tree at `root`.
+    """
+    root, pre = Path(root), _preset(size)
+    if root.exists():
+        raise DatasetError(f"{root}: already exists; generate() writes a new folder (use ensure_synthetic to reuse)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    train, test = _plan(pre, seed)
+    cams = [render.sample_camera(np.random.default_rng([seed, 4, c])) for c in range(NUM_CAMERAS)]
+    total = sum(s.length for s in train + test)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        with tqdm(total=total, desc=f"synthetic {size} seed {seed}", unit="frame", disable=not progress) as bar, \
+                ThreadPoolExecutor(2) as writer:
+            out = {split: _write_split(tmp, split, specs, pre, seed, cams, bar, writer)
+                   for split, specs in (("train", train), ("test", test))}
+        info = tmp / "info"
+        info.mkdir()
+        for split in ("train", "test"):
+            (info / f"{split}_name.txt").write_text("\n".join(out[split]["names"]) + "\n")
+            scipy.io.savemat(info / f"tracks_{split}_info.mat", {f"track_{split}_info": out[split]["table"]})
+        scipy.io.savemat(info / "query_IDX.mat", {"query_IDX": out["test"]["query"]})
+        meta = {"generator": "core.data.synthetic", "version": VERSION, "size": size, "seed": seed,
+                "preset": dataclasses.asdict(pre)}
+        (tmp / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
+        os.rename(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_complete(root, size, seed):  # another process finished the same tree first
+            return root
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _is_complete(root: Path, size: str, seed: int) -> bool:
+    try:
+        meta = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return (meta.get("version"), meta.get("size"), meta.get("seed")) == (VERSION, size, seed)
+
+
+def ensure_synthetic(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:
+    """Return `root`, generating the tree first unless a complete one of this size and seed is there."""
+    root = Path(root)
+    _preset(size)
+    if _is_complete(root, size, seed):
+        return root
+    if root.exists():
+        raise DatasetError(f"{root}: exists but is not a complete synthetic tree (size {size}, seed {seed}, "
+                           f"version {VERSION}; marker {MARKER}); remove it or choose another root")
+    return generate(root, size, seed, progress)
+
+
+def default_root(size: str, seed: int) -> Path:
+    """Where the synthetic tree goes when no root is given: .cache/synthetic_<size>_seed<seed> under the cwd."""
+    return Path.cwd() / ".cache" / f"synthetic_{size}_seed{seed}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Generate the synthetic video re-ID dataset (MARS layout).")
+    ap.add_argument("--size", default="default", choices=list(PRESETS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--root", help="output folder (default: .cache/synthetic_<size>_seed<seed>)")
+    args = ap.parse_args(argv)
+    root = ensure_synthetic(args.root or default_root(args.size, args.seed), args.size, args.seed)
+    print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
