@@ -51,7 +51,11 @@ class VideoReIDModel(nn.Module):
         """clips (B, N, 3, H, W) -> {"feat", "logits", "scores", "attention", "frames_per_clip"} (see README.md)."""
         b, n = clips.shape[:2]
         f = self.backbone(clips.flatten(0, 1))  # (B, N, 3, H, W) -> (B*N, 3, H, W) -> (B*N, D, h, w)
-        f = f.unflatten(0, (b, n))  # (B*N, D, h, w) -> (B, N, D, h, w)
+        return self.aggregate(f.unflatten(0, (b, n)))  # (B*N, D, h, w) -> (B, N, D, h, w)
+
+    def aggregate(self, f: Tensor) -> dict:
+        """Everything after the backbone: frame maps f (B, N, D, h, w) -> the output dict of forward."""
+        b, n = f.shape[:2]
         g = attention_map(f, self.attention)  # Eq. 1: (B, N, h, w), float32; also feeds Reg (Eq. 6) and drawings
         scores, per_clip = None, 1
         if self.aggregation == "frame":
