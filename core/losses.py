@@ -14,10 +14,11 @@ def pairwise_distances(x: Tensor) -> Tensor:
 
     Clamped before the square root, so the gradient stays finite for identical vectors (the diagonal).
     """
-    x = x.float()
-    sq = x.square().sum(1)
-    d2 = sq[:, None] + sq[None, :] - 2 * x @ x.T  # ||a||^2 + ||b||^2 - 2ab, may dip below 0 by rounding
-    return d2.clamp_min(EPS).sqrt()
+    with torch.autocast(x.device.type, enabled=False):  # float32 even when called under autocast
+        x = x.float()
+        sq = x.square().sum(1)
+        d2 = sq[:, None] + sq[None, :] - 2 * x @ x.T  # ||a||^2 + ||b||^2 - 2ab, may dip below 0 by rounding
+        return d2.clamp_min(EPS).sqrt()
 
 
 def batch_hard_triplet(feats: Tensor, targets: Tensor, margin: float = 0.3) -> Tensor:
@@ -47,7 +48,7 @@ def inter_frame_reg(attention: Tensor, generator: torch.Generator | None = None,
     dev = generator.device if generator is not None else "cpu"
     i = torch.randint(n, (b,), generator=generator, device=dev)
     j = (i + torch.randint(1, n, (b,), generator=generator, device=dev)) % n  # uniform over the N-1 other frames
-    rows = torch.arange(b)
+    rows = torch.arange(b, device=attention.device)
     i, j = i.to(attention.device), j.to(attention.device)
     diff = (attention[rows, i] - attention[rows, j]).float()  # (B, h, w)
     sq = diff.square().sum((1, 2))  # (B,)

@@ -81,3 +81,10 @@ def test_compute_losses_frame_level_repeats_labels():
     targets = torch.tensor([1, 1, 1, 4, 4, 4])
     assert torch.allclose(l["ce"], torch.nn.functional.cross_entropy(out["logits"], targets))
     assert torch.allclose(l["triplet"], batch_hard_triplet(out["feat"], targets, 0.3))
+
+
+def test_triplet_float32_under_autocast():
+    x, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = batch_hard_triplet(x, y)
+    assert amp.dtype == torch.float32 and torch.allclose(amp, batch_hard_triplet(x, y))

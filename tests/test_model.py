@@ -145,3 +145,12 @@ def test_build_model_from_config():
     assert (model.attention, model.f2_weights, model.remainder, model.num_regions) == ("l2", "raw", "spread", 2)
     assert model.fc.in_features == 1024 and model.fc.out_features == 8 and model.classifier.out_features == 5
     assert model(torch.randn(1, 2, 3, 64, 32))["scores"].shape == (1, 2, 2)
+
+
+def test_f2_weight_option_reaches_the_head():
+    norm, raw = tiny("sta", fusion=False).eval(), tiny("sta", fusion=False, f2_weights="raw").eval()
+    raw.load_state_dict(norm.state_dict())
+    clips = torch.randn(1, 3, 3, 64, 32)
+    with torch.no_grad():
+        a, b = norm(clips), raw(clips)
+    assert torch.equal(a["scores"], b["scores"]) and not torch.allclose(a["feat"], b["feat"])
