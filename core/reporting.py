@@ -1,0 +1,242 @@
+"""Reports: the tracking store's runs (an mlflow.search_runs frame) joined with a spec -> reports/<table>.md.
+
+Each (profile, dataset) the store holds runs for gets a table in the paper's layout: per dataset and metric the
+paper's number, this run's number (mean ± std over seeds) and the difference. Synthetic runs are compared with
+the paper's MARS column (the synthetic data has the MARS layout) and always labelled synthetic. Per row and seed
+the report takes the latest used FINISHED run (a reused run is stamped `used_at`). No mlflow import here: JSON
+artifacts come through the `load_json(run_id, name)` callable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from core import figures
+from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
+
+LoadJson = Callable[[str, str], object]
+DATASET_ORDER = ("mars", "duke", "synthetic")
+# figure kind per table: bars of every row, or lines over the swept override key (x label)
+PLOTS: dict[str, tuple[str, str, str]] = {
+    "table1": ("bars", "", ""),
+    "table2": ("lines", "eval.seq_len", "test sequence length N"),
+    "table3": ("lines", "model.num_regions", "number of regions K"),
+}
+PROTOCOL_KEYS = ("eval.ap_rule", "data.gallery_with_queries", "eval.sampling", "eval.distance", "data.epoch_def",
+                 "train.epochs", "model.backbone", "data.height", "data.width")
+
+
+def reference_dataset(spec: Spec, dataset: str) -> str:
+    """The paper dataset a run on `dataset` is compared with (synthetic: MARS, the layout it imitates)."""
+    have = [d for d in PAPER_DATASETS if any(d in r.paper for r in spec.rows)]
+    return dataset if dataset in have else (have[0] if have else "mars")
+
+
+def run_header(dataset: str) -> str:
+    return "synthetic, MARS layout" if dataset == "synthetic" else DATASET_NAMES.get(dataset, dataset)
+
+
+def select_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """FINISHED row runs, the latest used per (profile, dataset, row, seed)."""
+    if runs.empty or "tags.row" not in runs:
+        return pd.DataFrame()
+    df = runs[runs["status"] == "FINISHED"].copy()
+    if df.empty:
+        return df
+    start = pd.to_datetime(df["start_time"], utc=True).astype("int64") / 1e9
+    used = pd.to_numeric(df["tags.used_at"], errors="coerce") if "tags.used_at" in df else pd.Series(np.nan, df.index)
+    df["_used"] = used.fillna(start)
+    df = df.sort_values("_used").groupby(["tags.profile", "tags.dataset", "tags.row", "tags.seed"]).tail(1)
+    return df.reset_index(drop=True)
+
+
+def metric_column(run: pd.Series, metric: str) -> str:
+    """Rows evaluated with re-ranking (eval.rerank: true, Table 4's STA + ReRank) report rerank_<metric>."""
+    rerank = str(run.get("params.eval.rerank", "False")) == "True"
+    return f"metrics.rerank_{metric}" if rerank else f"metrics.{metric}"
+
+
+def row_stats(sel: pd.DataFrame, metric: str) -> tuple[float, float, int]:
+    """(mean, std, seeds) of one metric over a row's runs; std is nan with one seed."""
+    vals = [float(r[metric_column(r, metric)]) for _, r in sel.iterrows()
+            if pd.notna(r.get(metric_column(r, metric)))]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), len(vals)
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.1f}"
+
+
+def _fmt_stat(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "—"
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def comparison_frame(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> pd.DataFrame:
+    """One block of columns per dataset: paper (REF) m | this run (DATASET) m | Δ m, for each metric."""
+    table = []
+    for row in spec.rows:
+        line = {"#": row.index, "row": row.label}
+        for ds in datasets:
+            ref = reference_dataset(spec, ds)
+            sel = runs[(runs["tags.dataset"] == ds) & (runs["tags.row"] == row.label)] if not runs.empty else runs
+            for m in spec.metrics:
+                paper = row.paper.get(ref, {}).get(m)
+                mean, std, n = row_stats(sel, m) if row.run else (float("nan"), float("nan"), 0)
+                line[f"paper ({DATASET_NAMES[ref]}) {m}"] = _fmt(paper)
+                line[f"this run ({run_header(ds)}) {m}"] = _fmt_stat(mean, std, n) if row.run else "quoted"
+                line[f"Δ {m}"] = _fmt(mean - paper) if n and paper is not None else "—"
+        table.append(line)
+    return pd.DataFrame(table)
+
+
+def paper_frame(spec: Spec) -> pd.DataFrame:
+    """The paper's table as printed (every dataset it reports)."""
+    datasets = [d for d in PAPER_DATASETS if any(d in r.paper for r in spec.rows)]
+    return pd.DataFrame([{"#": r.index, "row": r.label,
+                          **{f"{DATASET_NAMES[d]} {m}": _fmt(r.paper.get(d, {}).get(m))
+                             for d in datasets for m in spec.metrics}} for r in spec.rows])
+
+
+def _values(runs: pd.DataFrame, key: str) -> str:
+    col = f"params.{key}"
+    vals = sorted({str(v) for v in runs[col].dropna()}) if col in runs else []
+    return " / ".join(vals) or "—"
+
+
+def _commits(runs: pd.DataFrame) -> str:
+    if "tags.git_commit" not in runs:
+        return "—"
+    out = []
+    for commit, dirty in sorted({(str(c), str(d)) for c, d in zip(runs["tags.git_commit"],
+                                                               runs.get("tags.git_dirty", [""] * len(runs)))}):
+        out.append(f"`{commit[:10]}`" + (" (uncommitted changes)" if dirty == "true" else ""))
+    return ", ".join(out)
+
+
+def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: str,
+            load_json: LoadJson | None) -> str:
+    """Markdown for one profile: protocol line, comparison table, figures, runs used."""
+    datasets = [d for d in DATASET_ORDER if d in set(runs["tags.dataset"])]
+    seeds = sorted({int(s) for s in runs["tags.seed"]})
+    desc = profile_descriptions().get(profile, "")
+    lines = [f"## Profile `{profile}` — {', '.join(run_header(d) for d in datasets)}", ""]
+    if "synthetic" in datasets:
+        lines += ["**Synthetic data.** These runs use the suite's generated dataset in the MARS layout; they test "
+                  "the pipeline and are compared with the paper's MARS column only for orientation — they are not "
+                  "MARS results.", ""]
+    lines += [f"Profile `{profile}`: {desc}", "",
+              f"Protocol: eval.ap_rule = {_values(runs, 'eval.ap_rule')} [A15b], data.gallery_with_queries = "
+              f"{_values(runs, 'data.gallery_with_queries')} [A15a], eval.sampling = {_values(runs, 'eval.sampling')} "
+              f"[A12], eval.distance = {_values(runs, 'eval.distance')}; backbone {_values(runs, 'model.backbone')}, "
+              f"frames {_values(runs, 'data.height')}x{_values(runs, 'data.width')}, "
+              f"{_values(runs, 'train.epochs')} epochs (data.epoch_def = {_values(runs, 'data.epoch_def')} [A10]), "
+              f"loss.reg_weight = {_values(runs, 'loss.reg_weight')} [A8]. Seeds: {', '.join(map(str, seeds))} "
+              f"({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: {_commits(runs)}. "
+              f"Metrics in percent; Δ = this run − paper.", ""]
+    lines += [comparison_frame(spec, runs, datasets).to_markdown(index=False, disable_numparse=True), ""]
+    for ds in datasets:
+        sub = runs[runs["tags.dataset"] == ds]
+        for name, fig in _figures(spec, sub, ds, load_json):
+            path = figures.save(fig, fig_dir / f"{spec.table}_{profile}_{ds}_{name}.png")
+            lines += [f"![{name}]({rel}/{path.name})", ""]
+    lines += ["<details><summary>Runs used (MLflow)</summary>", "", _runs_frame(spec, runs).to_markdown(index=False, disable_numparse=True),
+              "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def _runs_frame(spec: Spec, runs: pd.DataFrame) -> pd.DataFrame:
+    order = {r.label: r.index for r in spec.rows}
+    out = [{"row": r["tags.row"], "dataset": r["tags.dataset"], "seed": r["tags.seed"], "run id": r["run_id"],
+            "config hash": r.get("tags.config_hash", ""), "epochs": r.get("params.train.epochs", ""),
+            "train s": _fmt(r.get("metrics.train_seconds")), "device": r.get("tags.device", "")}
+           for _, r in runs.iterrows()]
+    df = pd.DataFrame(out)
+    return df.sort_values(["dataset", "row", "seed"], key=lambda s: s.map(order) if s.name == "row" else s)
+
+
+def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None):
+    """(name, Figure) pairs: paper-vs-run plot (Tables 1-3), CMC curves, attention over frames."""
+    ref = reference_dataset(spec, ds)
+    paper_name, ours_name = f"paper ({DATASET_NAMES[ref]})", f"this run ({run_header(ds)})"
+    rows = [r for r in spec.run_rows if ref in r.paper and (runs["tags.row"] == r.label).any()]
+    kind, key, x_name = PLOTS.get(spec.table, ("", "", ""))
+    if rows and kind:
+        paper = {m: [r.paper[ref][m] if r.paper[ref][m] is not None else np.nan for r in rows] for m in spec.metrics}
+        ours = {m: [row_stats(runs[runs["tags.row"] == r.label], m)[:2] for r in rows] for m in spec.metrics}
+        title = f"{spec.title} — {run_header(ds)}"
+        if kind == "bars":
+            yield "bars", figures.bars_figure([r.label for r in rows], spec.metrics, paper, ours, paper_name,
+                                              ours_name, title)
+        elif all(key in r.overrides for r in rows):
+            yield "lines", figures.lines_figure([r.overrides[key] for r in rows], x_name, spec.metrics, paper, ours,
+                                                paper_name, ours_name, title)
+    if load_json is None:
+        return
+    curves, clips, clip_row = {}, None, ""
+    for r in spec.run_rows:
+        sel = runs[runs["tags.row"] == r.label]
+        cmcs = [c["cmc"] for c in (load_json(rid, "cmc.json") for rid in sel["run_id"]) if c]
+        if cmcs:
+            curves[r.label] = np.mean(np.array(cmcs, dtype=float), axis=0).tolist()
+        found = [c for c in (load_json(rid, "scores.json") for rid in sel["run_id"]) if c]
+        if found:    # the last row with scores (STA models): the full model
+            clips, clip_row = found[0]["clips"], r.label
+    if curves:
+        yield "cmc", figures.cmc_figure(curves, f"CMC — {spec.title} — {run_header(ds)}")
+    if clips:
+        yield "attention", figures.attention_figure(clips, f"N x K attention scores — {clip_row} ({run_header(ds)})")
+
+
+def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
+           load_json: LoadJson | None = None) -> str:
+    """The whole report as markdown."""
+    sel = select_runs(runs)
+    out = [f"# {spec.title}", "",
+           f"Reproduction of Fu et al., *STA: Spatial-Temporal Attention for Large-Scale Video-based Person "
+           f"Re-Identification* (AAAI 2019). Spec: `experiments/{spec.path.name}`. Generated from the MLflow "
+           f"experiment `STA {spec.table}` by `python reproduce/report.py` (rebuilt after every "
+           f"`python reproduce/{spec.table}.py`); never edited by hand.", ""]
+    if sel.empty:
+        out += ["No finished runs yet in the tracking store; only the paper's numbers are shown.", ""]
+    for profile in sorted(set(sel["tags.profile"])) if not sel.empty else []:
+        out.append(section(spec, sel[sel["tags.profile"] == profile], profile, fig_dir, rel, load_json))
+    deviations = [f"- **{r.label}**: {r.deviation}" for r in spec.rows if r.deviation]
+    if deviations:
+        out += ["## Deviations from the paper", "", *deviations, ""]
+    out += ["## The paper's numbers (as printed)", "", paper_frame(spec).to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(out)
+
+
+def write_report(spec: Spec, runs: pd.DataFrame, reports_dir: str | Path = "reports",
+                 load_json: LoadJson | None = None) -> Path:
+    """Write reports/<table>.md (+ reports/figures/<table>_*.png); returns the markdown path."""
+    reports_dir = Path(reports_dir)
+    fig_dir = reports_dir / "figures"
+    for old in fig_dir.glob(f"{spec.table}_*.png"):
+        old.unlink()
+    text = render(spec, runs, fig_dir, "figures", load_json)
+    path = reports_dir / f"{spec.table}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_index(reports_dir: str | Path = "reports") -> Path:
+    """reports/README.md: one line per report present."""
+    reports_dir = Path(reports_dir)
+    lines = ["# Reports", "", "Generated from the MLflow store joined with `experiments/*.yaml` "
+             "(`python reproduce/report.py` rebuilds them all without training). Numbers in percent; "
+             "synthetic runs are labelled as such and are not MARS or DukeMTMC-VideoReID results.", ""]
+    for md in sorted(reports_dir.glob("table*.md")):
+        title = md.read_text().splitlines()[0].lstrip("# ").strip()
+        lines.append(f"- [{md.stem}]({md.name}): {title}")
+    path = reports_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

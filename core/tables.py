@@ -1,0 +1,222 @@
+"""One paper table, end to end: spec rows x seeds -> runs (trained, resumed or reused) -> tracked -> report.
+
+A row whose full resolved config (core.config.config_hash) already has a FINISHED run in the table's MLflow
+experiment is reused, not run again, unless ``force``; an interrupted row resumes from its checkpoint in
+``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
+re-ranking) share one trained model through core.engine.train_dir.
+
+Under ``torchrun`` every rank trains (DDP, in the engine) and only rank 0 talks to MLflow and writes reports;
+rank 0's reuse decisions are broadcast to the other ranks.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch.distributed as dist
+
+from core import figures, reporting, tracking
+from core.config import RunConfig, apply_overrides, config_hash
+from core.specs import Row, Spec, read_spec
+
+
+@dataclass
+class TableOutcome:
+    report: Path | None = None
+    trained: list[str] = field(default_factory=list)   # "label [seed s]" of rows run in this invocation
+    reused: list[str] = field(default_factory=list)    # rows whose finished run was reused
+    failed: list[str] = field(default_factory=list)    # "label [seed s]: error"
+
+
+@dataclass(frozen=True)
+class Job:
+    row: Row
+    seed: int
+    cfg: RunConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.row.label} [seed {self.seed}]"
+
+
+def jobs(spec: Spec, seeds: Sequence[int] | None = None) -> list[Job]:
+    """Runnable rows x seeds (train.seed = each seed; None keeps the config's seed)."""
+    out = []
+    for row in spec.run_rows:
+        for seed in (seeds if seeds else [row.config.train.seed]):
+            cfg = apply_overrides(row.config, {"train.seed": int(seed)}, f"{spec.path}, row '{row.label}'")
+            out.append(Job(row, int(seed), cfg))
+    return out
+
+
+# ---- torchrun: rank 0 decides, every rank follows -------------------------------------------------------------
+
+def _start_distributed(device: str) -> bool:
+    """Join the torchrun process group (if any); True on the main process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return True
+    from core.engine.device import init_distributed, resolve_device
+    ddp = init_distributed(device)
+    resolve_device(device, ddp)  # sets the CUDA device the NCCL broadcasts use
+    return ddp.is_main
+
+
+def _agree(value: Any) -> Any:
+    """Rank 0's `value` on every rank (identity without torchrun)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+# ---- datasets and one job ------------------------------------------------------------------------------------
+
+_DATASETS: dict = {}
+
+
+def _dataset(cfg: RunConfig, main: bool):
+    """Load (generating synthetic data on first use) once per data config; rank 0 first under torchrun."""
+    from core.data import load_dataset
+    key = cfg.data
+    if key not in _DATASETS:
+        if main:
+            _DATASETS[key] = load_dataset(cfg.data)
+        _barrier()
+        if not main:
+            _DATASETS[key] = load_dataset(cfg.data)
+    return _DATASETS[key]
+
+
+def _row_tags(spec: Spec, job: Job) -> dict[str, str]:
+    from core.engine import train_dir
+    from core.engine.device import resolve_device
+    return {"table": spec.table, "row": job.row.label, "row_index": str(job.row.index),
+            "dataset": job.cfg.data.dataset, "profile": spec.profile or "", "seed": str(job.seed),
+            "config_hash": config_hash(job.cfg), "train_dir": train_dir(job.cfg, ".").name,
+            "device": str(resolve_device(job.cfg.train.device)), "spec": spec.path.name,
+            "mlflow.note.content": job.row.deviation, **tracking.provenance_tags()}
+
+
+def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -> None:
+    """Train/resume and evaluate one row and seed; on rank 0 log everything into a nested run."""
+    from core.engine import run
+    dataset = _dataset(job.cfg, main)
+    if not main:
+        run(job.cfg, work_dir, dataset=dataset, progress=False)
+        return
+    tags = _row_tags(spec, job)
+    with tracking.child_run(job.name, tags, system_metrics=tags["device"].startswith("cuda")):
+        tracking.log_config(job.cfg, extra={"label": job.row.label, "overrides": job.row.overrides,
+                                            "paper": job.row.paper, "deviation": job.row.deviation,
+                                            "spec": str(spec.path), "profile": spec.profile, "seed": job.seed})
+        callback = tracking.epoch_callback()
+        t0 = time.perf_counter()
+        result = run(job.cfg, work_dir, callbacks=[callback], dataset=dataset, progress=progress)
+        tracking.log_result(result, logged_by=callback, extra_metrics={"wall_seconds": time.perf_counter() - t0})
+        _log_figures(job, result, dataset)
+        if spec.profile == "paper":
+            tracking.log_file(result.run_dir / "last.pt", "checkpoint")
+
+
+def _log_figures(job: Job, result, dataset) -> None:
+    fig = figures.cmc_figure({job.row.label: [100.0 * c for c in result.cmc]}, title=f"CMC — {job.row.label}")
+    tracking.log_figure(fig, "cmc.png")
+    figures.close(fig)
+    clips = figures.attention_clips(result.scores, dataset.query, job.cfg.eval.seq_len, job.cfg.eval.sampling)
+    if clips:
+        tracking.log_dict({"clips": clips}, "scores.json")
+        fig = figures.attention_figure(clips, title=f"N x K attention scores — {job.row.label}",
+                                       size=(job.cfg.data.height, job.cfg.data.width))
+        tracking.log_figure(fig, "attention.png")
+        figures.close(fig)
+
+
+# ---- the table -----------------------------------------------------------------------------------------------
+
+def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Path = "runs", force: bool = False,
+              tracking_uri: str | None = None, reports_dir: str | Path = "reports", progress: bool = True,
+              ) -> TableOutcome:
+    """Run (or reuse) every runnable row of a load_spec()-resolved spec for each seed, then write its report."""
+    todo = jobs(spec, seeds)
+    if not todo:
+        raise ValueError(f"{spec.path}: no runnable rows selected")
+    main = _start_distributed(todo[0].cfg.train.device)
+    work_dir = Path(work_dir)
+    outcome = TableOutcome()
+    experiment = tracking.experiment_name(spec.table)
+    if main:
+        tracking.configure(tracking_uri)
+    cleared: set[Path] = set()
+    with (tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo)) if main else _null()):
+        for job in todo:
+            found = tracking.find_finished(experiment, config_hash(job.cfg)) if main else None
+            found = _agree(None if force else found)
+            if found:
+                if main:
+                    tracking.mark_used(found)
+                outcome.reused.append(job.name)
+                continue
+            if force:
+                _clear_checkpoint(job.cfg, work_dir, cleared, main)
+            try:
+                _run_job(spec, job, work_dir, main, progress)
+                outcome.trained.append(job.name)
+            except Exception as e:  # noqa: BLE001 - one failed row (e.g. a NaN loss) does not stop the table
+                outcome.failed.append(f"{job.name}: {type(e).__name__}: {e}")
+                if not main or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                    raise  # ranks must stay in step
+        if main:
+            tracking.set_tags({"trained": len(outcome.trained), "reused": len(outcome.reused),
+                               "failed": len(outcome.failed)})
+    if main:
+        outcome.report = write_report(spec.path, reports_dir, tracking_uri)
+    _barrier()
+    return outcome
+
+
+def _null():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def _parent_name(spec: Spec) -> str:
+    return f"{spec.table} {spec.dataset} {spec.profile} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def _parent_tags(spec: Spec, todo: list[Job]) -> dict[str, str]:
+    return {"table": spec.table, "dataset": spec.dataset or "", "profile": spec.profile or "",
+            "rows": "; ".join(dict.fromkeys(j.row.label for j in todo)),
+            "seeds": ",".join(str(s) for s in dict.fromkeys(j.seed for j in todo)),
+            "cli_overrides": str(spec.cli_overrides), **tracking.provenance_tags()}
+
+
+def _clear_checkpoint(cfg: RunConfig, work_dir: Path, cleared: set[Path], main: bool) -> None:
+    """--force: retrain from scratch, once per trained model (Table 2's rows share one)."""
+    from core.engine import train_dir
+    path = train_dir(cfg, work_dir)
+    if path in cleared:
+        return
+    cleared.add(path)
+    if main and path.exists():
+        shutil.rmtree(path)
+    _barrier()
+
+
+def write_report(spec_path: str | Path, reports_dir: str | Path = "reports", tracking_uri: str | None = None) -> Path:
+    """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index."""
+    tracking.configure(tracking_uri)
+    spec = read_spec(spec_path)
+    runs = tracking.runs_frame(tracking.experiment_name(spec.table))
+    path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json)
+    reporting.write_index(reports_dir)
+    return path

@@ -1,0 +1,217 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Plain functions around one store: a parent run per invocation (``parent_run``), a nested run per row and seed
+(``child_run``), the resolved config as params (``log_config``), per-epoch metrics through an engine callback
+(``epoch_callback``), final metrics and artifacts (``log_result``), and look-ups for reuse and reports
+(``find_finished``, ``runs_frame``, ``load_json``). Metrics R1..mAP are logged in percent.
+
+Store: ``configure(uri)``; the URI comes from the argument, else $MLFLOW_TRACKING_URI, else a SQLite database in
+the working folder (``sqlite:///mlflow.db``, artifacts under ./mlruns). Browse it with
+``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from core.config import RunConfig, to_dict, to_flat_dict
+from core.provenance import provenance
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+RESULT_METRICS = ("R1", "R5", "R10", "R20", "mAP")
+ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
+
+logging.getLogger("alembic").setLevel(logging.WARNING)   # the SQLite store's schema migrations are chatty
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def configure(uri: str | None = None) -> str:
+    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); returns the URI used."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_name(table: str) -> str:
+    """'table1' -> 'STA table1' (one MLflow experiment per paper table)."""
+    return f"STA {table}"
+
+
+def provenance_tags() -> dict[str, str]:
+    """git commit, package versions and hardware (core.provenance) as run tags."""
+    p = provenance()
+    return {"git_commit": p["git_commit"], "git_dirty": p["git_dirty"], "gpu": p["device"], "torch": p["torch"],
+            "torchvision": p["torchvision"], "python": p["python"], "platform": p["platform"]}
+
+
+def _system_metrics(enabled: bool) -> bool:
+    if not enabled:
+        return False
+    try:
+        import psutil  # noqa: F401  (MLflow's system-metrics sampler needs it)
+    except ImportError:
+        warnings.warn("psutil is not installed: MLflow system metrics are not logged (pip install psutil pynvml)")
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def parent_run(experiment: str, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Start the invocation's run in `experiment` (created if missing); yields its run id.
+
+    The status is FINISHED on a normal exit, FAILED when the body raises, KILLED on Ctrl-C.
+    """
+    mlflow.set_experiment(experiment)
+    with _run(run_name=name, tags={"kind": TABLE_KIND, **(tags or {})}) as run_id:
+        yield run_id
+
+
+@contextlib.contextmanager
+def child_run(name: str, tags: Mapping[str, str] | None = None, system_metrics: bool = False) -> Iterator[str]:
+    """A run nested in the active run (one per row and seed); yields its run id.
+
+    ``system_metrics=True`` (GPU runs) also samples CPU/GPU utilisation when psutil is installed.
+    """
+    with _run(run_name=name, nested=True, tags={"kind": ROW_KIND, **(tags or {})},
+              log_system_metrics=_system_metrics(system_metrics)) as run_id:
+        yield run_id
+
+
+@contextlib.contextmanager
+def _run(tags: Mapping[str, str], **kwargs) -> Iterator[str]:
+    run = mlflow.start_run(tags={k: str(v) for k, v in tags.items()}, **kwargs)
+    try:
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as e:
+        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:4000])
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def log_config(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> None:
+    """The full resolved config as params (same dotted names for every run) and as config.json.
+
+    `extra` (e.g. the spec row) is written beside it as spec_row.json.
+    """
+    mlflow.log_params({k: _param(v) for k, v in to_flat_dict(cfg).items()})
+    mlflow.log_dict(to_dict(cfg), "config.json")
+    if extra is not None:
+        mlflow.log_dict(dict(extra), "spec_row.json")
+
+
+def _param(value: Any) -> str:
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+class _EpochLogger:
+    """Engine EpochCallback: logs EpochStats.metrics() (ce, triplet, reg, total, train_acc, lr, frames_per_s,
+    seconds, iterations) at step = epoch (0-based) into the active run, and remembers which epochs it logged."""
+
+    def __init__(self) -> None:
+        self.logged: set[int] = set()
+
+    def __call__(self, stats, model=None) -> None:
+        mlflow.log_metrics(stats.metrics(), step=stats.epoch)
+        self.logged.add(stats.epoch)
+
+
+def epoch_callback() -> _EpochLogger:
+    """A callback for core.engine.run(callbacks=[...]); pass it to log_result(logged_by=...) too."""
+    return _EpochLogger()
+
+
+def log_history(history, skip: set[int] | frozenset = frozenset()) -> None:
+    """Per-epoch metrics of epochs not logged live (a reused or resumed checkpoint's earlier epochs)."""
+    for stats in history:
+        if stats.epoch not in skip:
+            mlflow.log_metrics(stats.metrics(), step=stats.epoch)
+
+
+def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Mapping[str, float] | None = None) -> None:
+    """Final metrics of a core.engine.RunResult (R1..mAP and rerank_* in percent, query counts), the epochs the
+    callback did not see, and cmc.json / scores.json artifacts (the report rebuilds its figures from them)."""
+    log_history(result.history, logged_by.logged if logged_by else set())
+    metrics = {}
+    for k, v in result.metrics.items():
+        base = k[len("rerank_"):] if k.startswith("rerank_") else k
+        metrics[k] = 100.0 * v if base in RESULT_METRICS else v
+    metrics["train_seconds"] = sum(h.seconds for h in result.history)
+    mlflow.log_metrics({**metrics, **(extra_metrics or {})})
+    mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},
+                    "cmc.json")
+
+
+def log_dict(data: Mapping[str, Any], name: str) -> None:
+    mlflow.log_dict(dict(data), name)
+
+
+def log_figure(fig, name: str) -> None:
+    """A matplotlib figure as a PNG artifact."""
+    mlflow.log_figure(fig, name)
+
+
+def log_file(path: str | Path, folder: str | None = None) -> None:
+    mlflow.log_artifact(str(path), folder)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def find_finished(experiment: str, config_hash: str) -> str | None:
+    """Run id of the newest FINISHED row run of `experiment` whose tag config_hash matches, else None."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs(
+        [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.kind = '{ROW_KIND}' and tags.config_hash = '{config_hash}' "
+                      f"and attributes.status = 'FINISHED'")
+    return runs[0].info.run_id if runs else None
+
+
+def mark_used(run_id: str) -> None:
+    """Stamp a run as the one the latest invocation used (reports take, per row and seed, the latest used)."""
+    MlflowClient().set_tag(run_id, "used_at", f"{time.time():.3f}")
+
+
+def runs_frame(experiment: str) -> pd.DataFrame:
+    """All row runs of `experiment` as mlflow.search_runs gives them (columns metrics.*, params.*, tags.*);
+    empty when the experiment does not exist."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return pd.DataFrame()
+    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.kind = '{ROW_KIND}'",
+                              output_format="pandas")
+
+
+def load_json(run_id: str, name: str) -> Any | None:
+    """A JSON artifact of a run (e.g. 'cmc.json'), or None when it is missing."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
+    except Exception:  # noqa: BLE001 - a missing artifact raises backend-specific errors
+        return None
+
+
+def download(run_id: str, name: str, dst: str | Path | None = None) -> Path | None:
+    """Download an artifact of a run; None when it is missing."""
+    dst = Path(dst or tempfile.mkdtemp())
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst)))
+    except Exception:  # noqa: BLE001
+        return None

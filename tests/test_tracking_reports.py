@@ -1,0 +1,154 @@
+"""Tracking and reports without training: fake run results logged into a SQLite store, looked up, and joined
+with the specs into markdown (mean ± std over seeds, synthetic labelled as such, re-ranked rows)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import reporting, tracking
+from core.config import config_hash
+from core.specs import load_spec, read_spec, spec_path
+
+
+@dataclass(frozen=True)
+class FakeEpoch:
+    epoch: int
+    seconds: float = 1.0
+
+    def metrics(self) -> dict[str, float]:
+        return {"ce": 2.0 / (self.epoch + 1), "triplet": 0.1, "lr": 3e-4, "seconds": self.seconds}
+
+
+@dataclass
+class FakeResult:
+    metrics: dict
+    cmc: np.ndarray
+    history: list
+    scores: dict
+
+
+def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank: float | None = None) -> str:
+    cfg = row.config
+    tags = {"table": spec.table, "row": row.label, "dataset": dataset, "profile": spec.profile, "seed": seed,
+            "config_hash": f"{config_hash(cfg)}-{seed}-{dataset}"}
+    with tracking.child_run(f"{row.label} [seed {seed}]", tags) as run_id:
+        tracking.log_config(cfg, {"label": row.label})
+        callback = tracking.epoch_callback()
+        callback(FakeEpoch(0))             # epoch 0 seen live, epoch 1 back-filled from the history
+        metrics = {"R1": r1, "R5": 0.8, "R10": 0.9, "R20": 0.95, "mAP": 0.5, "num_queries": 10.0}
+        if rerank is not None:
+            metrics.update(rerank_R1=rerank, rerank_R5=0.9, rerank_R10=0.95, rerank_R20=0.99, rerank_mAP=0.7)
+        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0), FakeEpoch(1)], {}),
+                            logged_by=callback)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module: table1 rows 1-2 with 2 seeds, table4's STA and STA + ReRank."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = tracking.configure(f"sqlite:///{folder}/mlflow.db")
+    t1 = load_spec(spec_path("table1"), "cpu")
+    t4 = load_spec(spec_path("table4"), "cpu")
+    ids = {}
+    with tracking.parent_run(tracking.experiment_name("table1"), "test", {"table": "table1"}):
+        for seed, r1 in ((0, 0.50), (1, 0.60)):
+            ids[("Baseline", seed)] = _log_row(t1, t1.rows[0], seed, r1)
+        ids[("Baseline + TL", 0)] = _log_row(t1, t1.rows[1], 0, 0.70)
+    with tracking.parent_run(tracking.experiment_name("table4"), "test", {"table": "table4"}):
+        sta, rr = (r for r in t4.rows if r.run)
+        _log_row(t4, sta, 0, 0.40)
+        _log_row(t4, rr, 0, 0.40, rerank=0.45)
+    return {"uri": uri, "folder": folder, "ids": ids, "t1": t1}
+
+
+def test_configure_prefers_argument_then_environment_then_sqlite(monkeypatch, store):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.configure() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert tracking.configure() == "sqlite:///elsewhere.db"
+    assert tracking.configure(store["uri"]) == store["uri"]
+
+
+def test_row_runs_hold_params_metrics_history_and_artifacts(store):
+    tracking.configure(store["uri"])
+    runs = tracking.runs_frame("STA table1")
+    assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
+    assert runs["params.model.aggregation"].eq("frame").all() and runs["params.data.dataset"].eq("synthetic").all()
+    assert sorted(runs["metrics.R1"].round(6)) == [50.0, 60.0, 70.0]          # percent
+    assert runs["metrics.train_seconds"].eq(2.0).all()
+    import mlflow
+    rid = store["ids"][("Baseline", 0)]
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(rid, "ce")] == [0, 1]
+    assert tracking.load_json(rid, "cmc.json")["cmc"][0] == pytest.approx(50.0)
+    assert tracking.load_json(rid, "missing.json") is None
+    assert tracking.runs_frame("STA no such table").empty
+
+
+def test_find_finished_matches_the_config_hash_only(store):
+    tracking.configure(store["uri"])
+    cfg = store["t1"].rows[0].config
+    assert tracking.find_finished("STA table1", f"{config_hash(cfg)}-1-synthetic") == store["ids"][("Baseline", 1)]
+    assert tracking.find_finished("STA table1", "0000") is None
+    assert tracking.find_finished("STA table9", "0000") is None
+
+
+def test_failed_row_is_marked_failed_and_never_reused(store):
+    tracking.configure(store["uri"])
+    with tracking.parent_run("STA failures", "test"):
+        with pytest.raises(FloatingPointError):
+            with tracking.child_run("row", {"config_hash": "deadbeef"}):
+                raise FloatingPointError("loss is nan")
+    runs = tracking.runs_frame("STA failures")
+    assert list(runs["status"]) == ["FAILED"] and "loss is nan" in runs["tags.error"].iloc[0]
+    assert tracking.find_finished("STA failures", "deadbeef") is None
+
+
+def test_report_sets_paper_beside_run_with_mean_and_std(store, tmp_path):
+    tracking.configure(store["uri"])
+    spec = read_spec(spec_path("table1"))
+    path = reporting.write_report(spec, tracking.runs_frame("STA table1"), tmp_path, load_json=tracking.load_json)
+    text = path.read_text()
+    assert "| paper (MARS) R1 | this run (synthetic, MARS layout) R1 | Δ R1 |" in text.replace("  ", "")
+    assert "this run (MARS" not in text          # synthetic numbers are never presented as MARS
+    line = next(ln for ln in text.splitlines() if ln.startswith("| 1 "))
+    assert "74.5" in line and "55.0 ± 7.1" in line and "-19.5" in line
+    line2 = next(ln for ln in text.splitlines() if ln.startswith("| 2 "))
+    assert "80.8" in line2 and "70.0" in line2 and "-10.8" in line2
+    assert "Seeds: 0, 1 (mean ± std over seeds)" in text and "eval.ap_rule = trapezoid" in text
+    assert "data.gallery_with_queries = True" in text
+    for fig in ("bars", "cmc"):
+        assert (tmp_path / "figures" / f"table1_cpu_synthetic_{fig}.png").stat().st_size > 1000
+    assert "## The paper's numbers (as printed)" in text and "79.1" in text   # the Duke column too
+    index = reporting.write_index(tmp_path).read_text()
+    assert "[table1](table1.md)" in index
+
+
+def test_rerank_row_reports_reranked_metrics_and_literature_rows_are_quoted(store, tmp_path):
+    tracking.configure(store["uri"])
+    text = reporting.write_report(read_spec(spec_path("table4")), tracking.runs_frame("STA table4"), tmp_path,
+                                  load_json=tracking.load_json).read_text()
+    sta = next(ln for ln in text.splitlines() if ln.startswith("| 11 "))
+    rerank = next(ln for ln in text.splitlines() if ln.startswith("| 12 "))
+    assert "40.0" in sta and "45.0" in rerank and "87.2" in rerank
+    qan = next(ln for ln in text.splitlines() if ln.startswith("| 4 "))
+    assert "QAN" in qan and "73.7" in qan and "quoted" in qan
+
+
+def test_report_without_runs_shows_the_paper_only(tmp_path):
+    import pandas as pd
+    text = reporting.render(read_spec(spec_path("table5")), pd.DataFrame(), Path(tmp_path))
+    assert "No finished runs yet" in text and "ETAP-Net" in text and "96.2" in text
+
+
+def test_latest_used_run_wins_per_row_and_seed():
+    import pandas as pd
+    runs = pd.DataFrame({"run_id": ["old", "new", "reused"], "status": ["FINISHED"] * 3,
+                         "start_time": pd.to_datetime([1, 2, 0], unit="s", utc=True),
+                         "tags.used_at": [None, None, "3"], "tags.profile": ["cpu"] * 3,
+                         "tags.dataset": ["synthetic"] * 3, "tags.row": ["A"] * 3, "tags.seed": ["0"] * 3})
+    assert list(reporting.select_runs(runs)["run_id"]) == ["reused"]
+    assert list(reporting.select_runs(runs.iloc[:2])["run_id"]) == ["new"]
