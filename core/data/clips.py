@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from core.config import DataConfig
 from core.data.base import DatasetError, Tracklet
-from core.data.sampling import IdentityBatchSampler, test_frames, train_frames
+from core.data.sampling import IdentityBatchSampler, eval_frames, train_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +75,7 @@ class TrainClips(Dataset):
         return read_clip(t.paths, indices, self.transform, flip), t.pid, t.camid
 
 
-class TestClips(Dataset):
+class EvalClips(Dataset):
     """dataset[i] -> (clip [N, 3, H, W] float, owner): clip i of all test clips; owner indexes `tracklets`.
 
     "evenly": one clip per tracklet; "dense": every chunk of every tracklet is a clip [A12].
@@ -84,7 +84,7 @@ class TestClips(Dataset):
     def __init__(self, tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int):
         self.tracklets = tracklets
         self.items = [(owner, idx) for owner, t in enumerate(tracklets)
-                      for idx in test_frames(len(t.paths), seq_len, sampling)]
+                      for idx in eval_frames(len(t.paths), seq_len, sampling)]
         self.transform = ClipTransform(height, width)
 
     def __len__(self) -> int:
@@ -119,5 +119,5 @@ def make_test_loader(tracklets: Sequence[Tracklet], seq_len: int, sampling: str,
     B' <= batch_size clips ("dense" splits a tracklet into several clips, possibly across batches): the
     extractor averages the clip features of each owner.
     """
-    data = TestClips(tracklets, seq_len, sampling, height, width)
+    data = EvalClips(tracklets, seq_len, sampling, height, width)
     return DataLoader(data, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers))

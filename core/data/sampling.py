@@ -45,7 +45,7 @@ def dense_frames(num_frames: int, n: int) -> list[np.ndarray]:
 
 
 TRAIN_FRAMES = {"random": random_frames, "restricted": restricted_frames}
-TEST_FRAMES = {"evenly": evenly_frames, "dense": dense_frames}
+EVAL_FRAMES = {"evenly": evenly_frames, "dense": dense_frames}
 
 
 def train_frames(num_frames: int, n: int, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -55,11 +55,11 @@ def train_frames(num_frames: int, n: int, mode: str, rng: np.random.Generator) -
     return TRAIN_FRAMES[mode](num_frames, n, rng)
 
 
-def test_frames(num_frames: int, n: int, mode: str) -> list[np.ndarray]:
+def eval_frames(num_frames: int, n: int, mode: str) -> list[np.ndarray]:
     """List of [n] frame-index clips of a test tracklet; mode is EvalConfig.sampling."""
-    if mode not in TEST_FRAMES:
-        raise ValueError(f"unknown test frame sampling {mode!r}; valid: {', '.join(TEST_FRAMES)}")
-    return TEST_FRAMES[mode](num_frames, n)
+    if mode not in EVAL_FRAMES:
+        raise ValueError(f"unknown test frame sampling {mode!r}; valid: {', '.join(EVAL_FRAMES)}")
+    return EVAL_FRAMES[mode](num_frames, n)
 
 
 EPOCH_DEFS = ("identities", "tracklets")

@@ -1,0 +1,87 @@
+"""Clip tensors and loaders: shapes, one flip decision per clip, reproducibility across worker counts, owners."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.config import DataConfig
+from core.data import DatasetError, Tracklet, load_mars, make_test_loader, make_train_loader
+from core.data.clips import IMAGENET_MEAN, IMAGENET_STD, TrainClips
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_synthetic_root):
+    return load_mars(tiny_synthetic_root)
+
+
+@pytest.fixture
+def asymmetric(tmp_path):
+    """A 4-frame tracklet whose frames differ and are left-right asymmetric."""
+    paths = []
+    for f in range(4):
+        img = np.zeros((16, 8, 3), np.uint8)
+        img[:, :2] = 50 * f + 40
+        img[4 + f, 5:] = 255
+        paths.append(str(tmp_path / f"f{f}.png"))
+        Image.fromarray(img).save(paths[-1])
+    return Tracklet(tuple(paths), 0, 1)
+
+
+def test_one_flip_decision_per_clip(asymmetric):
+    plain = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.0)[(0, 0)][0]
+    flipped = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=1.0)[(0, 0)][0]
+    assert torch.equal(flipped, plain.flip(-1)) and not torch.equal(flipped, plain)
+    data = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.5)
+    kinds = []
+    for seed in range(40):
+        clip = data[(0, seed)][0]
+        same = [torch.equal(clip[n], plain[n]) for n in range(4)]
+        mirrored = [torch.equal(clip[n], plain[n].flip(-1)) for n in range(4)]
+        assert all(same) or all(mirrored)
+        kinds.append(all(mirrored))
+        assert torch.equal(clip, data[(0, seed)][0])  # a function of the item seed
+    assert 5 < sum(kinds) < 35
+
+
+def test_normalisation_and_resize(asymmetric):
+    clip, pid, camid = TrainClips([asymmetric], 4, "restricted", 32, 16, 0.0)[(0, 1)]
+    assert clip.shape == (4, 3, 32, 16) and clip.dtype == torch.float32 and (pid, camid) == (0, 1)
+    black = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(clip[0, :, 0, 7], black, atol=1e-5)
+
+
+def test_train_loader_batches_and_worker_independence(tiny):
+    cfg = DataConfig(height=64, width=32, seq_len=3, ids_per_batch=4, tracklets_per_id=2, num_workers=0)
+    loader = make_train_loader(tiny.train, cfg, seed=5)
+    loader.batch_sampler.set_epoch(1)
+    batches = list(loader)
+    assert len(batches) == 2
+    clips, pids, camids = batches[0]
+    assert clips.shape == (8, 3, 3, 64, 32) and pids.dtype == torch.long and camids.dtype == torch.long
+    assert pids.tolist()[::2] == pids.tolist()[1::2] and 0 <= pids.min() and pids.max() < tiny.num_train_pids
+    with_worker = make_train_loader(tiny.train, DataConfig(**{**cfg.__dict__, "num_workers": 1}), seed=5)
+    with_worker.batch_sampler.set_epoch(1)
+    for (a, pa, _), (b, pb, _) in zip(batches, with_worker):
+        assert torch.equal(a, b) and torch.equal(pa, pb)
+    half = make_train_loader(tiny.train, cfg, seed=5, rank=1, world_size=2)
+    half.batch_sampler.set_epoch(1)
+    assert torch.equal(next(iter(half))[0], clips[4:])
+
+
+def test_test_loader_owners(tiny):
+    tracks = tiny.query
+    even = list(make_test_loader(tracks, 4, "evenly", 64, 32, batch_size=5, num_workers=0))
+    owners = torch.cat([o for _, o in even])
+    assert even[0][0].shape == (5, 4, 3, 64, 32) and owners.tolist() == list(range(len(tracks)))
+    dense = list(make_test_loader(tracks, 4, "dense", 64, 32, batch_size=7, num_workers=0))
+    owners = torch.cat([o for _, o in dense])
+    assert owners.dtype == torch.long and owners.tolist() == sorted(owners.tolist())
+    assert np.bincount(owners.numpy()).tolist() == [-(-len(t) // 4) for t in tracks]
+
+
+def test_corrupt_frame_fails_in_the_loader_with_its_path(tmp_path, asymmetric):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    track = Tracklet(asymmetric.paths[:3] + (str(bad),), 0, 1)
+    with pytest.raises(DatasetError, match=f"{bad}: cannot decode frame"):
+        list(make_test_loader([track], 4, "evenly", 16, 8, batch_size=1, num_workers=0))

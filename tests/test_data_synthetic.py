@@ -1,0 +1,121 @@
+"""The synthetic generator: MARS layout read by load_mars and the check command, protocol guarantees,
+determinism, atomic generation."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from core.config import DataConfig
+from core.data import DatasetError, load_dataset, load_mars, render, synthetic
+from core.data.synthetic import PRESETS, ensure_synthetic, generate
+
+
+def test_check_command_accepts_generated_tree(tiny_synthetic_root):
+    out = subprocess.run([sys.executable, "-m", "core.data.check", "--dataset", "synthetic",
+                          "--root", str(tiny_synthetic_root)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["synthetic"] is True and "synthetic" in summary["name"]
+    assert summary["train"]["identities"] == PRESETS["tiny"].train_ids
+
+
+def test_layout_and_protocol_guarantees(tiny_synthetic_root):
+    pre = PRESETS["tiny"]
+    table = scipy.io.loadmat(tiny_synthetic_root / "info" / "tracks_test_info.mat")["track_test_info"]
+    assert table.dtype == np.int32 and table.shape[1] == 4
+    assert (table[:, 2] == 0).sum() == pre.distractors and (table[:, 2] == -1).sum() == pre.junk
+    assert (tiny_synthetic_root / "bbox_test" / "00-1").is_dir()
+    for with_queries in (True, False):
+        ds = load_mars(tiny_synthetic_root, gallery_with_queries=with_queries)
+        assert ds.num_train_pids == pre.train_ids and {t.pid for t in ds.query} == {t.pid for t in ds.gallery} - {0}
+        assert len({t.pid for t in ds.query}) == pre.test_ids
+        for q in ds.query:
+            assert any(g.pid == q.pid and g.camid != q.camid for g in ds.gallery), (q.pid, q.camid)
+    assert {t.pid for t in ds.train} == set(range(pre.train_ids))  # relabelled 0..C-1
+    train_pids = {int(n[:4]) for n in (tiny_synthetic_root / "info" / "train_name.txt").read_text().split()}
+    assert not train_pids & {t.pid for t in ds.query} and train_pids != set(range(1, pre.train_ids + 1))
+    lengths = [len(t) for t in ds.train]
+    assert min(lengths) >= pre.frames[0] and max(lengths) <= pre.frames[1] and len(set(lengths)) > 3
+
+
+def test_frames_are_pedestrian_images_not_flat_blocks(tiny_synthetic_root):
+    ds = load_mars(tiny_synthetic_root)
+    t = ds.train[0]
+    frames = np.stack([np.asarray(Image.open(p), np.float32) for p in t.paths])
+    assert frames.shape[1:] == (PRESETS["tiny"].height, PRESETS["tiny"].width, 3)
+    assert frames.std(axis=(1, 2)).mean() > 15  # textured, not a flat colour
+    assert np.abs(np.diff(frames, axis=0)).mean() > 3  # frames move (walking, jitter)
+    centre = [np.asarray(Image.open(g[0].paths[0]), np.float32)[20:40, 8:24].mean((0, 1))
+              for g in ([x for x in ds.train if x.pid == p] for p in range(4))]
+    assert np.ptp(np.stack(centre), axis=0).max() > 10  # identities differ in clothing
+
+
+def test_load_dataset_marks_synthetic_and_reuses_tree(tiny_synthetic_root):
+    marker = tiny_synthetic_root / synthetic.MARKER
+    before = marker.stat().st_mtime_ns
+    ds = load_dataset(DataConfig(dataset="synthetic", root=str(tiny_synthetic_root), synthetic_size="tiny"))
+    assert ds.synthetic and ds.name == "synthetic (MARS layout)" and ds.summary()["synthetic"]
+    assert marker.stat().st_mtime_ns == before
+    with pytest.raises(DatasetError, match="not a complete synthetic tree"):
+        ensure_synthetic(tiny_synthetic_root, "tiny", seed=1)
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generation_is_deterministic(tiny_synthetic_root, tmp_path):
+    again = generate(tmp_path / "again", "tiny", seed=0, progress=False)
+    a, b = _tree(tiny_synthetic_root), _tree(again)
+    assert a.keys() == b.keys()
+    for rel in ("info/train_name.txt", "info/test_name.txt"):
+        assert a[rel].read_bytes() == b[rel].read_bytes()
+    for rel, var in (("tracks_train_info", "track_train_info"), ("tracks_test_info", "track_test_info"),
+                     ("query_IDX", "query_IDX")):
+        ma, mb = (scipy.io.loadmat(x / f"info/{rel}.mat")[var] for x in (tiny_synthetic_root, again))
+        assert ma.dtype == mb.dtype and np.array_equal(ma, mb)
+    for rel in (r for r in a if r.endswith(".jpg")):
+        assert a[rel].read_bytes() == b[rel].read_bytes(), rel
+    other = generate(tmp_path / "other", "tiny", seed=1, progress=False)
+    assert (other / "info/train_name.txt").read_bytes() != a["info/train_name.txt"].read_bytes()
+
+
+def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
+    real, calls = render.render_tracklet, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("interrupted")
+        return real(*args)
+
+    monkeypatch.setattr(render, "render_tracklet", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate(tmp_path / "tree", "tiny", seed=0, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_generation_leaves_no_tree(tmp_path):
+    root = tmp_path / "tree"
+    code = f"from core.data.synthetic import generate; generate({str(root)!r}, 'small', 0, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(tmp_path.glob(".tree.partial-*/bbox_train/*")):
+            time.sleep(0.2)
+        assert proc.poll() is None, "generation finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not root.exists()
+    from core.data import check
+    assert check.main(["--dataset", "synthetic", "--root", str(root)]) == 2
+    partial = list(tmp_path.glob(".tree.partial-*"))
+    assert len(partial) == 1 and check.main(["--dataset", "synthetic", "--root", str(partial[0])]) == 2
