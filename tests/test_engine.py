@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import core.engine.train as train_mod
+import core.engine.training as train_mod
 from core.config import RunConfig, apply_overrides
 from core.data import load_dataset
 from core.engine import NonFiniteLossError, run, train
@@ -16,7 +16,7 @@ from core.engine.checkpoint import load_torch, save_torch
 def tiny_cfg(root, **overrides) -> RunConfig:
     base = {
         "data.dataset": "synthetic", "data.root": str(root), "data.synthetic_size": "tiny",
-        "data.height": 64, "data.width": 32, "data.seq_len": 2, "data.ids_per_batch": 4,
+        "data.height": 32, "data.width": 16, "data.seq_len": 2, "data.ids_per_batch": 4,
         "data.tracklets_per_id": 2, "data.num_workers": 0,
         "model.backbone": "resnet18", "model.pretrained": False, "model.feat_dim": 32, "model.num_regions": 2,
         "loss.reg_weight": 0.5,
@@ -134,5 +134,5 @@ def test_run_trains_evaluates_and_writes_metrics(tiny_synthetic_root, dataset, t
     assert result.metrics["num_queries"] + result.metrics["num_skipped_queries"] == len(dataset.query)
     assert result.cmc.shape == (20,) and all(result.cmc[i] <= result.cmc[i + 1] for i in range(19))
     assert result.synthetic and "synthetic" in result.dataset_name
-    assert result.scores and all(s.shape == (2, 2) for s in result.scores.values())
+    assert result.scores and all(s.shape == (cfg.eval.seq_len, 2) for s in result.scores.values())
     assert list(result.run_dir.glob("eval-*.json")) and (result.run_dir / "config.json").exists()
