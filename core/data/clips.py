@@ -1,12 +1,13 @@
 """Clips of N frames as tensors, and the train / test DataLoaders the engine uses."""
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
 from core.config import DataConfig
@@ -49,10 +50,24 @@ class ClipTransform:
         return self.normalize(clip)  # [N, 3, H, W] float32
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run clip and batch tensor ops with one intra-op thread: they are too small to gain from more, and on a
+    busy 2-core machine two threads made the main-process loader (num_workers=0) ~7x slower (core.bench data).
+    DataLoader workers already run with one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def read_clip(paths: Sequence[str], indices: np.ndarray, transform: ClipTransform, flip: bool) -> torch.Tensor:
     """[N, 3, H, W]: frames paths[indices] (each distinct file decoded once)."""
-    cache = {int(i): read_frame(paths[int(i)]) for i in set(indices.tolist())}
-    return transform([cache[int(i)] for i in indices], flip)
+    with _one_thread():
+        cache = {int(i): read_frame(paths[int(i)]) for i in set(indices.tolist())}
+        return transform([cache[int(i)] for i in indices], flip)
 
 
 class TrainClips(Dataset):
@@ -95,8 +110,15 @@ class EvalClips(Dataset):
         return read_clip(self.tracklets[owner].paths, idx, self.transform, False), owner
 
 
+def collate(batch: list) -> tuple:
+    """default_collate with one intra-op thread (stacking a batch with two threads on a busy 2-core machine took
+    ~0.5 s instead of ~5 ms in the main process)."""
+    with _one_thread():
+        return default_collate(batch)
+
+
 def _loader_kwargs(num_workers: int) -> dict:
-    return {"num_workers": num_workers, "persistent_workers": num_workers > 0,
+    return {"num_workers": num_workers, "persistent_workers": num_workers > 0, "collate_fn": collate,
             "pin_memory": torch.cuda.is_available()}
 
 
