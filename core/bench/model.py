@@ -1,8 +1,9 @@
 """python -m core.bench model: forward+backward frames/s of avg (baseline), sta and sta+fusion, and STA's overhead.
 
-Two figures per variant, both medians over iterations, timed round-robin so drifts in machine load hit all
-variants alike: a full training step (backbone + head + losses, forward and backward), and the head alone
-(VideoReIDModel.aggregate + losses on fixed backbone maps). STA's overhead is the extra head time over avg's,
+Two figures per variant, each the minimum over iterations (other processes only ever add time, so the minimum
+is the best estimate on a shared machine), timed round-robin so drifts in load hit all variants alike: a full
+training step (backbone + head + losses, forward and backward), and the head alone (VideoReIDModel.aggregate +
+losses on fixed backbone maps, HEAD_REPS samples per iteration). STA's overhead is the extra head time over avg's,
 as a fraction of avg's full step: the full-step ratio alone is too noisy on a shared CPU to resolve 1-2 %.
 Without --backbone, two presets run: ResNet-50 at 256x128 (the paper's setting) and ResNet-18 at 128x64 (CPU).
 CUDA (when available): bf16 autocast and channels_last, as in training; CPU: float32.
@@ -10,7 +11,6 @@ CUDA (when available): bf16 autocast and channels_last, as in training; CPU: flo
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -24,7 +24,7 @@ VARIANTS = {"avg": ("avg", False), "sta": ("sta", False), "sta+fusion": ("sta", 
 
 def bench(backbone: str, height: int, width: int, clips: int, frames: int, iters: int, warmup: int,
           device: torch.device) -> dict[str, tuple[float, float]]:
-    """{variant: (median seconds per full step, median seconds per head-only step)}."""
+    """{variant: (seconds per full step, seconds per head-only step)}, minima over the timed iterations."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     models = {}
@@ -64,7 +64,7 @@ def bench(backbone: str, height: int, width: int, clips: int, frames: int, iters
             if it >= warmup:
                 full[name].append(t_full)
                 head[name] += t_head
-    return {name: (statistics.median(full[name]), statistics.median(head[name])) for name in models}
+    return {name: (min(full[name]), min(head[name])) for name in models}
 
 
 def main(argv: list[str]) -> int:
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
         presets = [(args.backbone, args.height or 256, args.width or 128)]
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; {'bf16 autocast, channels_last' if cuda else 'float32'}; {clips} clips x "
-          f"{args.frames} frames; medians of {iters} timed iterations after {args.warmup} warm-up")
+          f"{args.frames} frames; minima of {iters} timed iterations after {args.warmup} warm-up")
     print("| backbone | input | variant | ms/step | frames/s | step vs avg | head ms | STA overhead |")
     print("|---|---|---|---|---|---|---|---|")
     for backbone, h, w in presets:
