@@ -31,8 +31,9 @@ def load_mars(root: str | os.PathLike, gallery_with_queries: bool = True) -> Vid
         info/tracks_test_info.mat             `track_test_info`  start/end 1-based inclusive lines of the name list
         info/query_IDX.mat                    `query_IDX` 1 x q: 1-based rows of the test table
 
-    Junk tracklets (identity -1) are dropped everywhere; distractors (identity 0) stay in the gallery.
-    Train pids are relabelled 0..C-1; query and gallery keep the original pids.
+    Junk tracklets (identity -1) are dropped everywhere; distractors (identity 0) stay in the gallery; train keeps
+    identities > 0 only (real MARS train has neither). Train pids are relabelled 0..C-1 in increasing order of
+    the original pid; query and gallery keep the original pids. Queries must have an identity > 0.
     Raises DatasetError naming the path and what was expected on any disagreement.
     """
     root = _require(Path(root), directory=True)

@@ -134,6 +134,7 @@ class Track:
     scale: float
     drift: float      # relative scale change over the tracklet
     occluder: tuple | None  # (kind, position, size, first, last, colour)
+    junk: bool        # a badly placed, oversized box that cuts the person
 
 
 def sample_track(rng: np.random.Generator, cam: Camera, length: int, junk: bool) -> Track:
@@ -148,7 +149,7 @@ def sample_track(rng: np.random.Generator, cam: Camera, length: int, junk: bool)
     scale = rng.uniform(1.5, 2.2) if junk else rng.uniform(0.78, 0.95)
     return Track(view=view, facing=int(rng.choice([-1, 1])), phase=float(rng.uniform(0, 2 * np.pi)),
                  period=float(rng.uniform(8, 14)), speed=float(rng.uniform(0.01, 0.03) if view == "side" else 0.003),
-                 scale=float(scale), drift=float(rng.uniform(-0.12, 0.12)), occluder=occ)
+                 scale=float(scale), drift=float(rng.uniform(-0.12, 0.12)), occluder=occ, junk=junk)
 
 
 def _limb(draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, pts: list, colour, width: float) -> None:
@@ -195,7 +196,7 @@ def draw_person(p: Person, tr: Track, t: int, cx: float, top: float, u: float, h
     hw = (0.06 if side else 0.085) * u * p.build
     leg_w, arm_w = 0.075 * u * p.build, 0.055 * u * p.build
     legs, arms = [], []
-    for k, sgn in enumerate((1, -1)):
+    for sgn in (1, -1):
         if side:
             a = 0.45 * sgn * np.sin(phi)
             knee = (cx + f * 0.25 * u * np.sin(a), hy + 0.25 * u * np.cos(a))
@@ -318,7 +319,7 @@ def render_tracklet(p: Person, cam: Camera, tr: Track, length: int, h: int, w: i
         oy = int(np.clip(round(margin - dy), 0, 2 * margin))
         img = bg[oy:oy + h, ox:ox + w].copy()
         cx, top = w / 2 + dx, (h - u) / 2 + dy
-        if tr.scale > 1.2:  # junk: a badly placed box that cuts the person
+        if tr.junk:
             cx += (rng.choice([-1, 1]) * rng.uniform(0.3, 0.6)) * w
             top -= rng.uniform(0, 0.5) * u
         layer, alpha = draw_person(p, tr, t, cx, top, u, h, w)
