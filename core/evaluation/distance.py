@@ -74,16 +74,17 @@ def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device
     return out
 
 
-def self_euclidean(x, block: int = 2048, device=None) -> torch.Tensor:
+def self_euclidean(x, block: int = 1024, device=None) -> torch.Tensor:
     """Plain Euclidean distances among all rows of x, exactly symmetric, zero diagonal.
 
-    Only the blocks on and above the diagonal are multiplied (half the flops of x @ x.T);
-    each is mirrored, so out[i, j] == out[j, i] bit for bit. The result depends only on
-    x and `block`, so two callers with the same arguments get identical numbers.
+    Only the blocks on and above the diagonal are multiplied (half the flops of x @ x.T),
+    in place in the output; each is mirrored, so out[i, j] == out[j, i] bit for bit. The
+    result depends only on x and `block`, so two callers with the same arguments get
+    identical numbers.
 
     Args:
         x: features, numpy array or tensor of shape [N, d].
-        block: side of the square blocks (memory of the temporaries: a few block x block floats).
+        block: side of the square blocks (temporaries: about one block x block float32).
         device: where to compute (None: x's device, CPU for numpy).
 
     Returns:
@@ -98,11 +99,13 @@ def self_euclidean(x, block: int = 2048, device=None) -> torch.Tensor:
             e = min(s + block, n)
             for t in range(s, n, block):
                 f = min(t + block, n)
-                d = _euclidean_block(x[s:e], x[t:f], sq[s:e], sq[t:f])
+                d = out[s:e, t:f]                                    # |a|^2 + |b|^2 - 2 a.b, in place
+                torch.add(sq[s:e, None], sq[None, t:f], out=d)
+                d.addmm_(x[s:e], x[t:f].T, beta=1.0, alpha=-2.0)
+                d.clamp_(min=0.0).sqrt_()
                 if t == s:  # diagonal block: keep its upper triangle, mirror it, zero the diagonal
-                    d = d.triu(1)
-                    d = d + d.T
-                out[s:e, t:f] = d
-                if t != s:
+                    upper = d.triu(1)
+                    torch.add(upper, upper.T, out=d)
+                else:
                     out[t:f, s:e] = d.T
     return out

@@ -5,7 +5,7 @@ same identity AND the same camera are ignored, junk items (pid -1) are ignored, 
 distractors (pid 0) stay as negatives. A query whose gallery holds no valid match is
 skipped: counted in ``num_skipped`` and left out of every average.
 
-Ranking: gallery items sorted by distance, ties broken by gallery index (a stable sort),
+Ranking: gallery items ordered by distance, ties broken by gallery index (as a stable sort),
 here and in ``reference.evaluate_reference``.
 
 AP rules [A15b], with hits h = 1..G (G valid matches) at ranks r_h counted among the
@@ -71,7 +71,7 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
         g_camids: gallery camera ids, int array of shape [num_g].
         max_rank: length of the CMC curve.
         ap_rule: "trapezoid" (official MARS code) or "step" (non-interpolated); see module doc.
-        chunk: queries processed at once (temporaries are ~10 arrays of chunk x num_g).
+        chunk: queries processed at once (temporaries: a few arrays of chunk x num_g).
 
     Returns:
         dict with ``cmc`` (float64 numpy [max_rank], cmc[r-1] = rank-r accuracy in 0..1),
@@ -87,27 +87,60 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
     if q_pids.shape != (num_q,) or q_camids.shape != (num_q,) or g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
         raise ValueError(f"distmat is {tuple(dist.shape)} but pids/camids have shapes "
                          f"{tuple(q_pids.shape)}, {tuple(g_pids.shape)}, {tuple(q_camids.shape)}, {tuple(g_camids.shape)}")
-    hits_all, aps_all, valid_all = [], [], []
+    hits, aps, valid = [], [], []
     for s in range(0, num_q, chunk):
-        order = torch.sort(dist[s:s + chunk], dim=1, stable=True).indices           # (c, num_g), ties by index
-        gp, gc = g_pids[order], g_camids[order]                                      # (c, num_g) in rank order
-        qp, qc = q_pids[s:s + chunk, None], q_camids[s:s + chunk, None]              # (c, 1)
-        keep = ~(((gp == qp) & (gc == qc)) | (gp == -1))                             # not ignored [A15]
-        good = keep & (gp == qp)
-        rank = torch.cumsum(keep, 1, dtype=torch.float64)                            # rank among kept items
-        hit_no = torch.cumsum(good, 1, dtype=torch.float64)                          # h at each position
-        num_pos = hit_no[:, -1]
-        first = torch.where(good, rank, torch.inf).amin(1)                           # rank of the first match
-        hits_all.append(first[:, None] <= torch.arange(1, max_rank + 1, device=dev))
+        rank, num_pos = match_ranks(dist[s:s + chunk], q_pids[s:s + chunk], g_pids, q_camids[s:s + chunk], g_camids)
+        hit_no = torch.arange(1, rank.shape[1] + 1, device=dev, dtype=torch.float64)    # h = 1..G
+        is_hit = hit_no <= num_pos[:, None]                                             # (c, G) real hits
         prec = hit_no / rank
         if ap_rule == "step":
             terms = prec
         else:  # trapezoid: precision one kept position before the hit, 1.0 at rank 1
-            prev = torch.where(rank > 1, (hit_no - 1) / (rank - 1).clamp(min=1), 1.0)
-            terms = (prev + prec) / 2
-        aps_all.append(torch.where(good, terms, 0.0).sum(1) / num_pos.clamp(min=1))
-        valid_all.append(num_pos > 0)
-    return summarize(_cat(hits_all), _cat(aps_all), _cat(valid_all), max_rank)
+            terms = (torch.where(rank > 1, (hit_no - 1) / (rank - 1).clamp(min=1), 1.0) + prec) / 2
+        aps.append(torch.where(is_hit, terms, 0.0).sum(1) / num_pos.clamp(min=1))
+        first = rank[:, 0] if rank.shape[1] else torch.zeros(len(num_pos), device=dev, dtype=torch.float64)
+        hits.append(first[:, None] <= torch.arange(1, max_rank + 1, device=dev))
+        valid.append(num_pos > 0)
+    return summarize(_cat(hits), _cat(aps), _cat(valid), max_rank)
+
+
+def match_ranks(dist, q_pids, g_pids, q_camids, g_camids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank of every valid match among the non-ignored gallery items, without sorting the gallery.
+
+    Order: by distance, ties by gallery index. For each query the G matches are sorted (a
+    small sort); every other kept item is placed among them by binary search, and the
+    number of kept non-matches before the p-th match is a cumulative count.
+
+    Args:
+        dist: [c, n] distances; q_pids, q_camids: [c]; g_pids, g_camids: [n].
+    Returns:
+        rank: float64 [c, G] 1-based rank of the p-th match (G = most matches of a query;
+        entries p >= num_pos[i] are padding), num_pos: int64 [c] matches per query.
+    """
+    c, n = dist.shape
+    same_id = g_pids[None, :] == q_pids[:, None]                                   # (c, n)
+    ignored = (same_id & (g_camids[None, :] == q_camids[:, None])) | (g_pids == -1)[None, :]
+    good = same_id & ~ignored
+    num_pos = good.sum(1)
+    G = int(num_pos.max()) if c else 0
+    # the matches of each row in (distance, index) order, padded to G with (+inf, n)
+    row, col = good.nonzero(as_tuple=True)                                          # row-major: index order
+    slot = torch.arange(len(row), device=dist.device) - (torch.cumsum(num_pos, 0) - num_pos)[row]
+    m_dist = torch.full((c, G), torch.inf, dtype=dist.dtype, device=dist.device)
+    m_idx = torch.full((c, G), n, dtype=torch.int64, device=dist.device)
+    m_dist[row, slot], m_idx[row, slot] = dist[row, col], col
+    m_dist, order = m_dist.sort(dim=1, stable=True)
+    m_idx = m_idx.gather(1, order)
+    # place every kept non-match: pos = number of matches ranked before it
+    pos = torch.searchsorted(m_dist, dist.contiguous())                            # matches strictly closer
+    other = ~ignored & ~good
+    tied = (m_dist.gather(1, pos.clamp(max=max(G - 1, 0))) == dist) & (pos < G) & other if G else other & False
+    r, j = tied.nonzero(as_tuple=True)                                              # equal distance: lower index first
+    pos[r, j] += ((m_dist[r] == dist[r, j, None]) & (m_idx[r] < j[:, None])).sum(1)
+    bucket = torch.where(other, pos, G + 1) + (G + 2) * torch.arange(c, device=dist.device)[:, None]
+    counts = torch.bincount(bucket.flatten(), minlength=c * (G + 2)).view(c, G + 2)[:, :G]
+    rank = counts.cumsum(1) + torch.arange(1, G + 1, device=dist.device)            # non-matches before + p + 1
+    return rank.double(), num_pos
 
 
 def _cat(parts: list[torch.Tensor]) -> np.ndarray:

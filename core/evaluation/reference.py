@@ -70,12 +70,15 @@ def _k_reciprocal(rank: np.ndarray, i: int, k: int) -> np.ndarray:
 
 
 def k_reciprocal_rerank_reference(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                                  device=None) -> np.ndarray:
+                                  device=None, sort_kind: str = "stable") -> np.ndarray:
     """k-reciprocal re-ranking as in the authors' numpy release, dense and looped.
 
     Args:
         q_feats: query features [m, d]; g_feats: gallery features [n, d] (numpy or torch).
         device: where the distances are computed (the rest is numpy on the CPU).
+        sort_kind: argsort kind of the initial ranking. "stable" orders ties by index, as the
+            fast path does; "quicksort" is the release's own call (faster, ties in any order;
+            the same result when no two distances in a row are equal).
 
     Returns:
         float32 numpy [m, n], the re-ranked query x gallery distance.
@@ -87,7 +90,7 @@ def k_reciprocal_rerank_reference(q_feats, g_feats, k1: int = 20, k2: int = 6, l
     orig = np.power(dist, 2).astype(np.float32)
     del dist
     orig = np.transpose(orig / np.max(orig, axis=0))
-    rank = np.argsort(orig, axis=1, kind="stable").astype(np.int32)  # stable: ties by item index
+    rank = np.argsort(orig, axis=1, kind=sort_kind).astype(np.int32)
     half = int(np.around(k1 / 2.0))
     V = np.zeros_like(orig)
     for i in range(num):

@@ -1,0 +1,162 @@
+"""python -m core.bench eval: fast evaluation and re-ranking vs their references, MARS-sized.
+
+Input: identity-structured features (identity centre + camera offset + noise), 1,980 queries
+and 9,330 gallery tracklets by default, 6 cameras, distractors (pid 0) and junk (pid -1),
+and a few identities seen by one camera only (their queries have no valid match).
+
+1. CMC/mAP: ``evaluate`` (distance matrix included in its time) vs ``evaluate_reference``
+   (per-query loop, given the same distance matrix), both AP rules; results must agree.
+2. Re-ranking: ``k_reciprocal_rerank`` vs ``k_reciprocal_rerank_reference`` (authors'
+   release, dense numpy, with the release's quicksort argsort), each in a fresh child
+   process on the same features (distances included in both): wall time of the call and peak
+   RSS growth (Linux VmHWM after the call minus VmRSS before it, peak reset through
+   /proc/self/clear_refs), max |difference|.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing as mp
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from core.evaluation import (evaluate, evaluate_reference, k_reciprocal_rerank, k_reciprocal_rerank_reference,
+                             pairwise_distance)
+
+RERANKERS = {"fast": k_reciprocal_rerank,
+             "reference": functools.partial(k_reciprocal_rerank_reference, sort_kind="quicksort")}
+
+
+def make_problem(num_q: int, num_g: int, dim: int, seed: int = 0) -> dict:
+    """Synthetic MARS-like features and labels: {q_feats [m, d], g_feats [n, d], q_pids, g_pids, q_camids, g_camids}."""
+    rng = np.random.default_rng(seed)
+    num_ids = max(2, num_q // 3)                         # MARS: ~3 query tracklets per test identity
+    q_pids = rng.integers(1, num_ids + 1, num_q)
+    g_pids = rng.integers(1, num_ids + 1, num_g)
+    kind = rng.random(num_g)
+    g_pids[kind < 0.10] = 0                              # distractors
+    g_pids[kind > 0.98] = -1                             # junk
+    q_cams, g_cams = rng.integers(1, 7, num_q), rng.integers(1, 7, num_g)
+    one_cam = np.arange(1, num_ids + 1)[rng.random(num_ids) < 0.03]   # seen by camera 1 only
+    q_cams[np.isin(q_pids, one_cam)] = 1
+    g_cams[np.isin(g_pids, one_cam)] = 1
+    centres = 0.37 * rng.standard_normal((num_ids + 1, dim))   # scales: rank-1 ~0.86 at MARS size, like STA
+    cam_offset = 0.12 * rng.standard_normal((7, dim))
+
+    def feats(pids, cams):
+        own = 0.37 * rng.standard_normal((len(pids), dim))  # pid 0 / -1: a centre of their own
+        base = np.where((pids > 0)[:, None], centres[np.maximum(pids, 0)], own)
+        return (base + cam_offset[cams] + 1.0 * rng.standard_normal((len(pids), dim))).astype(np.float32)
+
+    return {"q_feats": feats(q_pids, q_cams), "g_feats": feats(g_pids, g_cams), "q_pids": q_pids,
+            "g_pids": g_pids, "q_camids": q_cams, "g_camids": g_cams}
+
+
+def _labels(p: dict) -> tuple:
+    return p["q_pids"], p["g_pids"], p["q_camids"], p["g_camids"]
+
+
+def bench_evaluate(p: dict) -> bool:
+    ok = True
+    for ap_rule in ("trapezoid", "step"):
+        t0 = time.perf_counter()
+        dist = pairwise_distance(p["q_feats"], p["g_feats"])
+        t_dist = time.perf_counter() - t0
+        fast = evaluate(dist, *_labels(p), ap_rule=ap_rule)
+        t_fast = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = evaluate_reference(dist.numpy(), *_labels(p), ap_rule=ap_rule)
+        t_ref = time.perf_counter() - t0
+        same = (np.array_equal(fast["cmc"], ref["cmc"]) and fast["num_valid"] == ref["num_valid"]
+                and np.allclose(fast["AP"], ref["AP"], atol=1e-12, rtol=0, equal_nan=True))
+        ok &= same
+        print(f"evaluate [{ap_rule}]: fast {t_fast:.3f} s (distances {t_dist:.3f} s + metrics "
+              f"{t_fast - t_dist:.3f} s) | reference loop {t_ref:.3f} s | ratio {t_ref / t_fast:.1f}x "
+              f"(metrics only {t_ref / (t_fast - t_dist):.1f}x)")
+        print(f"  R1 {fast['R1']:.4f} R5 {fast['R5']:.4f} R10 {fast['R10']:.4f} R20 {fast['R20']:.4f} "
+              f"mAP {fast['mAP']:.6f} (reference {ref['mAP']:.6f}, |diff| {abs(fast['mAP'] - ref['mAP']):.1e}) "
+              f"valid {fast['num_valid']} skipped {fast['num_skipped']} -> {'identical' if same else 'MISMATCH'}")
+    return ok
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _child(name: str, q, g, k: tuple, out_path: str, queue) -> None:
+    """Run one re-ranker in this fresh process; report (seconds, peak RSS growth in bytes)."""
+    fn = RERANKERS[name]
+    fn(q[:20], g[:60], *k)                               # warm-up: library initialisation not timed
+    rss0 = _status_kb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:    # reset the VmHWM peak to the current RSS
+            f.write("5")
+    except OSError:
+        pass
+    t0 = time.perf_counter()
+    out = fn(q, g, *k)
+    seconds = time.perf_counter() - t0
+    peak = _status_kb("VmHWM")
+    np.save(out_path, out)
+    queue.put((seconds, (peak - rss0) * 1024))
+
+
+def run_child(name: str, q, g, k: tuple, out_path: str) -> tuple[float, int]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(name, q, g, k, out_path, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def bench_rerank(p: dict, k: tuple, skip_reference: bool) -> bool:
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for name in ("fast",) + (() if skip_reference else ("reference",)):
+            path = os.path.join(tmp, name + ".npy")
+            seconds, peak = run_child(name, p["q_feats"], p["g_feats"], k, path)
+            runs[name] = (seconds, peak, np.load(path))
+            print(f"rerank {name:9s}: {seconds:.2f} s, peak RSS growth {peak / 2**30:.2f} GiB")
+        fast = runs["fast"][2]
+        base = evaluate(pairwise_distance(p["q_feats"], p["g_feats"]), *_labels(p))
+        res = evaluate(fast, *_labels(p))
+        print(f"  without re-ranking: R1 {base['R1']:.4f} mAP {base['mAP']:.4f}; "
+              f"with (fast): R1 {res['R1']:.4f} mAP {res['mAP']:.4f}")
+        if not skip_reference:
+            (t_fast, m_fast, _), (t_ref, m_ref, ref) = runs["fast"], runs["reference"]
+            diff = float(np.abs(fast - ref).max())
+            ok = diff < 1e-5
+            res_ref = evaluate(ref, *_labels(p))
+            print(f"  ratio {t_ref / t_fast:.1f}x faster, {m_ref / max(m_fast, 1):.1f}x less memory; "
+                  f"max |fast - reference| = {diff:.2e} ({'ok' if ok else 'ABOVE 1e-5'}); "
+                  f"reference: R1 {res_ref['R1']:.4f} mAP {res_ref['mAP']:.4f}")
+    return ok
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m core.bench eval", description=__doc__.split("\n")[0])
+    ap.add_argument("--queries", type=int, default=1980)
+    ap.add_argument("--gallery", type=int, default=9330)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--k1", type=int, default=20)
+    ap.add_argument("--k2", type=int, default=6)
+    ap.add_argument("--lambda-value", type=float, default=0.3)
+    ap.add_argument("--skip-reference-rerank", action="store_true", help="time only the fast re-ranking")
+    args = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"eval bench: {args.queries} queries x {args.gallery} gallery, dim {args.dim}; re-ranking on {device}; "
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    p = make_problem(args.queries, args.gallery, args.dim, args.seed)
+    ok = bench_evaluate(p)
+    ok &= bench_rerank(p, (args.k1, args.k2, args.lambda_value), args.skip_reference_rerank)
+    print("all checks passed" if ok else "CHECK FAILED")
+    return 0 if ok else 1
