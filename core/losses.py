@@ -50,8 +50,8 @@ def inter_frame_reg(attention: Tensor, generator: torch.Generator | None = None,
     j = (i + torch.randint(1, n, (b,), generator=generator, device=dev)) % n  # uniform over the N-1 other frames
     rows = torch.arange(b, device=attention.device)
     i, j = i.to(attention.device), j.to(attention.device)
-    diff = (attention[rows, i] - attention[rows, j]).float()  # (B, h, w)
-    sq = diff.square().sum((1, 2))  # (B,)
+    diff = (attention[rows, i] - attention[rows, j]).float()  # (B, N, h, w) -> (B, h, w)
+    sq = diff.square().sum((1, 2))  # (B, h, w) -> (B,)
     if squared:
         return sq.mean()
     # sqrt with a finite (zero) gradient where g_i == g_j

@@ -72,13 +72,14 @@ def test_any_n_and_k():
     model = tiny(fusion=True).eval()
     with torch.no_grad():
         for n in (1, 2, 4, 8):
-            clips = torch.randn(2, n, 3, 128, 32)  # maps of height 8
+            maps = model.backbone(torch.randn(n, 3, 128, 32)).unflatten(0, (1, n))  # (N, 512, 8, 2) -> (1, N, 512, 8, 2)
             for k in (2, 4, 8):
                 model.num_regions = k
-                out = model(clips)
-                assert out["feat"].shape == (2, 16) and out["logits"].shape == (2, 7)
-                assert out["scores"].shape == (2, n, k) and out["attention"].shape == (2, n, 8, 2)
-                assert torch.allclose(out["scores"].sum(1), torch.ones(2, k))
+                out = model.aggregate(maps)
+                assert out["feat"].shape == (1, 16) and out["logits"].shape == (1, 7)
+                assert out["scores"].shape == (1, n, k) and out["attention"].shape == (1, n, 8, 2)
+                assert torch.allclose(out["scores"].sum(1), torch.ones(1, k))
+        assert model(torch.randn(1, 8, 3, 128, 32))["scores"].shape == (1, 8, 8)
     model.num_regions = 9
     with pytest.raises(ValueError, match="K=9"):
         model(torch.randn(1, 2, 3, 128, 32))
