@@ -72,7 +72,7 @@ def test_any_n_and_k():
     model = tiny(fusion=True).eval()
     with torch.no_grad():
         for n in (1, 2, 4, 8):
-            maps = model.backbone(torch.randn(n, 3, 128, 32)).unflatten(0, (1, n))  # (N, 512, 8, 2) -> (1, N, 512, 8, 2)
+            maps = model.backbone(torch.randn(n, 3, 128, 32)).unflatten(0, (1, n))  # (N, 512, 8, 2) -> (1, N, ...)
             for k in (2, 4, 8):
                 model.num_regions = k
                 out = model.aggregate(maps)

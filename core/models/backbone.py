@@ -40,7 +40,8 @@ def _read_state_dict(name: str, weights_path: str | None) -> dict[str, torch.Ten
         raise WeightsUnavailableError(
             f"ImageNet weights for {name} are not in the torch hub cache (this suite never downloads them). Fetch "
             f"{BACKBONES[name][1].url} and save it as {path} (folder: {os.path.dirname(path)}, i.e. "
-            f"torch.hub.get_dir()/checkpoints), or pass its location as model.weights_path, or set model.pretrained=false")
+            f"torch.hub.get_dir()/checkpoints), or pass its location as model.weights_path, "
+            f"or set model.pretrained=false")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -51,7 +52,8 @@ def _load_imagenet(net: nn.Module, name: str, weights_path: str | None) -> None:
     source = weights_path or cached_weights_file(name)
     state = _read_state_dict(name, weights_path)
     if not isinstance(state, dict):
-        raise WeightsUnavailableError(f"weights file '{source}' does not hold a state dict (got {type(state).__name__})")
+        raise WeightsUnavailableError(f"weights file '{source}' does not hold a state dict "
+                                      f"(got {type(state).__name__})")
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -63,7 +65,7 @@ def _load_imagenet(net: nn.Module, name: str, weights_path: str | None) -> None:
 
 
 def build_backbone(name: str, pretrained: bool, weights_path: str | None = None) -> tuple[nn.Module, int]:
-    """ResNet `name` with conv5 stride 1, avgpool/fc removed: (B, 3, H, W) -> (B, D, H/16, W/16); returns (module, D)."""
+    """ResNet `name`, conv5 stride 1, avgpool/fc removed: (B, 3, H, W) -> (B, D, H/16, W/16); returns (module, D)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; valid: {', '.join(BACKBONES)}")
     make, _, channels = BACKBONES[name]

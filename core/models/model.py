@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from core.config import ModelConfig
 from core.models.backbone import build_backbone
-from core.models.sta import ATTENTION, REMAINDERS, attention_map, block_scores, fuse_pooled, normalize_scores, region_bounds
+from core.models.sta import (ATTENTION, REMAINDERS, attention_map, block_scores, fuse_pooled, normalize_scores,
+                             region_bounds)
 
 AGGREGATIONS = ("frame", "avg", "sta")
 F2_WEIGHTS = ("normalized", "raw")  # [A5] Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
@@ -36,7 +37,8 @@ class VideoReIDModel(nn.Module):
         _check("remainder", remainder, REMAINDERS)
         if num_regions < 1:
             raise ValueError(f"num_regions must be >= 1, got {num_regions}")
-        self.aggregation, self.attention, self.f2_weights, self.remainder = aggregation, attention, f2_weights, remainder
+        self.aggregation, self.attention = aggregation, attention
+        self.f2_weights, self.remainder = f2_weights, remainder
         self.fusion = fusion and aggregation == "sta"  # fusion only exists for STA; ignored for frame/avg
         self.num_regions = num_regions
         self.backbone, channels = build_backbone(backbone, pretrained, weights_path)
