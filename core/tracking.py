@@ -31,6 +31,7 @@ from core.provenance import provenance
 DEFAULT_URI = "sqlite:///mlflow.db"
 RESULT_METRICS = ("R1", "R5", "R10", "R20", "mAP")
 ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
+STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
 
 logging.getLogger("alembic").setLevel(logging.WARNING)   # the SQLite store's schema migrations are chatty
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -86,6 +87,41 @@ def child_run(name: str, tags: Mapping[str, str] | None = None, system_metrics: 
     with _run(run_name=name, nested=True, tags={"kind": ROW_KIND, **(tags or {})},
               log_system_metrics=_system_metrics(system_metrics)) as run_id:
         yield run_id
+
+
+@contextlib.contextmanager
+def study_run(experiment: str, study: str, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """The parent run of an Optuna study (core.tuning), made the active run so child_run() nests under it.
+
+    Found by the tags kind=study and study=<study> in `experiment`, or created: every worker and every resumed
+    invocation of one study hangs its trials under the same run. When two workers create one at the same moment,
+    both keep the older and the newer is deleted. Yields the run id.
+    """
+    mlflow.set_experiment(experiment)
+    run_id = _study_run_id(experiment, study, name)
+    with _run(tags={"kind": STUDY_KIND, "study": study, **(tags or {})}, run_id=run_id) as rid:
+        yield rid
+
+
+def _study_run_id(experiment: str, study: str, name: str) -> str:
+    client = MlflowClient()
+    exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    study_tag = study.replace("\\", "\\\\").replace("'", "\\'")
+
+    def oldest() -> str | None:
+        runs = client.search_runs([exp_id], f"tags.kind = '{STUDY_KIND}' and tags.study = '{study_tag}'",
+                                  max_results=100)
+        runs = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+        return runs[0].info.run_id if runs else None
+
+    found = oldest()
+    if found:
+        return found
+    mine = client.create_run(exp_id, tags={"kind": STUDY_KIND, "study": study}, run_name=name).info.run_id
+    winner = oldest() or mine
+    if winner != mine:
+        client.delete_run(mine)
+    return winner
 
 
 @contextlib.contextmanager
@@ -154,6 +190,16 @@ def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Map
     mlflow.log_metrics({**metrics, **(extra_metrics or {})})
     mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},
                     "cmc.json")
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Metrics of the active run (e.g. a trial's validation mAP at step = epoch)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Extra params of the active run (e.g. an Optuna trial's number and suggested values)."""
+    mlflow.log_params({k: _param(v) for k, v in params.items()})
 
 
 def log_dict(data: Mapping[str, Any], name: str) -> None:
