@@ -86,11 +86,11 @@ def attention_clips(scores: Mapping[int, object], query: Sequence, seq_len: int,
                     limit: int = 4) -> list[dict]:
     """JSON-able clips for attention_figure: the (N, K) scores of the first `limit` query clips with scores,
     the paths of the N frames the test loader fed the model, the identity and camera."""
-    from core.data.sampling import test_frames  # the test loader's own frame choice [A12]
+    from core.data.sampling import eval_frames  # the test loader's own frame choice [A12]
     clips = []
     for qi in sorted(scores)[:limit]:
         t = query[qi]
-        frames = test_frames(len(t.paths), seq_len, sampling)[0]   # the first clip: the one scored
+        frames = eval_frames(len(t.paths), seq_len, sampling)[0]   # the first clip: the one scored
         clips.append({"query": int(qi), "pid": int(t.pid), "camid": int(t.camid),
                       "frames": [t.paths[i] for i in frames],
                       "scores": np.asarray(scores[qi], dtype=float).round(5).tolist()})

@@ -124,8 +124,9 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -
         result = run(job.cfg, work_dir, callbacks=[callback], dataset=dataset, progress=progress)
         tracking.log_result(result, logged_by=callback, extra_metrics={"wall_seconds": time.perf_counter() - t0})
         _log_figures(job, result, dataset)
-        if spec.profile == "paper":
+        if spec.profile == "paper" and callback.logged:     # the run that trained it (Table 2's others share it)
             tracking.log_file(result.run_dir / "last.pt", "checkpoint")
+        tracking.set_tags({"checkpoint_path": str((result.run_dir / "last.pt").resolve())})
 
 
 def _log_figures(job: Job, result, dataset) -> None:
@@ -173,8 +174,8 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
                 outcome.trained.append(job.name)
             except Exception as e:  # noqa: BLE001 - one failed row (e.g. a NaN loss) does not stop the table
                 outcome.failed.append(f"{job.name}: {type(e).__name__}: {e}")
-                if not main or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                    raise  # ranks must stay in step
+                if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                    raise  # under torchrun the ranks must stay in step: stop them all
         if main:
             tracking.set_tags({"trained": len(outcome.trained), "reused": len(outcome.reused),
                                "failed": len(outcome.failed)})
