@@ -1,0 +1,910 @@
+"""Optuna study of lambda (loss.reg_weight, Eq. 7 [A8]) and the triplet margin (loss.margin, Eq. 9): the only
+module that imports optuna. Run it with ``python reproduce/tune.py`` (``-h`` for the flags).
+
+Search space (spec ``experiments/tune_lambda_margin.yaml``, checked by :func:`read_tune_spec`):
+  ``reg``         categorical {on, off}; off is lambda = 0 (Reg switched off), a legitimate point of the space
+  ``reg_weight``  lambda on a log scale in [low, high], suggested only when reg = on (a conditional parameter)
+  ``margin``      alpha in [low, high]
+A new study gets two trials queued first: the baseline (margin and lambda of the Table 1 "+ Reg" row, read from
+experiments/table1.yaml) and the lambda = 0 reference; a resumed study queues nothing.
+
+Objective: validation mAP (percent) after the last epoch, on a split of the TRAINING identities
+(core.data.validation), never the test split. Every ``report_every`` epochs a trial reports its validation mAP;
+a MedianPruner stops trials below the median of completed trials at the same epoch. Pruned and failed trials keep
+their reason in the trial's user attrs ("reason"). Once the search stops, the best values and the defaults are
+each trained on the full training set and evaluated once on the test split (cached by config hash in the study's
+user attrs, so a resumed study re-evaluates only a new best).
+
+Storage: a journal file ``<work-dir>/optuna/<study>.journal`` by default (several local processes can share it),
+or ``sqlite:///...``, ``postgresql[+driver]://...``, ``mysql[+driver]://...`` for several machines. Each worker
+stops once the study holds n_trials trials finished or running (optuna.study.MaxTrialsCallback, counting the
+running trials of other workers too). A trial killed with its worker is marked failed by the next invocation on
+that host and its parameters are queued again; its training resumes from its checkpoint.
+
+MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>),
+one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report step, final value) and
+per test run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import statistics
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from core.config import ConfigError, RunConfig, apply_overrides, config_hash, to_flat_dict
+from core.specs import EXPERIMENTS, DATASET_NAMES, load_profiles, load_spec, select_rows, spec_path
+
+DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
+SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
+             "report_every": int, "budgets": dict}
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
+# keys that may differ between the workers of one study (paths, devices, loader settings)
+MACHINE_KEYS = ("data.root", "data.num_workers", "train.device", "eval.batch_size")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+# ---- the spec ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int
+    timeout: float | None                   # seconds of search per invocation (None: no limit)
+    overrides: dict[str, Any]               # flat config keys, for trials and test runs alike
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    path: Path
+    study: str                              # default study name
+    table: str                              # spec whose row is tuned, e.g. "table1"
+    row: str                                # its label
+    reg_weight: Range                       # lambda when reg = on (log scale)
+    reg_off: bool                           # also search lambda = 0
+    margin: Range
+    val_fraction: float
+    val_seed: int
+    sampler_seed: int
+    n_startup_trials: int
+    pruner_startup: int
+    pruner_warmup: int
+    report_every: int
+    budgets: dict[str, Budget]
+
+    def search_space(self) -> dict[str, Any]:
+        """What a study stores (user attr "search_space") and compares when it is resumed."""
+        space: dict[str, Any] = {"reg_weight": dataclasses.asdict(self.reg_weight),
+                                 "margin": dataclasses.asdict(self.margin)}
+        if self.reg_off:
+            space["reg"] = ["on", "off"]
+        return space
+
+
+def _keys(tree: Any, allowed: Mapping[str, type | tuple], where: str, required: Sequence[str] = ()) -> dict:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(allowed)}, got {tree!r}")
+    for key, value in tree.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(allowed)}")
+        kind = allowed[key]
+        if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            raise ConfigError(f"{where}: key '{key}' has {value!r}, which is not of the expected type")
+    for key in required:
+        if tree.get(key) is None:
+            raise ConfigError(f"{where}: key '{key}' is required")
+    return tree
+
+
+def _range(tree: Any, where: str, log_default: bool, allow_linear: bool) -> Range:
+    allowed = {"low": (int, float), "high": (int, float), **({"log": bool} if allow_linear else {})}
+    _keys(tree, allowed, where, required=("low", "high"))
+    low, high, log = float(tree["low"]), float(tree["high"]), bool(tree.get("log", log_default))
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise ConfigError(f"{where}: empty or inverted range: low {low:g} must be < high {high:g}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: key 'low' is {low:g}; a log-scale range needs low > 0 "
+                          f"(lambda = 0 is the separate reg: off point, see search.reg_off)")
+    if low < 0:
+        raise ConfigError(f"{where}: key 'low' is {low:g}; must be >= 0")
+    return Range(low, high, log)
+
+
+def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
+    """Read and check a tuning spec; every error is a ConfigError naming the file, the key and the value."""
+    import yaml
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read tuning spec ({e})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    _keys(tree, SPEC_KEYS, str(path), required=("study", "config", "search", "budgets"))
+    if not STUDY_NAME.match(tree["study"]):
+        raise ConfigError(f"{path}: key 'study' is {tree['study']!r}; use letters, digits, '_', '-', '.'")
+    config = _keys(tree["config"], {"spec": str, "row": str}, f"{path}, config", required=("spec", "row"))
+    search = _keys(tree["search"], {"reg_weight": dict, "reg_off": bool, "margin": dict}, f"{path}, search",
+                   required=("reg_weight", "margin"))
+    val = _keys(tree.get("validation") or {}, {"fraction": (int, float), "seed": int}, f"{path}, validation")
+    fraction = float(val.get("fraction", 0.2))
+    if not 0 < fraction < 1:
+        raise ConfigError(f"{path}, validation: key 'fraction' is {fraction:g}; must be in (0, 1)")
+    sampler = _keys(tree.get("sampler") or {}, {"seed": int, "n_startup_trials": int}, f"{path}, sampler")
+    pruner = _keys(tree.get("pruner") or {}, {"n_startup_trials": int, "n_warmup_steps": int}, f"{path}, pruner")
+    every = tree.get("report_every", 1)
+    if every < 1:
+        raise ConfigError(f"{path}: key 'report_every' is {every}; must be >= 1")
+    budgets = {}
+    profiles = load_profiles()
+    for name, raw in tree["budgets"].items():
+        where = f"{path}, budgets.{name}"
+        if name not in profiles:
+            raise ConfigError(f"{where}: '{name}' is not a profile of experiments/profiles.yaml; "
+                              f"allowed: {', '.join(profiles)}")
+        _keys(raw, {"n_trials": int, "timeout": (int, float), "overrides": dict}, where, required=("n_trials",))
+        if raw["n_trials"] < 1:
+            raise ConfigError(f"{where}: key 'n_trials' is {raw['n_trials']}; must be >= 1")
+        if raw.get("timeout") is not None and raw["timeout"] <= 0:
+            raise ConfigError(f"{where}: key 'timeout' is {raw['timeout']}; must be > 0 seconds or null")
+        overrides = _flat(raw.get("overrides") or {})
+        apply_overrides(RunConfig(), overrides, f"{where}.overrides")      # unknown keys, types, values
+        for key in ("loss.reg_weight", "loss.margin"):
+            if key in overrides:
+                raise ConfigError(f"{where}.overrides: key '{key}' is searched; it cannot be fixed here")
+        budgets[name] = Budget(raw["n_trials"], raw.get("timeout"), overrides)
+    return TuneSpec(path=path, study=tree["study"], table=config["spec"], row=config["row"],
+                    reg_weight=_range(search["reg_weight"], f"{path}, search.reg_weight", True, False),
+                    reg_off=search.get("reg_off", True),
+                    margin=_range(search["margin"], f"{path}, search.margin", False, True),
+                    val_fraction=fraction, val_seed=val.get("seed", 0), sampler_seed=sampler.get("seed", 0),
+                    n_startup_trials=sampler.get("n_startup_trials", 10),
+                    pruner_startup=pruner.get("n_startup_trials", 5), pruner_warmup=pruner.get("n_warmup_steps", 0),
+                    report_every=every, budgets=budgets)
+
+
+def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
+    from core.config import flatten_overrides
+    return flatten_overrides(tree)
+
+
+# ---- storage -------------------------------------------------------------------------------------------------
+
+def storage_location(storage: str | None, study_name: str, work_dir: str | Path = "runs") -> str:
+    """The storage of a study: a URL, a journal file path, or by default <work_dir>/optuna/<study>.journal.
+
+    Allowed: sqlite:///path, postgresql[+driver]://..., mysql[+driver]://..., or a path ending in .journal.
+    """
+    if not storage:
+        return str(Path(work_dir) / "optuna" / f"{study_name}.journal")
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0]
+        if scheme.split("+", 1)[0] not in RDB_SCHEMES or (scheme == "sqlite" and not storage.startswith("sqlite:///")):
+            raise ConfigError(f"--storage {storage!r}: unknown URL scheme '{scheme}://'; allowed: sqlite:///PATH, "
+                              f"postgresql[+driver]://..., mysql[+driver]://..., or a journal file path ending "
+                              f"in .journal")
+        return storage
+    if not storage.endswith(".journal"):
+        raise ConfigError(f"--storage {storage!r}: a journal file path must end in .journal (or give a URL: "
+                          f"sqlite:///PATH, postgresql://..., mysql://...)")
+    return storage
+
+
+def open_storage(location: str) -> optuna.storages.BaseStorage:
+    """JournalStorage on a file (several local processes), else RDBStorage with a heartbeat (stale trials of dead
+    workers on other machines are failed after 10 minutes)."""
+    if "://" not in location:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
+    try:
+        return optuna.storages.RDBStorage(location, heartbeat_interval=60, grace_period=600)
+    except Exception as e:  # noqa: BLE001 - drivers raise their own types (ModuleNotFoundError, OperationalError)
+        raise ConfigError(f"--storage {location!r}: cannot open ({type(e).__name__}: {e})") from e
+
+
+# ---- what a study runs ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """A resolved, validated study: everything checked before a trial runs."""
+    spec: TuneSpec
+    profile: str
+    dataset: str
+    study_name: str
+    storage: str                            # URL or journal path
+    config: RunConfig                       # every trial and test run: this with lambda and margin replaced
+    baseline: dict[str, Any]                # the baseline trial's params (reg, reg_weight, margin)
+    n_trials: int                           # the study's total (finished or running trials)
+    timeout: float | None
+    work_dir: Path
+
+    @property
+    def experiment(self) -> str:
+        return f"STA {self.spec.study}"
+
+    @property
+    def baseline_values(self) -> tuple[float, float]:
+        return values(self.baseline)
+
+
+def default_study_name(spec: TuneSpec, dataset: str, profile: str) -> str:
+    return spec.study if (dataset, profile) == ("synthetic", "cpu") else f"{spec.study}_{dataset}_{profile}"
+
+
+def plan_study(spec_file: str | Path = DEFAULT_SPEC, profile: str = "cpu", dataset: str = "synthetic",
+               data_root: str | None = None, overrides: Mapping[str, Any] | None = None,
+               study_name: str | None = None, storage: str | None = None, n_trials: int | None = None,
+               timeout: float | None = None, work_dir: str | Path = "runs") -> Plan:
+    """Read the spec, resolve the tuned row's config (profile <- table base <- row <- budget <- `overrides`) and
+    check the search space, baseline, storage URL and study name. ``timeout`` 0 means no limit."""
+    spec = read_tune_spec(spec_file)
+    if profile not in spec.budgets:
+        raise ConfigError(f"{spec.path}: no budgets.{profile}; profiles with a budget: {', '.join(spec.budgets)}")
+    budget = spec.budgets[profile]
+    cli = _flat(overrides or {})
+    for key in ("loss.reg_weight", "loss.margin"):
+        if key in cli:
+            raise ConfigError(f"command line: key '{key}' is what the study searches; it cannot be set")
+    table = load_spec(spec_path(spec.table), profile=profile, dataset=dataset, data_root=data_root,
+                      overrides={**budget.overrides, **cli})
+    try:
+        row = select_rows(table, [spec.row]).rows[0]
+    except ConfigError as e:
+        raise ConfigError(f"{spec.path}, config.row: {e}") from e
+    if row.config is None:
+        raise ConfigError(f"{spec.path}, config.row: '{spec.row}' is a quoted literature row, not a run")
+    cfg = row.config
+    lam, margin = cfg.loss.reg_weight, cfg.loss.margin
+    where = f"{spec.path} (baseline from {table.path.name}, row '{spec.row}')"
+    if not spec.margin.low <= margin <= spec.margin.high:
+        raise ConfigError(f"{where}: the baseline margin {margin:g} lies outside search.margin "
+                          f"[{spec.margin.low:g}, {spec.margin.high:g}]")
+    if lam > 0 and not spec.reg_weight.low <= lam <= spec.reg_weight.high:
+        raise ConfigError(f"{where}: the baseline lambda {lam:g} lies outside search.reg_weight "
+                          f"[{spec.reg_weight.low:g}, {spec.reg_weight.high:g}]")
+    if lam == 0 and not spec.reg_off:
+        raise ConfigError(f"{where}: the baseline lambda is 0 but search.reg_off is false")
+    baseline = {"reg": "on", "reg_weight": lam, "margin": margin} if lam > 0 else {"reg": "off", "margin": margin}
+    if not spec.reg_off:
+        baseline.pop("reg")
+    name = study_name or default_study_name(spec, dataset, profile)
+    if not STUDY_NAME.match(name):
+        raise ConfigError(f"--study-name {name!r}: use 1-100 letters, digits, '_', '-', '.' (starting with a "
+                          f"letter or digit)")
+    n = budget.n_trials if n_trials is None else n_trials
+    if n < 0:
+        raise ConfigError(f"--n-trials {n}: must be >= 0 (0: no new trial; test evaluation and report only)")
+    t = budget.timeout if timeout is None else (timeout or None)
+    if t is not None and t < 0:
+        raise ConfigError(f"--timeout {t}: must be >= 0 seconds (0: no limit)")
+    return Plan(spec=spec, profile=profile, dataset=dataset, study_name=name,
+                storage=storage_location(storage, name, work_dir), config=cfg, baseline=baseline, n_trials=n,
+                timeout=t, work_dir=Path(work_dir))
+
+
+def values(params: Mapping[str, Any]) -> tuple[float, float]:
+    """(lambda, margin) of a trial's params: lambda = 0 when reg is off."""
+    lam = 0.0 if params.get("reg", "on") == "off" else float(params["reg_weight"])
+    return lam, float(params["margin"])
+
+
+def with_values(cfg: RunConfig, lam: float, margin: float) -> RunConfig:
+    return apply_overrides(cfg, {"loss.reg_weight": lam, "loss.margin": margin}, "tuning")
+
+
+def suggest(trial: optuna.Trial, spec: TuneSpec) -> tuple[float, float]:
+    """(lambda, margin) for a trial: the conditional space of the module doc."""
+    on = trial.suggest_categorical("reg", ["on", "off"]) == "on" if spec.reg_off else True
+    lam = trial.suggest_float("reg_weight", spec.reg_weight.low, spec.reg_weight.high, log=True) if on else 0.0
+    margin = trial.suggest_float("margin", spec.margin.low, spec.margin.high, log=spec.margin.log)
+    return lam, margin
+
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE with seed = base seed + trial number, re-created for every trial.
+
+    Suggestions are then a function of the study's history and the trial number only, so a resumed invocation or a
+    second worker never replays the random start-up draws of another (one fixed-seed TPE per process would).
+    """
+
+    def __init__(self, seed: int, n_startup_trials: int):
+        self.seed, self.n_startup_trials = seed, n_startup_trials
+        self._tpe: dict[int, optuna.samplers.TPESampler] = {}
+
+    def _for(self, trial) -> optuna.samplers.TPESampler:
+        if trial.number not in self._tpe:
+            self._tpe[trial.number] = optuna.samplers.TPESampler(seed=self.seed + trial.number,
+                                                                 n_startup_trials=self.n_startup_trials)
+        return self._tpe[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+        self._tpe.pop(trial.number, None)
+
+
+class StopAtBudget:
+    """Stops this worker once the study holds `n_trials` trials finished or running in any worker (like
+    optuna.study.MaxTrialsCallback, but counting other workers' running trials so N workers do not overshoot,
+    and not counting a killed trial whose parameters were queued again)."""
+
+    def __init__(self, n_trials: int):
+        self.n_trials = n_trials
+
+    def count(self, study: optuna.Study) -> int:
+        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        return sum(1 for t in trials if "requeued_as_retry" not in t.user_attrs)
+
+    def __call__(self, study: optuna.Study, trial) -> None:
+        if self.count(study) >= self.n_trials:
+            study.stop()
+
+
+# ---- opening a study -----------------------------------------------------------------------------------------
+
+def _comparable_config(cfg: RunConfig) -> dict[str, Any]:
+    flat = to_flat_dict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()
+            if k not in MACHINE_KEYS and k not in ("loss.reg_weight", "loss.margin")}
+
+
+def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
+               wait_s: float = 60.0) -> tuple[optuna.Study, bool]:
+    """Create the study (queueing the baseline and the lambda = 0 reference) or load it and check that it has the
+    same search space and base config; returns (study, created). Raises ConfigError before any trial runs."""
+    storage = open_storage(plan.storage)
+    spec = plan.spec
+    sampler = TrialSeededTPE(spec.sampler_seed, spec.n_startup_trials)
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup,
+                                                   n_warmup_steps=spec.pruner_warmup)
+    space, base = spec.search_space(), _comparable_config(plan.config)
+    try:
+        study = optuna.create_study(storage=storage, study_name=plan.study_name, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        _check_existing(study, plan, space, base, wait_s)
+        _recover_killed(study)
+        return study, False
+    study.enqueue_trial(plan.baseline, user_attrs={"role": "baseline"})
+    if spec.reg_off and plan.baseline.get("reg") != "off":
+        study.enqueue_trial({"reg": "off", "margin": plan.baseline["margin"]},
+                            user_attrs={"role": "reference (lambda = 0)"})
+    study.set_user_attr("base_config", base)
+    study.set_user_attr("spec", str(spec.path))
+    study.set_user_attr("validation", {"fraction": spec.val_fraction, "seed": spec.val_seed})
+    study.set_user_attr("search_space", space)   # last: other workers wait for it, so the queue is complete
+    return study, True
+
+
+def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wait_s: float) -> None:
+    where = f"study '{plan.study_name}' in {plan.storage}"
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ConfigError(f"{where} minimises; this objective (validation mAP) is maximised: use another "
+                          f"--study-name")
+    deadline = time.monotonic() + wait_s
+    while "search_space" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.5)                        # its creator is still queueing the first trials
+    stored = study.user_attrs.get("search_space")
+    if stored is None:
+        raise ConfigError(f"{where} was not created by this tool (no user attr 'search_space'): use another "
+                          f"--study-name")
+    if stored != json.loads(json.dumps(space)):
+        raise ConfigError(f"{where} exists with another search space: stored {stored}, {plan.spec.path} gives "
+                          f"{space}; use another --study-name or the spec the study was created with")
+    if study.user_attrs.get("validation") != {"fraction": plan.spec.val_fraction, "seed": plan.spec.val_seed}:
+        raise ConfigError(f"{where} exists with another validation split {study.user_attrs.get('validation')}; "
+                          f"{plan.spec.path} gives fraction {plan.spec.val_fraction}, seed {plan.spec.val_seed}")
+    old = study.user_attrs.get("base_config", {})
+    diff = sorted(k for k in set(old) | set(base) if old.get(k) != base.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {base.get(k)!r}" for k in diff[:8])
+        raise ConfigError(f"{where} exists with another base config ({shown}); use another --study-name or the "
+                          f"dataset/profile/--set it was created with")
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover_killed(study: optuna.Study) -> None:
+    """Trials left RUNNING by a dead worker of this host: mark them failed (reason given) and queue their params."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        whost, _, pid = worker.rpartition(":")
+        if whost != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        reason = f"worker {worker} stopped during the trial (killed); its parameters were queued again"
+        # Optuna has no public setter for another process's trial: the storage call Trial.set_user_attr makes
+        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+        study._storage.set_trial_user_attr(t._trial_id, "requeued_as_retry", True)
+        study.tell(t.number, state=TrialState.FAIL)
+        role = t.user_attrs.get("role", "search")
+        study.enqueue_trial(t.params, user_attrs={"role": f"{role}, retry of trial {t.number}"})
+
+
+# ---- one trial -----------------------------------------------------------------------------------------------
+
+class ValidationReporter:
+    """Engine EpochCallback: every `every` epochs (and after the last) evaluate on the validation split, log it,
+    trial.report(mAP %, epochs done) and raise optuna.TrialPruned (with its reason) when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, cfg: RunConfig, split, every: int, progress: bool):
+        self.trial, self.cfg, self.split, self.every, self.progress = trial, cfg, split, every, progress
+        self.last: tuple[int, float] | None = None      # (epochs done, val mAP %)
+
+    def __call__(self, stats, model) -> None:
+        done = stats.epoch + 1
+        if done % self.every and done != self.cfg.train.epochs:
+            return
+        value = self.evaluate(model, done, stats.epoch)
+        if done < self.cfg.train.epochs and self.trial.should_prune():
+            reason = self._reason(done, value)
+            self.trial.set_user_attr("reason", reason)
+            raise optuna.TrialPruned(reason)
+
+    def evaluate(self, model, done: int, step: int) -> float:
+        from core import tracking
+        from core.engine import evaluate_model
+        metrics, _, _ = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg,
+                                       progress=False)
+        value = 100.0 * metrics["mAP"]
+        self.trial.report(value, done)
+        tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * metrics["R1"]}, step=step)
+        self.last = (done, value)
+        return value
+
+    def _reason(self, done: int, value: float) -> str:
+        others = [t.intermediate_values[done] for t in self.trial.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,)) if done in t.intermediate_values]
+        pruner = type(self.trial.study.pruner).__name__
+        if not others:
+            return f"pruned after epoch {done} by {pruner}: val mAP {value:.2f}% (no completed trial reached it)"
+        median = statistics.median(others)
+        rel = "below" if value < median else "not above"
+        return (f"pruned after epoch {done} by {pruner}: val mAP {value:.2f}% {rel} the median {median:.2f}% of "
+                f"{len(others)} completed trial(s) at that epoch")
+
+
+class Objective:
+    """Train on the validation split's training identities with a trial's (lambda, margin); return val mAP (%)."""
+
+    def __init__(self, plan: Plan, split, progress: bool):
+        self.plan, self.split, self.progress = plan, split, progress
+        self.invocation = uuid.uuid4().hex          # tells this invocation's trials from earlier ones
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", _worker())
+        trial.set_user_attr("invocation", self.invocation)
+        try:
+            lam, margin = suggest(trial, self.plan.spec)
+            cfg = with_values(self.plan.config, lam, margin)
+            trial.set_user_attr("lambda", lam)
+            return self._run(trial, cfg, lam, margin)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("reason", f"{type(e).__name__}: {e}"[:2000])
+            raise
+
+    def _run(self, trial: optuna.Trial, cfg: RunConfig, lam: float, margin: float) -> float:
+        from core import tracking
+        from core.engine import train, train_dir
+        run_dir = train_dir(cfg, self.plan.work_dir / "optuna" / self.plan.study_name / "trials")
+        tags = {"kind": "trial", "study": self.plan.study_name, "trial": str(trial.number),
+                "role": trial.user_attrs.get("role", "search"), "dataset": self.plan.dataset,
+                "profile": self.plan.profile, **tracking.provenance_tags()}
+        pruned: optuna.TrialPruned | None = None
+        with tracking.child_run(f"trial {trial.number}", tags):
+            tracking.log_config(cfg, extra={"study": self.plan.study_name, "trial": trial.number,
+                                            "params": trial.params})
+            tracking.log_params({"trial.number": trial.number, "trial.reg": "off" if lam == 0 else "on",
+                                 "trial.lambda": lam, "trial.margin": margin})
+            reporter = ValidationReporter(trial, cfg, self.split, self.plan.spec.report_every, self.progress)
+            try:
+                model, _ = train(cfg, self.split.dataset, run_dir, progress=self.progress,
+                                 callbacks=[tracking.epoch_callback(), reporter])
+                if reporter.last is None or reporter.last[0] != cfg.train.epochs:   # resumed from a finished checkpoint
+                    reporter.evaluate(model, cfg.train.epochs, cfg.train.epochs - 1)
+                value = reporter.last[1]
+                tracking.log_metrics({"val_mAP_final": value})
+                tracking.set_tags({"optuna_state": "COMPLETE"})
+            except optuna.TrialPruned as e:
+                pruned = e
+                tracking.set_tags({"optuna_state": "PRUNED", "reason": trial.user_attrs.get("reason", str(e))})
+        shutil.rmtree(run_dir, ignore_errors=True)     # a finished trial's checkpoint is not needed again
+        if pruned is not None:
+            raise pruned
+        return value
+
+
+# ---- the study -----------------------------------------------------------------------------------------------
+
+@dataclass
+class TuneOutcome:
+    study: optuna.Study
+    report: Path | None
+    test: dict[str, dict]                   # "chosen" / "defaults" -> test result (see evaluate_on_test)
+    new_trials: int
+
+
+def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Path = "reports",
+              evaluate_test: bool = True, progress: bool = True,
+              pruner: optuna.pruners.BasePruner | None = None) -> TuneOutcome:
+    """Run (or continue, or join) the study of `plan`, evaluate the best values on the test split, write the report.
+
+    ``evaluate_test=False`` (extra workers) skips the test runs and the report. ``pruner`` replaces the spec's
+    MedianPruner (tests).
+    """
+    from core import tracking
+    from core.data import load_dataset
+    from core.data.validation import split_validation
+    optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study, created = open_study(plan, pruner)
+    dataset = load_dataset(plan.config.data)
+    split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed)
+    if split.dataset.num_train_pids < plan.config.data.ids_per_batch:
+        raise ConfigError(f"{plan.spec.path}, validation.fraction {plan.spec.val_fraction:g} leaves "
+                          f"{split.dataset.num_train_pids} training identities, fewer than data.ids_per_batch "
+                          f"P={plan.config.data.ids_per_batch}; lower the fraction or P")
+    study.set_user_attr("validation_split", split.summary())
+    tracking.configure(tracking_uri)
+    budget = StopAtBudget(plan.n_trials)
+    test: dict[str, dict] = {}
+    report = None
+    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split)):
+        remaining = plan.n_trials - budget.count(study)
+        objective = Objective(plan, split, progress)
+        if remaining > 0:
+            study.optimize(objective, n_trials=remaining, timeout=plan.timeout, catch=(Exception,),
+                           callbacks=[budget], gc_after_trial=True)
+        new = sum(t.user_attrs.get("invocation") == objective.invocation for t in study.get_trials(deepcopy=False))
+        if evaluate_test:
+            test = evaluate_on_test(study, plan, dataset, progress)
+            report = write_report(study, plan, reports_dir)
+            tracking.log_file(report, "report")
+            for png in sorted(Path(reports_dir, "figures").glob(f"{plan.study_name}_*.png")):
+                tracking.log_file(png, "report/figures")
+        tracking.set_tags(_summary_tags(study))
+    return TuneOutcome(study=study, report=report, test=test, new_trials=new)
+
+
+def _study_tags(plan: Plan, split) -> dict[str, str]:
+    return {"dataset": plan.dataset, "profile": plan.profile, "storage": plan.storage,
+            "spec": str(plan.spec.path), "n_trials": str(plan.n_trials),
+            "search_space": json.dumps(plan.spec.search_space()), "validation": split.describe()}
+
+
+def _summary_tags(study: optuna.Study) -> dict[str, str]:
+    counts = {s.name.lower(): 0 for s in (*FINISHED, TrialState.RUNNING)}
+    for t in study.trials:
+        if t.state.name.lower() in counts:
+            counts[t.state.name.lower()] += 1
+    tags = {f"trials_{k}": str(v) for k, v in counts.items()}
+    best = _best(study)
+    if best is not None:
+        lam, margin = values(best.params)
+        tags.update(best_trial=str(best.number), best_lambda=f"{lam:g}", best_margin=f"{margin:g}",
+                    best_val_mAP=f"{best.value:.2f}")
+    return tags
+
+
+def _best(study: optuna.Study):
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = True) -> dict[str, dict]:
+    """Train the best trial's values and the defaults on the full training set, evaluate each once on the test
+    split; results are kept in the study's user attrs ("test:<config hash>") and in <study>.test.json beside a
+    journal file, and reused when the best is unchanged."""
+    from core import tracking
+    from core.engine import run
+    best = _best(study)
+    if best is None:
+        return {}
+    out = {}
+    for label, (lam, margin), trial in (("chosen", values(best.params), best.number),
+                                        ("defaults", plan.baseline_values, None)):
+        cfg = with_values(plan.config, lam, margin)
+        key = f"test:{config_hash(cfg)}"
+        found = study.user_attrs.get(key)
+        if found is None:
+            tags = {"kind": "test", "study": plan.study_name, "label": label, "dataset": plan.dataset,
+                    "profile": plan.profile, "config_hash": config_hash(cfg), **tracking.provenance_tags()}
+            with tracking.child_run(f"test: {label} (lambda {lam:g}, margin {margin:g})", tags) as run_id:
+                tracking.log_config(cfg, extra={"study": plan.study_name, "label": label, "trial": trial})
+                callback = tracking.epoch_callback()
+                result = run(cfg, plan.work_dir, callbacks=[callback], dataset=dataset, progress=progress)
+                tracking.log_result(result, logged_by=callback)
+            found = {"lambda": lam, "margin": margin, "dataset": result.dataset_name, "synthetic": result.synthetic,
+                     "metrics": {k: 100.0 * result.metrics[k] for k in ("R1", "R5", "R10", "R20", "mAP")},
+                     "num_queries": int(result.metrics["num_queries"]), "num_gallery": len(dataset.gallery),
+                     "mlflow_run_id": run_id, "config_hash": config_hash(cfg)}
+            study.set_user_attr(key, found)
+        out[label] = {**found, "trial": trial}
+    if "://" not in plan.storage:
+        from core.engine.checkpoint import save_json
+        save_json(out, Path(plan.storage).with_suffix(".test.json"))
+    return out
+
+
+# ---- report --------------------------------------------------------------------------------------------------
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def _dataset_label(plan: Plan) -> str:
+    if plan.dataset == "synthetic":
+        return "synthetic (MARS layout) — not MARS"
+    return DATASET_NAMES.get(plan.dataset, plan.dataset)
+
+
+def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str, str]:
+    """Optimisation history, parameter importances and the lambda-margin contour as PNGs (Agg backend);
+    returns {figure: file name or 'not drawn: why'}."""
+    from core import figures as figs       # sets the Agg backend
+    from optuna.visualization import matplotlib as ovm
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with_lambda = [t for t in complete if "reg_weight" in t.params]
+    plans = {
+        "history": (lambda: ovm.plot_optimization_history(study, target_name="val mAP (%)"),
+                    None if complete else "no completed trial yet"),
+        "importances": (lambda: ovm.plot_param_importances(study, target_name="val mAP (%)"),
+                        None if len(complete) >= 3 else f"needs >= 3 completed trials, has {len(complete)}"),
+        "contour": (lambda: ovm.plot_contour(study, params=["reg_weight", "margin"], target_name="val mAP (%)"),
+                    None if len(with_lambda) >= 3 else
+                    f"needs >= 3 completed trials with reg = on, has {len(with_lambda)}"),
+    }
+    out = {}
+    for name, (draw, skip) in plans.items():
+        path = figures_dir / f"{stem}_{name}.png"
+        if skip is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ax = draw()
+                fig = ax.flat[0].figure if hasattr(ax, "flat") else ax.figure
+                figs.save(fig, path)
+                out[name] = path.name
+                continue
+            except Exception as e:  # noqa: BLE001 - optuna refuses degenerate studies in several ways
+                skip = f"{type(e).__name__}: {e}"
+        path.unlink(missing_ok=True)
+        out[name] = f"not drawn: {skip}"
+    return out
+
+
+def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "reports") -> Path:
+    """reports/<study>.md from the study storage (trials, user attrs) and the plan; figures under figures/."""
+    reports_dir = Path(reports_dir)
+    stem = plan.study_name
+    figures = write_figures(study, stem, reports_dir / "figures")
+    spec, cfg = plan.spec, plan.config
+    trials = study.trials
+    counts = {s: sum(t.state == s for t in trials) for s in (*FINISHED, TrialState.RUNNING, TrialState.WAITING)}
+    best = _best(study)
+    ds = _dataset_label(plan)
+    lines = [f"# Tuning λ (loss.reg_weight) and the triplet margin (loss.margin) — study `{stem}`", "",
+             f"Generated by `python reproduce/tune.py` from the Optuna study `{stem}` in `{plan.storage}` "
+             f"(spec `{_rel(spec.path)}`); rebuild with the same command and `--n-trials 0`. Do not edit.", "",
+             f"**Dataset: {ds}.**" + (" These numbers check the pipeline on generated data; they say nothing about "
+                                      "λ or the margin on MARS." if plan.dataset == "synthetic" else ""), "",
+             f"Config tuned: Table 1 row “{spec.row}” (`experiments/{spec.table}.yaml`), profile `{plan.profile}` "
+             f"with the spec's `budgets.{plan.profile}` overrides "
+             f"({', '.join(f'{k}={v}' for k, v in spec.budgets[plan.profile].overrides.items()) or 'none'}): "
+             f"{cfg.model.backbone}, {cfg.data.height}x{cfg.data.width} frames, N={cfg.data.seq_len}, "
+             f"K={cfg.model.num_regions}, P={cfg.data.ids_per_batch} x {cfg.data.tracklets_per_id}, "
+             f"{cfg.train.epochs} epochs, seed {cfg.train.seed}.", ""]
+    lines += ["## Chosen values", ""]
+    if best is None:
+        lines += ["No trial has completed yet.", ""]
+    else:
+        lam, margin = values(best.params)
+        lines += [f"Best trial **{best.number}**: λ = **{lam:.4g}**" + (" (Reg off)" if lam == 0 else "") +
+                  f", margin = **{margin:.3f}**, validation mAP {best.value:.2f}%.", ""]
+    lines += _test_section(study, plan, best)
+    split = study.user_attrs.get("validation_split", {})
+    lines += ["## Validation split (the objective)", "",
+              f"{split.get('val_ids', '?')} of the {split.get('source_train_ids', '?')} training identities "
+              f"(fraction {spec.val_fraction:g}, seed {spec.val_seed}, drawn among identities seen by >= 2 cameras) "
+              f"are held out of training: each gives 1 query tracklet, the rest of its tracklets form the gallery "
+              f"({split.get('val_query_tracklets', '?')} queries, {split.get('val_gallery_tracklets', '?')} gallery "
+              f"tracklets). Trials train on the other {split.get('train_ids', '?')} identities "
+              f"({split.get('train_tracklets', '?')} tracklets, relabelled 0..C'-1). The objective is the "
+              f"validation mAP (%) after the last epoch, with the test options of the config "
+              f"({cfg.eval.ap_rule} AP, {cfg.eval.sampling} sampling, N={cfg.eval.seq_len}). The test split is "
+              f"never seen by a trial (`core/data/validation.py`).", ""]
+    rw, mg = spec.reg_weight, spec.margin
+    lines += ["## Search", "",
+              f"- λ: `reg` ∈ {{on, off}}" + ("" if spec.reg_off else " (off disabled)") +
+              f"; when on, `reg_weight` ∈ [{rw.low:g}, {rw.high:g}] on a log scale; off is λ = 0 (conditional "
+              f"parameter, so λ = 0 is a point of the space, not the end of a log axis).",
+              f"- margin ∈ [{mg.low:g}, {mg.high:g}]" + (" (log scale)" if mg.log else "") + ".",
+              f"- Queued first: the baseline (λ = {plan.baseline_values[0]:g} from the Table 1 row, margin = "
+              f"{plan.baseline_values[1]:g}, the paper's recommendation) and the λ = 0 reference.",
+              f"- TPE, seed {spec.sampler_seed} + trial number, random until {spec.n_startup_trials} trials finished; "
+              f"MedianPruner (n_startup_trials {spec.pruner_startup}, n_warmup_steps {spec.pruner_warmup}); "
+              f"validation every {spec.report_every} epochs.",
+              f"- Trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+              f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running, "
+              f"{counts[TrialState.WAITING]} queued (budget: {plan.n_trials} trials"
+              + (f", {plan.timeout:g} s per invocation" if plan.timeout else "") + ").", ""]
+    lines += ["## Trials", "", "| # | state | role | reg | λ | margin | val mAP (%) per epoch | final val mAP (%) "
+              "| seconds | reason |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in trials:
+        if t.state == TrialState.WAITING:
+            continue
+        lam_m = values(t.params) if "margin" in t.params else (None, None)
+        inter = ", ".join(f"{s}: {v:.1f}" for s, v in sorted(t.intermediate_values.items()))
+        secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
+            t.datetime_start else None
+        reason = (t.user_attrs.get("reason") or "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {t.user_attrs.get('role', 'search')} | "
+                     f"{t.params.get('reg', 'on')} | {'—' if lam_m[0] is None else f'{lam_m[0]:.4g}'} | "
+                     f"{_fmt(lam_m[1], 3) if lam_m[1] is not None else '—'} | {inter or '—'} | "
+                     f"{_fmt(t.value) if t.state == TrialState.COMPLETE else '—'} | {_fmt(secs, 0)} | {reason} |")
+    lines += ["", "## Figures", ""]
+    titles = {"history": "Optimisation history", "importances": "Parameter importances (completed trials; λ only "
+              "where reg = on)", "contour": "λ–margin contour (completed trials with reg = on)"}
+    for name, title in titles.items():
+        what = figures[name]
+        lines.append(f"**{title}.** " + (f"\n\n![{name}](figures/{what})" if not what.startswith("not drawn")
+                                         else f"*{what}*"))
+        lines.append("")
+    spec_flag = "" if spec.path.resolve() == DEFAULT_SPEC.resolve() else f" --spec {_rel(spec.path)}"
+    lines += ["## Commands", "", "```bash", f"python reproduce/tune.py{spec_flag} --study-name {stem} --dataset "
+              f"{plan.dataset} --profile {plan.profile}    # continue (or extend with --n-trials)",
+              f"mlflow ui --backend-store-uri sqlite:///mlflow.db    # experiment '{plan.experiment}', parent run "
+              f"'{stem}'", "```", ""]
+    path = reports_dir / f"{stem}.md"
+    from core.engine.checkpoint import save_text
+    save_text("\n".join(lines), path)
+    return path
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(EXPERIMENTS.parent))
+    except ValueError:
+        return str(path)
+
+
+def _test_section(study: optuna.Study, plan: Plan, best) -> list[str]:
+    head = [f"## Test split — {_dataset_label(plan)}", ""]
+    if best is None:
+        return head + ["Not evaluated: no completed trial.", ""]
+    rows, found = [], []
+    for (lam, margin), what in ((values(best.params), f"chosen (trial {best.number})"),
+                                (plan.baseline_values, "defaults (paper margin, Table 1 λ)")):
+        res = study.user_attrs.get(f"test:{config_hash(with_values(plan.config, lam, margin))}")
+        if res is None:
+            rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | not evaluated yet | | | |")
+            continue
+        m = res["metrics"]
+        found.append(res)
+        rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | {m['R1']:.1f} | {m['R5']:.1f} | {m['R10']:.1f} | "
+                    f"{m['mAP']:.1f} |")
+    out = head + ["Each row is trained once on the full training set (all training identities) with its values and "
+                  "evaluated once on the test split (percent).", "",
+                  "| values | λ | margin | R1 | R5 | R10 | mAP |", "|---|---|---|---|---|---|---|", *rows, ""]
+    if found:
+        res = found[0]
+        out += [f"Test split of {res['dataset']}: {res['num_queries']} queries, {res['num_gallery']} gallery "
+                f"tracklets. Each value pair is evaluated once; a resumed study re-evaluates only a new best.", ""]
+    if len(found) < len(rows):
+        out += [f"Missing rows: the study was run with --no-test; run `python reproduce/tune.py --study-name "
+                f"{plan.study_name} --n-trials 0` to evaluate them.", ""]
+    return out
+
+
+# ---- command line --------------------------------------------------------------------------------------------
+
+def tune_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="reproduce/tune.py",
+        description="Optuna study of lambda (loss.reg_weight) and the triplet margin (loss.margin) on a validation "
+                    "split of the training identities; the best values and the defaults are then evaluated once on "
+                    "the test split; writes reports/<study>.md. Without flags: synthetic data, cpu profile.",
+        epilog="Several workers on one study: run the same command with the same --study-name in N shells (the "
+               "default journal file is shared by local processes) or on N machines with a shared "
+               "--storage postgresql://... / mysql://...; give all but one --no-test. Each stops when the study "
+               "holds --n-trials trials.")
+    ap.add_argument("--spec", default=str(DEFAULT_SPEC), help="search-space spec (default: %(default)s)")
+    ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "mars", "duke"])
+    ap.add_argument("--data-root", help="dataset folder (required for mars/duke; synthetic: where it is generated)")
+    ap.add_argument("--profile", default="cpu", choices=sorted(load_profiles()),
+                    help="experiments/profiles.yaml profile (default: cpu); the spec's budgets.<profile> applies")
+    ap.add_argument("--device", help="train.device: auto | cpu | cuda | cuda:<i>")
+    ap.add_argument("--n-trials", type=int, help="the study's total number of trials (default: the spec's budget); "
+                                                 "0: only evaluate and report")
+    ap.add_argument("--timeout", type=float, help="seconds of search in this invocation (default: the spec's "
+                                                  "budget; 0: no limit)")
+    ap.add_argument("--study-name", help="default: the spec's study (+ _<dataset>_<profile> off synthetic/cpu)")
+    ap.add_argument("--storage", help="sqlite:///PATH, postgresql://..., mysql://... or PATH.journal "
+                                      "(default: <work-dir>/optuna/<study>.journal)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="any config key except loss.reg_weight / loss.margin (repeatable)")
+    ap.add_argument("--work-dir", default="runs", help="checkpoints and the default journal (default: ./runs)")
+    ap.add_argument("--reports-dir", default="reports")
+    ap.add_argument("--no-test", action="store_true", help="extra workers: no test runs, no report")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars, no per-trial log lines")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """reproduce/tune.py: run or continue a study, print where the report is; exit 2 on bad input."""
+    from core.cli import parse_set
+    args = tune_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        overrides = parse_set(args.overrides)
+        if args.device:
+            overrides["train.device"] = args.device
+        plan = plan_study(args.spec, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
+                          overrides=overrides, study_name=args.study_name, storage=args.storage,
+                          n_trials=args.n_trials, timeout=args.timeout, work_dir=args.work_dir)
+        out = run_study(plan, tracking_uri=args.tracking_uri, reports_dir=args.reports_dir,
+                        evaluate_test=not args.no_test, progress=not args.quiet)
+    except ValueError as e:             # ConfigError, DatasetError, ValidationSplitError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    best = _best(out.study)
+    print(f"study {plan.study_name} ({plan.storage}): {out.new_trials} new trial(s), {len(out.study.trials)} in all, "
+          f"in {time.perf_counter() - t0:.0f} s")
+    if best is not None:
+        lam, margin = values(best.params)
+        print(f"best: trial {best.number}, lambda {lam:.4g}, margin {margin:.3f}, val mAP {best.value:.2f}%")
+    for label, res in out.test.items():
+        print(f"test ({res['dataset']}), {label}: lambda {res['lambda']:.4g}, margin {res['margin']:.3f}: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in res["metrics"].items()))
+    if out.report:
+        print(f"report: {out.report}")
+    return 0

@@ -1,0 +1,230 @@
+"""Optuna study (core.tuning): tiny studies complete, resume, prune, record failures, share a journal between two
+worker processes and log to MLflow; the validation split stays inside the training identities; bad input is
+refused before any trial runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import core.engine
+from core import tracking
+from core.config import ConfigError
+from core.data import load_dataset
+from core.data.validation import ValidationSplitError, split_validation
+from core.tuning import main, open_study, plan_study, run_study, write_report
+
+REPO = Path(__file__).resolve().parent.parent
+# the tiny config of tests/test_engine.py (tiny_cfg), as overrides of the tuned Table 1 row
+TINY = {"data.synthetic_size": "tiny", "data.height": 32, "data.width": 16, "data.seq_len": 2,
+        "data.ids_per_batch": 4, "data.tracklets_per_id": 2, "data.num_workers": 0, "model.backbone": "resnet18",
+        "model.pretrained": False, "model.feat_dim": 32, "model.num_regions": 2, "train.epochs": 2,
+        "train.milestones": [1], "train.device": "cpu", "eval.batch_size": 8}
+SPEC = {
+    "study": "tiny", "config": {"spec": "table1", "row": "Baseline + TL + STA + Fusion + Reg"},
+    "search": {"reg_weight": {"low": 1.0e-3, "high": 10.0}, "reg_off": True, "margin": {"low": 0.1, "high": 0.6}},
+    "validation": {"fraction": 0.25, "seed": 0}, "sampler": {"seed": 0, "n_startup_trials": 2},
+    "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}, "report_every": 1,
+    "budgets": {"cpu": {"n_trials": 3, "timeout": None, "overrides": TINY}},
+}
+
+
+def write_spec(folder: Path, name: str = "tune.yaml", **search) -> Path:
+    spec = yaml.safe_load(yaml.safe_dump(SPEC))
+    spec["search"].update(search)
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def make_plan(tiny_synthetic_root, tmp_path):
+    def make(study: str = "s", n_trials: int = 3, spec: Path | None = None, epochs: int = 2, **kwargs):
+        return plan_study(spec or write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name=study,
+                          n_trials=n_trials, work_dir=tmp_path / "runs", overrides={"train.epochs": epochs},
+                          **kwargs)
+    return make
+
+
+def uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def runs_of(tmp_path: Path, study: str):
+    tracking.configure(uri(tmp_path))
+    exp = mlflow.get_experiment_by_name("STA tiny")
+    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'", output_format="pandas")
+
+
+def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path):
+    plan = make_plan("s", n_trials=3, epochs=1)
+    out = run_study(plan, tracking_uri=uri(tmp_path), reports_dir=tmp_path / "reports", progress=False)
+    trials = out.study.trials
+    assert [t.number for t in trials] == [0, 1, 2] and all(t.state == TrialState.COMPLETE for t in trials)
+    # the baseline (Table 1 "+ Reg" lambda, margin 0.3) first, then the lambda = 0 reference
+    assert trials[0].params == {"reg": "on", "reg_weight": 1.0, "margin": 0.3}
+    assert trials[0].user_attrs["role"] == "baseline"
+    assert trials[1].params == {"reg": "off", "margin": 0.3} and trials[1].user_attrs["lambda"] == 0.0
+    assert all(list(t.intermediate_values) == [1] for t in trials)       # report_every 1, 1 epoch
+    assert out.test["chosen"]["synthetic"] and set(out.test["defaults"]["metrics"]) >= {"R1", "mAP"}
+    text = out.report.read_text()
+    assert "synthetic (MARS layout) — not MARS" in text and "| 2 | complete | search |" in text
+    assert (tmp_path / "reports" / "figures" / "s_history.png").exists()
+
+    runs = runs_of(tmp_path, "s")
+    parent = runs[runs["tags.kind"] == "study"]
+    assert len(parent) == 1
+    trial_runs = runs[runs["tags.kind"] == "trial"]
+    assert sorted(trial_runs["tags.trial"].astype(int)) == [0, 1, 2]
+    assert set(trial_runs["tags.mlflow.parentRunId"]) == set(parent["run_id"])
+    assert set(trial_runs["params.trial.lambda"].astype(float)) >= {0.0, 1.0}
+    assert trial_runs["params.loss.reg_weight"].notna().all() and trial_runs["metrics.val_mAP_final"].notna().all()
+    history = mlflow.tracking.MlflowClient().get_metric_history(trial_runs["run_id"].iloc[0], "val_mAP")
+    assert [m.step for m in history] == [0]
+    assert (runs["tags.kind"] == "test").sum() == 1                        # chosen == defaults here: one run
+
+    again = run_study(make_plan("s", n_trials=4, epochs=1), tracking_uri=uri(tmp_path), reports_dir=tmp_path / "reports",
+                      progress=False)
+    trials = again.study.trials
+    assert [t.number for t in trials] == [0, 1, 2, 3] and again.new_trials == 1
+    assert trials[3].user_attrs.get("role") is None                      # nothing queued again
+    assert sum(t.user_attrs.get("role") == "baseline" for t in trials) == 1
+    runs = runs_of(tmp_path, "s")
+    assert (runs["tags.kind"] == "study").sum() == 1
+    assert set(runs[runs["tags.kind"] == "trial"]["tags.mlflow.parentRunId"]) == set(parent["run_id"])
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_pruned_and_failed_trials_keep_their_reason(make_plan, tmp_path, monkeypatch):
+    real, seen = core.engine.train, []
+
+    def fails_once(cfg, dataset, *args, **kwargs):
+        seen.append(dataset)
+        if len(seen) == 1:
+            raise RuntimeError("boom: disk full")
+        return real(cfg, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(core.engine, "train", fails_once)
+    plan = make_plan("p", n_trials=2)
+    out = run_study(plan, tracking_uri=uri(tmp_path), evaluate_test=False, progress=False, pruner=AlwaysPrune())
+    failed, pruned = out.study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["reason"] == "RuntimeError: boom: disk full"
+    assert pruned.state == TrialState.PRUNED and list(pruned.intermediate_values) == [1]
+    assert pruned.user_attrs["reason"].startswith("pruned after epoch 1 by AlwaysPrune: val mAP ")
+    text = write_report(out.study, plan, tmp_path / "reports").read_text()
+    assert "boom: disk full" in text and "pruned after epoch 1 by AlwaysPrune" in text
+    assert "not drawn: no completed trial yet" in text
+    runs = runs_of(tmp_path, "p").set_index("tags.trial")
+    assert runs.loc["0", "status"] == "FAILED" and "boom" in runs.loc["0", "tags.error"]
+    assert runs.loc["1", "status"] == "FINISHED" and runs.loc["1", "tags.optuna_state"] == "PRUNED"
+    # the trial trained on the validation split's training identities, never on the held-out ones
+    full = load_dataset(plan.config.data)
+    assert seen[1].num_train_pids == full.num_train_pids - 2
+    assert not _identities(seen[1].train) & _identities(seen[1].query + seen[1].gallery)
+
+
+def _identities(tracklets) -> set[str]:
+    """Identity folders of MARS-layout tracklets (bbox_train/0003/..., bbox_test/0012/...)."""
+    return {Path(t.paths[0]).parent.name for t in tracklets}
+
+
+def test_validation_split_stays_inside_the_training_identities(tiny_synthetic_root):
+    from tests.test_engine import tiny_cfg
+    ds = load_dataset(tiny_cfg(tiny_synthetic_root).data)
+    split = split_validation(ds, 0.25, seed=0)
+    val = split.dataset
+    held = _identities(val.query + val.gallery)
+    assert len(held) == len(split.val_pids) == 2 and len(val.query) == 2
+    assert held <= _identities(ds.train)
+    assert not held & _identities(ds.query + ds.gallery)                  # never the test split
+    assert not held & _identities(val.train)                              # never the trial's training data
+    assert sorted({t.pid for t in val.train}) == list(range(val.num_train_pids)) and val.num_train_pids == 6
+    for q in val.query:                                                   # a match in another camera
+        assert any(g.pid == q.pid and g.camid != q.camid for g in val.gallery) and q not in val.gallery
+    assert split_validation(ds, 0.25, seed=0) == split                    # fixed by (fraction, seed)
+    with pytest.raises(ValidationSplitError, match="holds out 0; at least 2"):
+        split_validation(ds, 0.05)
+
+
+def test_two_workers_share_one_study(tiny_synthetic_root, tmp_path):
+    spec = write_spec(tmp_path)
+    journal = tmp_path / "shared.journal"
+    tracking.configure(uri(tmp_path))
+    mlflow.search_experiments()          # create the SQLite tables once, not in two processes at the same time
+    cmd = [sys.executable, str(REPO / "reproduce" / "tune.py"), "--spec", str(spec), "--study-name", "w",
+           "--storage", str(journal), "--n-trials", "4", "--data-root", str(tiny_synthetic_root),
+           "--tracking-uri", uri(tmp_path), "--work-dir", str(tmp_path / "runs"), "--set", "train.epochs=1",
+           "--no-test", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    study = optuna.load_study(study_name="w", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(len(numbers))) and 4 <= len(numbers) <= 5   # none lost, none twice
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert sum(t.user_attrs.get("role") == "baseline" for t in study.trials) == 1
+    runs = runs_of(tmp_path, "w")
+    parent = runs[runs["tags.kind"] == "study"]
+    assert len(parent) == 1
+    trial_runs = runs[runs["tags.kind"] == "trial"]
+    assert sorted(trial_runs["tags.trial"].astype(int)) == numbers
+    assert set(trial_runs["tags.mlflow.parentRunId"]) == set(parent["run_id"])
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"reg_weight": {"low": 1.0, "high": 0.1}}, r"search.reg_weight: empty or inverted range: low 1 must be < high 0.1"),
+    ({"reg_weight": {"low": 0.0, "high": 1.0}}, r"search.reg_weight: key 'low' is 0; a log-scale range needs low > 0"),
+    ({"margin": {"low": 0.3, "high": 0.3}}, r"search.margin: empty or inverted range: low 0.3 must be < high 0.3"),
+    ({"margin": {"low": 0.4, "high": 0.6}}, r"baseline margin 0.3 lies outside search.margin \[0.4, 0.6\]"),
+    ({"margin": {"low": 0.1, "high": 0.6, "step": 2}}, r"search.margin: unknown key 'step'"),
+])
+def test_bad_search_space_is_refused(make_plan, tmp_path, search, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        make_plan(spec=write_spec(tmp_path, **search))
+    assert "tune.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("redis://localhost:6379", r"unknown URL scheme 'redis://'"),
+    ("sqlite://relative.db", r"unknown URL scheme 'sqlite://'"),
+    ("runs/study.db", r"must end in .journal"),
+])
+def test_bad_storage_is_refused(make_plan, storage, message):
+    with pytest.raises(ConfigError, match=message):
+        make_plan(storage=storage)
+
+
+def test_allowed_storages_pass(make_plan):
+    for storage in ("sqlite:///x.db", "postgresql+psycopg2://u@h/db", "mysql://u@h/db", "a/b.journal"):
+        assert make_plan(storage=storage).storage == storage
+
+
+def test_study_with_another_search_space_is_refused_before_any_trial(make_plan, tmp_path):
+    study, created = open_study(make_plan("x"))
+    assert created and [t.state for t in study.trials] == [TrialState.WAITING] * 2
+    assert open_study(make_plan("x"))[1] is False                         # same space: resumed
+    other = write_spec(tmp_path, "other.yaml", margin={"low": 0.1, "high": 0.5})
+    with pytest.raises(ConfigError, match=r"study 'x' .* exists with another search space"):
+        open_study(make_plan("x", spec=other))
+    assert [t.state for t in study.trials] == [TrialState.WAITING] * 2   # nothing ran
+
+
+def test_command_line_reports_bad_input(tmp_path, capsys):
+    assert main(["--storage", "redis://h", "--work-dir", str(tmp_path)]) == 2
+    assert "unknown URL scheme 'redis://'" in capsys.readouterr().err
+    assert main(["--set", "loss.margin=0.2", "--work-dir", str(tmp_path)]) == 2
+    assert "key 'loss.margin' is what the study searches" in capsys.readouterr().err
