@@ -154,7 +154,7 @@ def test_training_learns_an_embedding(tiny_synthetic_root, dataset, tmp_path):
     as gallery) beats chance and the untrained model. Generalisation to unseen ids is Table 1's business."""
     from core.engine import evaluate_model
     from core.models import build_model
-    cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 8, "train.milestones": [8], "train.lr": 1e-3,
+    cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 10, "train.milestones": [10], "train.lr": 1e-3,
                                            "loss.reg_weight": 0.0})
     first = {}
     for t in dataset.train:
