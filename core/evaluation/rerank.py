@@ -40,8 +40,10 @@ def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_valu
 
     Ties: the nearest-neighbour lists are in (distance, index) order, as a stable argsort;
     the result equals ``reference.k_reciprocal_rerank_reference`` within 1e-5 (both use
-    ``distance.self_euclidean``, so rankings see identical numbers). Random float features
-    practically never tie; exact ties are still resolved the same way by both.
+    ``distance.self_euclidean``, so rankings see bit-identical float32 numbers). Exact ties
+    do occur at MARS size (the bench input has 13 rows with a tie among their 23 nearest,
+    2 of them across the k1+1 or k2 boundary); the release's quicksort orders those
+    arbitrarily, which moves some re-ranked distances by up to 0.07.
 
     Memory: the N x N float32 original distance (4 N^2 bytes, N = m + n; 0.51 GB for MARS,
     N = 11,310) plus O(chunk * N) temporaries, the m x n result and O(N * k1^2) for the
