@@ -68,6 +68,10 @@ def row_stats(sel: pd.DataFrame, metric: str) -> tuple[float, float, int]:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), len(vals)
 
 
+def _markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, disable_numparse=True)   # keep "64.0" as printed, not "64"
+
+
 def _fmt(v: float | None) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.1f}"
 
@@ -140,13 +144,13 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
               f"loss.reg_weight = {_values(runs, 'loss.reg_weight')} [A8]. Seeds: {', '.join(map(str, seeds))} "
               f"({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: {_commits(runs)}. "
               f"Metrics in percent; Δ = this run − paper.", ""]
-    lines += [comparison_frame(spec, runs, datasets).to_markdown(index=False, disable_numparse=True), ""]
+    lines += [comparison_frame(spec, runs, datasets).pipe(_markdown), ""]
     for ds in datasets:
         sub = runs[runs["tags.dataset"] == ds]
         for name, fig in _figures(spec, sub, ds, load_json):
             path = figures.save(fig, fig_dir / f"{spec.table}_{profile}_{ds}_{name}.png")
             lines += [f"![{name}]({rel}/{path.name})", ""]
-    lines += ["<details><summary>Runs used (MLflow)</summary>", "", _runs_frame(spec, runs).to_markdown(index=False, disable_numparse=True),
+    lines += ["<details><summary>Runs used (MLflow)</summary>", "", _runs_frame(spec, runs).pipe(_markdown),
               "", "</details>", ""]
     return "\n".join(lines)
 
@@ -210,7 +214,7 @@ def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
     deviations = [f"- **{r.label}**: {r.deviation}" for r in spec.rows if r.deviation]
     if deviations:
         out += ["## Deviations from the paper", "", *deviations, ""]
-    out += ["## The paper's numbers (as printed)", "", paper_frame(spec).to_markdown(index=False, disable_numparse=True), ""]
+    out += ["## The paper's numbers (as printed)", "", paper_frame(spec).pipe(_markdown), ""]
     return "\n".join(out)
 
 
@@ -229,13 +233,15 @@ def write_report(spec: Spec, runs: pd.DataFrame, reports_dir: str | Path = "repo
 
 
 def write_index(reports_dir: str | Path = "reports") -> Path:
-    """reports/README.md: one line per report present."""
+    """reports/README.md: one line per report present (the tables first, then e.g. tuning reports)."""
     reports_dir = Path(reports_dir)
     lines = ["# Reports", "", "Generated from the MLflow store joined with `experiments/*.yaml` "
-             "(`python reproduce/report.py` rebuilds them all without training). Numbers in percent; "
+             "(`python reproduce/report.py` rebuilds the tables' reports without training). Numbers in percent; "
              "synthetic runs are labelled as such and are not MARS or DukeMTMC-VideoReID results.", ""]
-    for md in sorted(reports_dir.glob("table*.md")):
-        title = md.read_text().splitlines()[0].lstrip("# ").strip()
+    pages = sorted((p for p in reports_dir.glob("*.md") if p.name != "README.md"),
+                   key=lambda p: (not p.stem.startswith("table"), p.stem))
+    for md in pages:
+        title = md.read_text().splitlines()[0].lstrip("# ").strip() if md.stat().st_size else md.stem
         lines.append(f"- [{md.stem}]({md.name}): {title}")
     path = reports_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")

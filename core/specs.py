@@ -120,7 +120,8 @@ def _paper_numbers(paper: Any, metrics: tuple[str, ...], where: str) -> dict[str
                                   f"allowed: {', '.join(metrics)}")
         missing = [m for m in metrics if m not in numbers]
         if missing:
-            raise ConfigError(f"{where}: key 'paper.{ds}' lacks {', '.join(missing)} (write null for a '—' in the paper)")
+            raise ConfigError(f"{where}: key 'paper.{ds}' lacks {', '.join(missing)} "
+                              f"(write null for a '—' in the paper)")
         for m, v in numbers.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100):
                 raise ConfigError(f"{where}: key 'paper.{ds}.{m}' must be a percentage in [0, 100] or null, got {v!r}")

@@ -43,7 +43,8 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     assert rows["tags.config_hash"].nunique() == 2 and rows["tags.git_commit"].notna().all()
     # the full resolved config as params, same names in every row; values differ where the rows do
     params = [c for c in runs.columns if c.startswith("params.")]
-    assert {"params.model.aggregation", "params.loss.reg_weight", "params.eval.ap_rule", "params.train.seed"} <= set(params)
+    assert {"params.model.aggregation", "params.loss.reg_weight", "params.eval.ap_rule",
+            "params.train.seed"} <= set(params)
     assert rows[params].notna().all().all()
     assert sorted(rows["params.model.aggregation"]) == ["frame", "sta"]
     # final metrics in percent, per-epoch metrics at step = epoch

@@ -58,6 +58,10 @@ def store(tmp_path_factory):
         for seed, r1 in ((0, 0.50), (1, 0.60)):
             ids[("Baseline", seed)] = _log_row(t1, t1.rows[0], seed, r1)
         ids[("Baseline + TL", 0)] = _log_row(t1, t1.rows[1], 0, 0.70)
+    t2 = load_spec(spec_path("table2"), "cpu")
+    with tracking.parent_run(tracking.experiment_name("table2"), "test", {"table": "table2"}):
+        for row, r1 in zip(t2.rows, (0.3, 0.4, 0.42, 0.41)):
+            _log_row(t2, row, 0, r1)
     with tracking.parent_run(tracking.experiment_name("table4"), "test", {"table": "table4"}):
         sta, rr = (r for r in t4.rows if r.run)
         _log_row(t4, sta, 0, 0.40)
@@ -152,3 +156,21 @@ def test_latest_used_run_wins_per_row_and_seed():
                          "tags.dataset": ["synthetic"] * 3, "tags.row": ["A"] * 3, "tags.seed": ["0"] * 3})
     assert list(reporting.select_runs(runs)["run_id"]) == ["reused"]
     assert list(reporting.select_runs(runs.iloc[:2])["run_id"]) == ["new"]
+
+
+def test_table2_report_draws_lines_over_n(store, tmp_path):
+    tracking.configure(store["uri"])
+    text = reporting.write_report(read_spec(spec_path("table2")), tracking.runs_frame("STA table2"), tmp_path,
+                                  load_json=tracking.load_json).read_text()
+    assert "![lines](figures/table2_cpu_synthetic_lines.png)" in text
+    assert (tmp_path / "figures" / "table2_cpu_synthetic_lines.png").stat().st_size > 1000
+    assert "| N=8 " in text.replace("  ", " ")
+
+
+def test_seeds_give_one_job_per_row_and_seed():
+    from core.tables import jobs
+    spec = load_spec(spec_path("table3"), "cpu")
+    todo = jobs(spec, [0, 1, 2])
+    assert len(todo) == 9 and [j.cfg.train.seed for j in todo[:3]] == [0, 1, 2]
+    assert len({config_hash(j.cfg) for j in todo}) == 9
+    assert [j.seed for j in jobs(spec)] == [0, 0, 0]
