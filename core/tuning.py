@@ -365,8 +365,9 @@ class StopAtBudget:
         self.n_trials = n_trials
 
     def count(self, study: optuna.Study) -> int:
-        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        return sum(1 for t in trials if "requeued_as_retry" not in t.user_attrs)
+        trials = study.get_trials(deepcopy=False)
+        retried = _retried(trials)
+        return sum(t.state in (*FINISHED, TrialState.RUNNING) and t.number not in retried for t in trials)
 
     def __call__(self, study: optuna.Study, trial) -> None:
         if self.count(study) >= self.n_trials:
@@ -451,20 +452,30 @@ def _alive(pid: int) -> bool:
 
 
 def _recover_killed(study: optuna.Study) -> None:
-    """Trials left RUNNING by a dead worker of this host: mark them failed (reason given) and queue their params."""
+    """Queue again the params of trials interrupted by Ctrl-C, and of trials left RUNNING by a dead worker of this
+    host (marked failed first); the retry (user attr retry_of) resumes from the trial's checkpoint."""
     host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        whost, _, pid = worker.rpartition(":")
-        if whost != host or not pid.isdigit() or _alive(int(pid)):
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    for t in trials:
+        if t.number in retried or t.state not in (TrialState.RUNNING, TrialState.FAIL):
             continue
-        reason = f"worker {worker} stopped during the trial (killed); its parameters were queued again"
-        # Optuna has no public setter for another process's trial: the storage call Trial.set_user_attr makes
-        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
-        study._storage.set_trial_user_attr(t._trial_id, "requeued_as_retry", True)
-        study.tell(t.number, state=TrialState.FAIL)
-        role = t.user_attrs.get("role", "search")
-        study.enqueue_trial(t.params, user_attrs={"role": f"{role}, retry of trial {t.number}"})
+        if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"):
+            continue
+        if t.state == TrialState.RUNNING:
+            worker = t.user_attrs.get("worker", "")
+            whost, _, pid = worker.rpartition(":")
+            if whost != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            # no public setter for the user attrs of another process's trial: the call Trial.set_user_attr makes
+            study._storage.set_trial_user_attr(t._trial_id, "reason", f"worker {worker} stopped during the trial "
+                                                                      f"(killed); its parameters were queued again")
+            study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"role": t.user_attrs.get("role", "search"), "retry_of": t.number})
+
+
+def _retried(trials) -> set[int]:
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
 
 
 # ---- one trial -----------------------------------------------------------------------------------------------
@@ -530,6 +541,10 @@ class Objective:
         except Exception as e:
             trial.set_user_attr("reason", f"{type(e).__name__}: {e}"[:2000])
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", "interrupted (Ctrl-C); rerun the command to retry it from its checkpoint")
+            trial.set_user_attr("interrupted", True)
+            raise
 
     def _run(self, trial: optuna.Trial, cfg: RunConfig, lam: float, margin: float) -> float:
         from core import tracking
@@ -593,7 +608,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
                           f"{split.dataset.num_train_pids} training identities, fewer than data.ids_per_batch "
                           f"P={plan.config.data.ids_per_batch}; lower the fraction or P")
     study.set_user_attr("validation_split", split.summary())
-    tracking.configure(tracking_uri)
+    tracking_uri = tracking.configure(tracking_uri)
     budget = StopAtBudget(plan.n_trials)
     test: dict[str, dict] = {}
     report = None
@@ -606,7 +621,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
         new = sum(t.user_attrs.get("invocation") == objective.invocation for t in study.get_trials(deepcopy=False))
         if evaluate_test:
             test = evaluate_on_test(study, plan, dataset, progress)
-            report = write_report(study, plan, reports_dir)
+            report = write_report(study, plan, reports_dir, tracking_uri)
             tracking.log_file(report, "report")
             for png in sorted(Path(reports_dir, "figures").glob(f"{plan.study_name}_*.png")):
                 tracking.log_file(png, "report/figures")
@@ -721,7 +736,8 @@ def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str
     return out
 
 
-def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "reports") -> Path:
+def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "reports",
+                 tracking_uri: str = "sqlite:///mlflow.db") -> Path:
     """reports/<study>.md from the study storage (trials, user attrs) and the plan; figures under figures/."""
     reports_dir = Path(reports_dir)
     stem = plan.study_name
@@ -739,9 +755,10 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
              f"Config tuned: Table 1 row “{spec.row}” (`experiments/{spec.table}.yaml`), profile `{plan.profile}` "
              f"with the spec's `budgets.{plan.profile}` overrides "
              f"({', '.join(f'{k}={v}' for k, v in spec.budgets[plan.profile].overrides.items()) or 'none'}): "
-             f"{cfg.model.backbone}, {cfg.data.height}x{cfg.data.width} frames, N={cfg.data.seq_len}, "
-             f"K={cfg.model.num_regions}, P={cfg.data.ids_per_batch} x {cfg.data.tracklets_per_id}, "
-             f"{cfg.train.epochs} epochs, seed {cfg.train.seed}.", ""]
+             f"{cfg.model.backbone}, {cfg.data.height}x{cfg.data.width} frames, N={cfg.data.seq_len} frames per "
+             f"clip, K={cfg.model.num_regions} regions, batches of {cfg.data.ids_per_batch} identities x "
+             f"{cfg.data.tracklets_per_id} tracklets, {cfg.train.epochs} epochs (lr x{cfg.train.gamma:g} after "
+             f"{', '.join(map(str, cfg.train.milestones))}), seed {cfg.train.seed}.", ""]
     lines += ["## Chosen values", ""]
     if best is None:
         lines += ["No trial has completed yet.", ""]
@@ -786,13 +803,18 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
         secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else None
         reason = (t.user_attrs.get("reason") or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {t.user_attrs.get('role', 'search')} | "
+        role = t.user_attrs.get("role", "search") + (f", retry of {t.user_attrs['retry_of']}"
+                                                      if "retry_of" in t.user_attrs else "")
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {role} | "
                      f"{t.params.get('reg', 'on')} | {'—' if lam_m[0] is None else f'{lam_m[0]:.4g}'} | "
                      f"{_fmt(lam_m[1], 3) if lam_m[1] is not None else '—'} | {inter or '—'} | "
                      f"{_fmt(t.value) if t.state == TrialState.COMPLETE else '—'} | {_fmt(secs, 0)} | {reason} |")
     lines += ["", "## Figures", ""]
-    titles = {"history": "Optimisation history", "importances": "Parameter importances (completed trials; λ only "
-              "where reg = on)", "contour": "λ–margin contour (completed trials with reg = on)"}
+    titles = {"history": "Optimisation history",
+              "importances": "Parameter importances over the completed trials (Optuna's default evaluator: "
+                             "PED-ANOVA from Optuna 5, which also rates the conditional `reg_weight`; older "
+                             "versions leave it out). Few trials make this indicative only",
+              "contour": "λ–margin contour (completed trials with reg = on)"}
     for name, title in titles.items():
         what = figures[name]
         lines.append(f"**{title}.** " + (f"\n\n![{name}](figures/{what})" if not what.startswith("not drawn")
@@ -801,7 +823,7 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     spec_flag = "" if spec.path.resolve() == DEFAULT_SPEC.resolve() else f" --spec {_rel(spec.path)}"
     lines += ["## Commands", "", "```bash", f"python reproduce/tune.py{spec_flag} --study-name {stem} --dataset "
               f"{plan.dataset} --profile {plan.profile}    # continue (or extend with --n-trials)",
-              f"mlflow ui --backend-store-uri sqlite:///mlflow.db    # experiment '{plan.experiment}', parent run "
+              f"mlflow ui --backend-store-uri {tracking_uri}    # experiment '{plan.experiment}', parent run "
               f"'{stem}'", "```", ""]
     path = reports_dir / f"{stem}.md"
     from core.engine.checkpoint import save_text
@@ -834,6 +856,8 @@ def _test_section(study: optuna.Study, plan: Plan, best) -> list[str]:
     out = head + ["Each row is trained once on the full training set (all training identities) with its values and "
                   "evaluated once on the test split (percent).", "",
                   "| values | λ | margin | R1 | R5 | R10 | mAP |", "|---|---|---|---|---|---|---|", *rows, ""]
+    if values(best.params) == plan.baseline_values:
+        out += ["The baseline trial is the best: the chosen values are the defaults (one test run).", ""]
     if found:
         res = found[0]
         out += [f"Test split of {res['dataset']}: {res['num_queries']} queries, {res['num_gallery']} gallery "
@@ -852,10 +876,10 @@ def tune_parser() -> argparse.ArgumentParser:
         description="Optuna study of lambda (loss.reg_weight) and the triplet margin (loss.margin) on a validation "
                     "split of the training identities; the best values and the defaults are then evaluated once on "
                     "the test split; writes reports/<study>.md. Without flags: synthetic data, cpu profile.",
-        epilog="Several workers on one study: run the same command with the same --study-name in N shells (the "
-               "default journal file is shared by local processes) or on N machines with a shared "
-               "--storage postgresql://... / mysql://...; give all but one --no-test. Each stops when the study "
-               "holds --n-trials trials.")
+        epilog="Several workers on one study: run the same command with the same --study-name and --no-test in N "
+               "shells (the default journal file is shared by local processes) or on N machines with a shared "
+               "--storage postgresql://... / mysql://...; each stops when the study holds --n-trials trials. Then "
+               "run it once with --n-trials 0 to evaluate the best values on the test split and write the report.")
     ap.add_argument("--spec", default=str(DEFAULT_SPEC), help="search-space spec (default: %(default)s)")
     ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "mars", "duke"])
     ap.add_argument("--data-root", help="dataset folder (required for mars/duke; synthetic: where it is generated)")
@@ -874,7 +898,7 @@ def tune_parser() -> argparse.ArgumentParser:
                     help="any config key except loss.reg_weight / loss.margin (repeatable)")
     ap.add_argument("--work-dir", default="runs", help="checkpoints and the default journal (default: ./runs)")
     ap.add_argument("--reports-dir", default="reports")
-    ap.add_argument("--no-test", action="store_true", help="extra workers: no test runs, no report")
+    ap.add_argument("--no-test", action="store_true", help="workers: no test runs, no report")
     ap.add_argument("--quiet", action="store_true", help="no progress bars, no per-trial log lines")
     return ap
 

@@ -4,6 +4,7 @@ refused before any trial runs."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from core import tracking
 from core.config import ConfigError
 from core.data import load_dataset
 from core.data.validation import ValidationSplitError, split_validation
-from core.tuning import main, open_study, plan_study, run_study, write_report
+from core.tuning import main, open_study, plan_study, run_study, suggest, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny config of tests/test_engine.py (tiny_cfg), as overrides of the tuned Table 1 row
@@ -183,6 +184,24 @@ def test_two_workers_share_one_study(tiny_synthetic_root, tmp_path):
     trial_runs = runs[runs["tags.kind"] == "trial"]
     assert sorted(trial_runs["tags.trial"].astype(int)) == numbers
     assert set(trial_runs["tags.mlflow.parentRunId"]) == set(parent["run_id"])
+
+
+def test_trial_of_a_killed_worker_is_failed_with_its_reason_and_queued_again(make_plan):
+    plan = make_plan("k")
+    study, _ = open_study(plan)
+    trial = study.ask()                                    # the baseline, RUNNING in a worker that then dies
+    suggest(trial, plan.spec)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    study, created = open_study(plan)
+    killed = study.trials[0]
+    assert not created and killed.state == TrialState.FAIL
+    assert "stopped during the trial (killed)" in killed.user_attrs["reason"]
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].user_attrs["role"] == "baseline"
+    study, _ = open_study(plan)                            # resumed again: not queued twice
+    assert sum(t.user_attrs.get("retry_of") == 0 for t in study.trials) == 1
 
 
 @pytest.mark.parametrize("search, message", [
