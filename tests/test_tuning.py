@@ -91,8 +91,8 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path):
     assert [m.step for m in history] == [0]
     assert (runs["tags.kind"] == "test").sum() == 1                        # chosen == defaults here: one run
 
-    again = run_study(make_plan("s", n_trials=4, epochs=1), tracking_uri=uri(tmp_path), reports_dir=tmp_path / "reports",
-                      progress=False)
+    again = run_study(make_plan("s", n_trials=4, epochs=1), tracking_uri=uri(tmp_path),
+                      reports_dir=tmp_path / "reports", progress=False)
     trials = again.study.trials
     assert [t.number for t in trials] == [0, 1, 2, 3] and again.new_trials == 1
     assert trials[3].user_attrs.get("role") is None                      # nothing queued again
@@ -205,7 +205,8 @@ def test_trial_of_a_killed_worker_is_failed_with_its_reason_and_queued_again(mak
 
 
 @pytest.mark.parametrize("search, message", [
-    ({"reg_weight": {"low": 1.0, "high": 0.1}}, r"search.reg_weight: empty or inverted range: low 1 must be < high 0.1"),
+    ({"reg_weight": {"low": 1.0, "high": 0.1}},
+     r"search.reg_weight: empty or inverted range: low 1 must be < high 0.1"),
     ({"reg_weight": {"low": 0.0, "high": 1.0}}, r"search.reg_weight: key 'low' is 0; a log-scale range needs low > 0"),
     ({"margin": {"low": 0.3, "high": 0.3}}, r"search.margin: empty or inverted range: low 0.3 must be < high 0.3"),
     ({"margin": {"low": 0.4, "high": 0.6}}, r"baseline margin 0.3 lies outside search.margin \[0.4, 0.6\]"),

@@ -25,7 +25,8 @@ class ValidationSplitError(ValueError):
 
 @dataclass(frozen=True)
 class ValidationSplit:
-    """``dataset.train``: the remaining identities (relabelled 0..C'-1); ``dataset.query/gallery``: the held-out ones."""
+    """``dataset.train``: the remaining identities (relabelled 0..C'-1); ``dataset.query/gallery``: the held-out
+    ones."""
     dataset: VideoDataset
     val_pids: tuple[int, ...]     # held-out identities, as labelled in the full training set (0..C-1)
     fraction: float
