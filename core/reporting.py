@@ -159,7 +159,7 @@ def _runs_frame(spec: Spec, runs: pd.DataFrame) -> pd.DataFrame:
     order = {r.label: r.index for r in spec.rows}
     out = [{"row": r["tags.row"], "dataset": r["tags.dataset"], "seed": r["tags.seed"], "run id": r["run_id"],
             "config hash": r.get("tags.config_hash", ""), "epochs": r.get("params.train.epochs", ""),
-            "train s": _fmt(r.get("metrics.train_seconds")), "device": r.get("tags.device", "")}
+            "model training s": _fmt(r.get("metrics.train_seconds")), "device": r.get("tags.device", "")}
            for _, r in runs.iterrows()]
     df = pd.DataFrame(out)
     return df.sort_values(["dataset", "row", "seed"], key=lambda s: s.map(order) if s.name == "row" else s)

@@ -10,9 +10,12 @@ rank 0's reuse decisions are broadcast to the other ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -158,7 +161,9 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
     if main:
         tracking.configure(tracking_uri)
     cleared: set[Path] = set()
-    with (tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo)) if main else _null()):
+    parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo)) if main \
+        else contextlib.nullcontext()
+    with parent:
         for job in todo:
             found = tracking.find_finished(experiment, config_hash(job.cfg)) if main else None
             found = _agree(None if force else found)
@@ -174,6 +179,7 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
                 outcome.trained.append(job.name)
             except Exception as e:  # noqa: BLE001 - one failed row (e.g. a NaN loss) does not stop the table
                 outcome.failed.append(f"{job.name}: {type(e).__name__}: {e}")
+                traceback.print_exc(file=sys.stderr)
                 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                     raise  # under torchrun the ranks must stay in step: stop them all
         if main:
@@ -183,11 +189,6 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         outcome.report = write_report(spec.path, reports_dir, tracking_uri)
     _barrier()
     return outcome
-
-
-def _null():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 def _parent_name(spec: Spec) -> str:
