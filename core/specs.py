@@ -78,18 +78,21 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
 
 
-def _check_keys(tree: Any, allowed: Mapping[str, type], where: str, required: Sequence[str] = ()) -> None:
+def check_keys(tree: Any, allowed: Mapping[str, type | tuple], where: str, required: Sequence[str] = ()) -> dict:
+    """Refuse a YAML mapping with unknown keys, wrong types (a bool is not a number) or missing required keys."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: must be a mapping with keys {', '.join(allowed)}, got {tree!r}")
     for key, value in tree.items():
         if key not in allowed:
             raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(allowed)}")
         kind = allowed[key]
-        if value is not None and not isinstance(value, kind):
-            raise ConfigError(f"{where}: key '{key}' must be a {kind.__name__}, got {value!r}")
+        if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ConfigError(f"{where}: key '{key}' must be a {names}, got {value!r}")
     for key in required:
         if tree.get(key) is None:
             raise ConfigError(f"{where}: key '{key}' is required")
+    return tree
 
 
 def _flat_overrides(tree: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
@@ -133,7 +136,7 @@ def read_spec(path: str | Path) -> Spec:
     """Parse and check a spec's structure, keys and paper numbers (rows not yet resolved to configs)."""
     path = Path(path)
     tree = _read_yaml(path)
-    _check_keys(tree, SPEC_KEYS, str(path), required=("table", "title", "metrics", "rows"))
+    check_keys(tree, SPEC_KEYS, str(path), required=("table", "title", "metrics", "rows"))
     metrics = tuple(tree["metrics"])
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
@@ -142,7 +145,7 @@ def read_spec(path: str | Path) -> Spec:
     rows, seen = [], set()
     for i, raw in enumerate(tree["rows"], start=1):
         where = f"{path}, row {i}" + (f" '{raw['label']}'" if isinstance(raw, dict) and raw.get("label") else "")
-        _check_keys(raw, ROW_KEYS, where, required=("label",))
+        check_keys(raw, ROW_KEYS, where, required=("label",))
         label = raw["label"]
         if label in seen:
             raise ConfigError(f"{where}: duplicate label '{label}'; labels must be unique within a table")
@@ -167,7 +170,7 @@ def load_profiles(path: str | Path = PROFILES_PATH) -> dict[str, dict[str, Any]]
         raise ConfigError(f"{path}: must map profile names to {{description, overrides}}")
     out = {}
     for name, prof in tree.items():
-        _check_keys(prof, PROFILE_KEYS, f"{path}, profile '{name}'", required=("overrides",))
+        check_keys(prof, PROFILE_KEYS, f"{path}, profile '{name}'", required=("overrides",))
         out[name] = _flat_overrides(prof["overrides"], f"{path}, profile '{name}'")
     return out
 

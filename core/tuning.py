@@ -48,7 +48,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash, to_flat_dict
-from core.specs import EXPERIMENTS, DATASET_NAMES, load_profiles, load_spec, select_rows, spec_path
+from core.specs import EXPERIMENTS, DATASET_NAMES, check_keys, load_profiles, load_spec, select_rows, spec_path
 
 DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
 SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
@@ -103,24 +103,9 @@ class TuneSpec:
         return space
 
 
-def _keys(tree: Any, allowed: Mapping[str, type | tuple], where: str, required: Sequence[str] = ()) -> dict:
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(allowed)}, got {tree!r}")
-    for key, value in tree.items():
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(allowed)}")
-        kind = allowed[key]
-        if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
-            raise ConfigError(f"{where}: key '{key}' has {value!r}, which is not of the expected type")
-    for key in required:
-        if tree.get(key) is None:
-            raise ConfigError(f"{where}: key '{key}' is required")
-    return tree
-
-
 def _range(tree: Any, where: str, log_default: bool, allow_linear: bool) -> Range:
     allowed = {"low": (int, float), "high": (int, float), **({"log": bool} if allow_linear else {})}
-    _keys(tree, allowed, where, required=("low", "high"))
+    check_keys(tree, allowed, where, required=("low", "high"))
     low, high, log = float(tree["low"]), float(tree["high"]), bool(tree.get("log", log_default))
     if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
         raise ConfigError(f"{where}: empty or inverted range: low {low:g} must be < high {high:g}")
@@ -142,18 +127,18 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
         raise ConfigError(f"{path}: cannot read tuning spec ({e})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    _keys(tree, SPEC_KEYS, str(path), required=("study", "config", "search", "budgets"))
+    check_keys(tree, SPEC_KEYS, str(path), required=("study", "config", "search", "budgets"))
     if not STUDY_NAME.match(tree["study"]):
         raise ConfigError(f"{path}: key 'study' is {tree['study']!r}; use letters, digits, '_', '-', '.'")
-    config = _keys(tree["config"], {"spec": str, "row": str}, f"{path}, config", required=("spec", "row"))
-    search = _keys(tree["search"], {"reg_weight": dict, "reg_off": bool, "margin": dict}, f"{path}, search",
+    config = check_keys(tree["config"], {"spec": str, "row": str}, f"{path}, config", required=("spec", "row"))
+    search = check_keys(tree["search"], {"reg_weight": dict, "reg_off": bool, "margin": dict}, f"{path}, search",
                    required=("reg_weight", "margin"))
-    val = _keys(tree.get("validation") or {}, {"fraction": (int, float), "seed": int}, f"{path}, validation")
+    val = check_keys(tree.get("validation") or {}, {"fraction": (int, float), "seed": int}, f"{path}, validation")
     fraction = float(val.get("fraction", 0.2))
     if not 0 < fraction < 1:
         raise ConfigError(f"{path}, validation: key 'fraction' is {fraction:g}; must be in (0, 1)")
-    sampler = _keys(tree.get("sampler") or {}, {"seed": int, "n_startup_trials": int}, f"{path}, sampler")
-    pruner = _keys(tree.get("pruner") or {}, {"n_startup_trials": int, "n_warmup_steps": int}, f"{path}, pruner")
+    sampler = check_keys(tree.get("sampler") or {}, {"seed": int, "n_startup_trials": int}, f"{path}, sampler")
+    pruner = check_keys(tree.get("pruner") or {}, {"n_startup_trials": int, "n_warmup_steps": int}, f"{path}, pruner")
     every = tree.get("report_every", 1)
     if every < 1:
         raise ConfigError(f"{path}: key 'report_every' is {every}; must be >= 1")
@@ -164,7 +149,7 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
         if name not in profiles:
             raise ConfigError(f"{where}: '{name}' is not a profile of experiments/profiles.yaml; "
                               f"allowed: {', '.join(profiles)}")
-        _keys(raw, {"n_trials": int, "timeout": (int, float), "overrides": dict}, where, required=("n_trials",))
+        check_keys(raw, {"n_trials": int, "timeout": (int, float), "overrides": dict}, where, required=("n_trials",))
         if raw["n_trials"] < 1:
             raise ConfigError(f"{where}: key 'n_trials' is {raw['n_trials']}; must be >= 1")
         if raw.get("timeout") is not None and raw["timeout"] <= 0:
