@@ -1,7 +1,7 @@
 """Optuna study of lambda (loss.reg_weight, Eq. 7 [A8]) and the triplet margin (loss.margin, Eq. 9): the only
 module that imports optuna. Run it with ``python reproduce/tune.py`` (``-h`` for the flags).
 
-Search space (spec ``experiments/tune_lambda_margin.yaml``, checked by :func:`read_tune_spec`):
+Search space (spec ``experiments/tune_lambda_margin.yaml``, checked by core.tune_spec.read_tune_spec):
   ``reg``         categorical {on, off}; off is lambda = 0 (Reg switched off), a legitimate point of the space
   ``reg_weight``  lambda on a log scale in [low, high], suggested only when reg = on (a conditional parameter)
   ``margin``      alpha in [low, high]
@@ -17,8 +17,8 @@ user attrs, so a resumed study re-evaluates only a new best).
 
 Storage: a journal file ``<work-dir>/optuna/<study>.journal`` by default (several local processes can share it),
 or ``sqlite:///...``, ``postgresql[+driver]://...``, ``mysql[+driver]://...`` for several machines. Each worker
-stops once the study holds n_trials trials finished or running (optuna.study.MaxTrialsCallback, counting the
-running trials of other workers too). A trial killed with its worker is marked failed by the next invocation on
+stops once the study holds n_trials trials finished or running (StopAtBudget: unlike Optuna's MaxTrialsCallback
+it counts the running trials of other workers too). A trial killed with its worker is marked failed by the next invocation on
 that host and its parameters are queued again; its training resumes from its checkpoint.
 
 MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>),
@@ -28,11 +28,9 @@ per test run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -47,132 +45,14 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from core.config import ConfigError, RunConfig, apply_overrides, config_hash, to_flat_dict
-from core.specs import EXPERIMENTS, DATASET_NAMES, check_keys, load_profiles, load_spec, select_rows, spec_path
+from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten_overrides, to_flat_dict
+from core.specs import DATASET_NAMES, EXPERIMENTS, load_profiles, load_spec, select_rows, spec_path
+from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
 
-DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
-SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
-             "report_every": int, "budgets": dict}
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
 # keys that may differ between the workers of one study (paths, devices, loader settings)
 MACHINE_KEYS = ("data.root", "data.num_workers", "train.device", "eval.batch_size")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-# ---- the spec ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-    log: bool
-
-
-@dataclass(frozen=True)
-class Budget:
-    n_trials: int
-    timeout: float | None                   # seconds of search per invocation (None: no limit)
-    overrides: dict[str, Any]               # flat config keys, for trials and test runs alike
-
-
-@dataclass(frozen=True)
-class TuneSpec:
-    path: Path
-    study: str                              # default study name
-    table: str                              # spec whose row is tuned, e.g. "table1"
-    row: str                                # its label
-    reg_weight: Range                       # lambda when reg = on (log scale)
-    reg_off: bool                           # also search lambda = 0
-    margin: Range
-    val_fraction: float
-    val_seed: int
-    sampler_seed: int
-    n_startup_trials: int
-    pruner_startup: int
-    pruner_warmup: int
-    report_every: int
-    budgets: dict[str, Budget]
-
-    def search_space(self) -> dict[str, Any]:
-        """What a study stores (user attr "search_space") and compares when it is resumed."""
-        space: dict[str, Any] = {"reg_weight": dataclasses.asdict(self.reg_weight),
-                                 "margin": dataclasses.asdict(self.margin)}
-        if self.reg_off:
-            space["reg"] = ["on", "off"]
-        return space
-
-
-def _range(tree: Any, where: str, log_default: bool, allow_linear: bool) -> Range:
-    allowed = {"low": (int, float), "high": (int, float), **({"log": bool} if allow_linear else {})}
-    check_keys(tree, allowed, where, required=("low", "high"))
-    low, high, log = float(tree["low"]), float(tree["high"]), bool(tree.get("log", log_default))
-    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise ConfigError(f"{where}: empty or inverted range: low {low:g} must be < high {high:g}")
-    if log and low <= 0:
-        raise ConfigError(f"{where}: key 'low' is {low:g}; a log-scale range needs low > 0 "
-                          f"(lambda = 0 is the separate reg: off point, see search.reg_off)")
-    if low < 0:
-        raise ConfigError(f"{where}: key 'low' is {low:g}; must be >= 0")
-    return Range(low, high, log)
-
-
-def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
-    """Read and check a tuning spec; every error is a ConfigError naming the file, the key and the value."""
-    import yaml
-    path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read tuning spec ({e})") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    check_keys(tree, SPEC_KEYS, str(path), required=("study", "config", "search", "budgets"))
-    if not STUDY_NAME.match(tree["study"]):
-        raise ConfigError(f"{path}: key 'study' is {tree['study']!r}; use letters, digits, '_', '-', '.'")
-    config = check_keys(tree["config"], {"spec": str, "row": str}, f"{path}, config", required=("spec", "row"))
-    search = check_keys(tree["search"], {"reg_weight": dict, "reg_off": bool, "margin": dict}, f"{path}, search",
-                   required=("reg_weight", "margin"))
-    val = check_keys(tree.get("validation") or {}, {"fraction": (int, float), "seed": int}, f"{path}, validation")
-    fraction = float(val.get("fraction", 0.2))
-    if not 0 < fraction < 1:
-        raise ConfigError(f"{path}, validation: key 'fraction' is {fraction:g}; must be in (0, 1)")
-    sampler = check_keys(tree.get("sampler") or {}, {"seed": int, "n_startup_trials": int}, f"{path}, sampler")
-    pruner = check_keys(tree.get("pruner") or {}, {"n_startup_trials": int, "n_warmup_steps": int}, f"{path}, pruner")
-    every = tree.get("report_every", 1)
-    if every < 1:
-        raise ConfigError(f"{path}: key 'report_every' is {every}; must be >= 1")
-    budgets = {}
-    profiles = load_profiles()
-    for name, raw in tree["budgets"].items():
-        where = f"{path}, budgets.{name}"
-        if name not in profiles:
-            raise ConfigError(f"{where}: '{name}' is not a profile of experiments/profiles.yaml; "
-                              f"allowed: {', '.join(profiles)}")
-        check_keys(raw, {"n_trials": int, "timeout": (int, float), "overrides": dict}, where, required=("n_trials",))
-        if raw["n_trials"] < 1:
-            raise ConfigError(f"{where}: key 'n_trials' is {raw['n_trials']}; must be >= 1")
-        if raw.get("timeout") is not None and raw["timeout"] <= 0:
-            raise ConfigError(f"{where}: key 'timeout' is {raw['timeout']}; must be > 0 seconds or null")
-        overrides = _flat(raw.get("overrides") or {})
-        apply_overrides(RunConfig(), overrides, f"{where}.overrides")      # unknown keys, types, values
-        for key in ("loss.reg_weight", "loss.margin"):
-            if key in overrides:
-                raise ConfigError(f"{where}.overrides: key '{key}' is searched; it cannot be fixed here")
-        budgets[name] = Budget(raw["n_trials"], raw.get("timeout"), overrides)
-    return TuneSpec(path=path, study=tree["study"], table=config["spec"], row=config["row"],
-                    reg_weight=_range(search["reg_weight"], f"{path}, search.reg_weight", True, False),
-                    reg_off=search.get("reg_off", True),
-                    margin=_range(search["margin"], f"{path}, search.margin", False, True),
-                    val_fraction=fraction, val_seed=val.get("seed", 0), sampler_seed=sampler.get("seed", 0),
-                    n_startup_trials=sampler.get("n_startup_trials", 10),
-                    pruner_startup=pruner.get("n_startup_trials", 5), pruner_warmup=pruner.get("n_warmup_steps", 0),
-                    report_every=every, budgets=budgets)
-
-
-def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
-    from core.config import flatten_overrides
-    return flatten_overrides(tree)
 
 
 # ---- storage -------------------------------------------------------------------------------------------------
@@ -248,7 +128,7 @@ def plan_study(spec_file: str | Path = DEFAULT_SPEC, profile: str = "cpu", datas
     if profile not in spec.budgets:
         raise ConfigError(f"{spec.path}: no budgets.{profile}; profiles with a budget: {', '.join(spec.budgets)}")
     budget = spec.budgets[profile]
-    cli = _flat(overrides or {})
+    cli = flatten_overrides(overrides or {})
     for key in ("loss.reg_weight", "loss.margin"):
         if key in cli:
             raise ConfigError(f"command line: key '{key}' is what the study searches; it cannot be set")
@@ -765,7 +645,7 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
               f"never seen by a trial (`core/data/validation.py`).", ""]
     rw, mg = spec.reg_weight, spec.margin
     lines += ["## Search", "",
-              f"- λ: `reg` ∈ {{on, off}}" + ("" if spec.reg_off else " (off disabled)") +
+              "- λ: `reg` ∈ {on, off}" + ("" if spec.reg_off else " (off disabled)") +
               f"; when on, `reg_weight` ∈ [{rw.low:g}, {rw.high:g}] on a log scale; off is λ = 0 (conditional "
               f"parameter, so λ = 0 is a point of the space, not the end of a log axis).",
               f"- margin ∈ [{mg.low:g}, {mg.high:g}]" + (" (log scale)" if mg.log else "") + ".",

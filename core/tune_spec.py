@@ -1,0 +1,127 @@
+"""The tuning spec (experiments/tune_lambda_margin.yaml): search space, validation split, sampler, pruner and
+per-profile budgets, checked before any trial runs. Read by core.tuning; free of optuna so it can be checked alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import ConfigError, RunConfig, apply_overrides, flatten_overrides
+from core.specs import EXPERIMENTS, check_keys, load_profiles
+
+DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
+SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
+             "report_every": int, "budgets": dict}
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    log: bool
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int
+    timeout: float | None                   # seconds of search per invocation (None: no limit)
+    overrides: dict[str, Any]               # flat config keys, for trials and test runs alike
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    path: Path
+    study: str                              # default study name
+    table: str                              # spec whose row is tuned, e.g. "table1"
+    row: str                                # its label
+    reg_weight: Range                       # lambda when reg = on (log scale)
+    reg_off: bool                           # also search lambda = 0
+    margin: Range
+    val_fraction: float
+    val_seed: int
+    sampler_seed: int
+    n_startup_trials: int
+    pruner_startup: int
+    pruner_warmup: int
+    report_every: int
+    budgets: dict[str, Budget]
+
+    def search_space(self) -> dict[str, Any]:
+        """What a study stores (user attr "search_space") and compares when it is resumed."""
+        space: dict[str, Any] = {"reg_weight": dataclasses.asdict(self.reg_weight),
+                                 "margin": dataclasses.asdict(self.margin)}
+        if self.reg_off:
+            space["reg"] = ["on", "off"]
+        return space
+
+
+def _range(tree: Any, where: str, log_default: bool, allow_linear: bool) -> Range:
+    allowed = {"low": (int, float), "high": (int, float), **({"log": bool} if allow_linear else {})}
+    check_keys(tree, allowed, where, required=("low", "high"))
+    low, high, log = float(tree["low"]), float(tree["high"]), bool(tree.get("log", log_default))
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise ConfigError(f"{where}: empty or inverted range: low {low:g} must be < high {high:g}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: key 'low' is {low:g}; a log-scale range needs low > 0 "
+                          f"(lambda = 0 is the separate reg: off point, see search.reg_off)")
+    if low < 0:
+        raise ConfigError(f"{where}: key 'low' is {low:g}; must be >= 0")
+    return Range(low, high, log)
+
+
+def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
+    """Read and check a tuning spec; every error is a ConfigError naming the file, the key and the value."""
+    import yaml
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read tuning spec ({e})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    check_keys(tree, SPEC_KEYS, str(path), required=("study", "config", "search", "budgets"))
+    if not STUDY_NAME.match(tree["study"]):
+        raise ConfigError(f"{path}: key 'study' is {tree['study']!r}; use letters, digits, '_', '-', '.'")
+    config = check_keys(tree["config"], {"spec": str, "row": str}, f"{path}, config", required=("spec", "row"))
+    search = check_keys(tree["search"], {"reg_weight": dict, "reg_off": bool, "margin": dict}, f"{path}, search",
+                   required=("reg_weight", "margin"))
+    val = check_keys(tree.get("validation") or {}, {"fraction": (int, float), "seed": int}, f"{path}, validation")
+    fraction = float(val.get("fraction", 0.2))
+    if not 0 < fraction < 1:
+        raise ConfigError(f"{path}, validation: key 'fraction' is {fraction:g}; must be in (0, 1)")
+    sampler = check_keys(tree.get("sampler") or {}, {"seed": int, "n_startup_trials": int}, f"{path}, sampler")
+    pruner = check_keys(tree.get("pruner") or {}, {"n_startup_trials": int, "n_warmup_steps": int}, f"{path}, pruner")
+    every = tree.get("report_every", 1)
+    if every < 1:
+        raise ConfigError(f"{path}: key 'report_every' is {every}; must be >= 1")
+    budgets = {}
+    profiles = load_profiles()
+    for name, raw in tree["budgets"].items():
+        where = f"{path}, budgets.{name}"
+        if name not in profiles:
+            raise ConfigError(f"{where}: '{name}' is not a profile of experiments/profiles.yaml; "
+                              f"allowed: {', '.join(profiles)}")
+        check_keys(raw, {"n_trials": int, "timeout": (int, float), "overrides": dict}, where, required=("n_trials",))
+        if raw["n_trials"] < 1:
+            raise ConfigError(f"{where}: key 'n_trials' is {raw['n_trials']}; must be >= 1")
+        if raw.get("timeout") is not None and raw["timeout"] <= 0:
+            raise ConfigError(f"{where}: key 'timeout' is {raw['timeout']}; must be > 0 seconds or null")
+        overrides = flatten_overrides(raw.get("overrides") or {})
+        apply_overrides(RunConfig(), overrides, f"{where}.overrides")      # unknown keys, types, values
+        for key in ("loss.reg_weight", "loss.margin"):
+            if key in overrides:
+                raise ConfigError(f"{where}.overrides: key '{key}' is searched; it cannot be fixed here")
+        budgets[name] = Budget(raw["n_trials"], raw.get("timeout"), overrides)
+    return TuneSpec(path=path, study=tree["study"], table=config["spec"], row=config["row"],
+                    reg_weight=_range(search["reg_weight"], f"{path}, search.reg_weight", True, False),
+                    reg_off=search.get("reg_off", True),
+                    margin=_range(search["margin"], f"{path}, search.margin", False, True),
+                    val_fraction=fraction, val_seed=val.get("seed", 0), sampler_seed=sampler.get("seed", 0),
+                    n_startup_trials=sampler.get("n_startup_trials", 10),
+                    pruner_startup=pruner.get("n_startup_trials", 5), pruner_warmup=pruner.get("n_warmup_steps", 0),
+                    report_every=every, budgets=budgets)
