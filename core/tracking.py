@@ -62,7 +62,7 @@ def _system_metrics(enabled: bool) -> bool:
     try:
         import psutil  # noqa: F401  (MLflow's system-metrics sampler needs it)
     except ImportError:
-        warnings.warn("psutil is not installed: MLflow system metrics are not logged (pip install psutil pynvml)")
+        warnings.warn("psutil is not installed: MLflow system metrics are not logged (pip install psutil nvidia-ml-py)")
         return False
     return True
 
