@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"          # synthetic | mars | duke
-    root: str | None = None             # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>)
+    root: str | None = None             # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>_seed<seed>)
     synthetic_size: str = "default"     # generator preset: tiny | small | default (core.data.synthetic.PRESETS)
     synthetic_seed: int = 0             # generator seed (the synthetic dataset is a function of size and seed)
     height: int = 256                   # frame height after resize [A11: 256x128 implied by 16x8 maps]
