@@ -19,9 +19,10 @@ def close(fig) -> None:
 
 
 def save(fig, path: str | Path) -> Path:
+    from core.engine.checkpoint import atomic_write  # lazy: keeps this module free of torch
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=110,
+                                             bbox_inches="tight"))
     plt.close(fig)
     return path
 

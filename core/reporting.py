@@ -189,9 +189,12 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
         cmcs = [c["cmc"] for c in (load_json(rid, "cmc.json") for rid in sel["run_id"]) if c]
         if cmcs:
             curves[r.label] = np.mean(np.array(cmcs, dtype=float), axis=0).tolist()
-        found = [c for c in (load_json(rid, "scores.json") for rid in sel["run_id"]) if c]
-        if found:    # the last row with scores (STA models): the full model
-            clips, clip_row = found[0]["clips"], r.label
+    for r in reversed(spec.run_rows):    # the last row with scores (STA models): the full model
+        found = next((c for c in (load_json(rid, "scores.json") for rid in runs.loc[runs["tags.row"] == r.label,
+                                                                                      "run_id"]) if c), None)
+        if found:
+            clips, clip_row = found["clips"], r.label
+            break
     if curves:
         yield "cmc", figures.cmc_figure(curves, f"CMC — {spec.title} — {run_header(ds)}")
     if clips:
@@ -226,10 +229,8 @@ def write_report(spec: Spec, runs: pd.DataFrame, reports_dir: str | Path = "repo
     for old in fig_dir.glob(f"{spec.table}_*.png"):
         old.unlink()
     text = render(spec, runs, fig_dir, "figures", load_json)
-    path = reports_dir / f"{spec.table}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    from core.engine.checkpoint import save_text  # lazy: keeps this module free of torch
+    return save_text(text, reports_dir / f"{spec.table}.md")
 
 
 def write_index(reports_dir: str | Path = "reports") -> Path:
@@ -243,6 +244,5 @@ def write_index(reports_dir: str | Path = "reports") -> Path:
     for md in pages:
         title = md.read_text().splitlines()[0].lstrip("# ").strip() if md.stat().st_size else md.stem
         lines.append(f"- [{md.stem}]({md.name}): {title}")
-    path = reports_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    from core.engine.checkpoint import save_text
+    return save_text("\n".join(lines) + "\n", reports_dir / "README.md")

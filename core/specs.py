@@ -69,7 +69,7 @@ def all_spec_paths() -> list[Path]:
     return sorted(EXPERIMENTS.glob("table*.yaml"))
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(Path(path).read_text())
     except OSError as e:
@@ -135,7 +135,7 @@ def _paper_numbers(paper: Any, metrics: tuple[str, ...], where: str) -> dict[str
 def read_spec(path: str | Path) -> Spec:
     """Parse and check a spec's structure, keys and paper numbers (rows not yet resolved to configs)."""
     path = Path(path)
-    tree = _read_yaml(path)
+    tree = read_yaml(path)
     check_keys(tree, SPEC_KEYS, str(path), required=("table", "title", "metrics", "rows"))
     metrics = tuple(tree["metrics"])
     bad = [m for m in metrics if m not in METRICS]
@@ -165,7 +165,7 @@ def read_spec(path: str | Path) -> Spec:
 def load_profiles(path: str | Path = PROFILES_PATH) -> dict[str, dict[str, Any]]:
     """{'paper': {dotted key: value}, 'cpu': {...}} from experiments/profiles.yaml, keys checked."""
     path = Path(path)
-    tree = _read_yaml(path)
+    tree = read_yaml(path)
     if not isinstance(tree, dict) or not tree:
         raise ConfigError(f"{path}: must map profile names to {{description, overrides}}")
     out = {}
@@ -176,7 +176,7 @@ def load_profiles(path: str | Path = PROFILES_PATH) -> dict[str, dict[str, Any]]
 
 
 def profile_descriptions(path: str | Path = PROFILES_PATH) -> dict[str, str]:
-    return {name: " ".join((p.get("description") or "").split()) for name, p in _read_yaml(Path(path)).items()}
+    return {name: " ".join((p.get("description") or "").split()) for name, p in read_yaml(Path(path)).items()}
 
 
 def resolve_row(spec: Spec, row: Row, profile: Mapping[str, Any], cli: Mapping[str, Any], where: str) -> RunConfig:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,9 +26,9 @@ from mlflow.tracking import MlflowClient
 
 from core.config import RunConfig, to_dict, to_flat_dict
 from core.provenance import provenance
+from core.specs import METRICS
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-RESULT_METRICS = ("R1", "R5", "R10", "R20", "mAP")
 ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
 STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
 
@@ -185,7 +184,7 @@ def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Map
     metrics = {}
     for k, v in result.metrics.items():
         base = k[len("rerank_"):] if k.startswith("rerank_") else k
-        metrics[k] = 100.0 * v if base in RESULT_METRICS else v
+        metrics[k] = 100.0 * v if base in METRICS else v
     metrics["train_seconds"] = sum(h.seconds for h in result.history)
     mlflow.log_metrics({**metrics, **(extra_metrics or {})})
     mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},
@@ -251,13 +250,4 @@ def load_json(run_id: str, name: str) -> Any | None:
     try:
         return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
     except Exception:  # noqa: BLE001 - a missing artifact raises backend-specific errors
-        return None
-
-
-def download(run_id: str, name: str, dst: str | Path | None = None) -> Path | None:
-    """Download an artifact of a run; None when it is missing."""
-    dst = Path(dst or tempfile.mkdtemp())
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst)))
-    except Exception:  # noqa: BLE001
         return None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, RunConfig, apply_overrides, flatten_overrides
-from core.specs import EXPERIMENTS, check_keys, load_profiles
+from core.specs import EXPERIMENTS, check_keys, load_profiles, read_yaml
 
 DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
 SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
@@ -76,14 +76,8 @@ def _range(tree: Any, where: str, log_default: bool, allow_linear: bool) -> Rang
 
 def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
     """Read and check a tuning spec; every error is a ConfigError naming the file, the key and the value."""
-    import yaml
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read tuning spec ({e})") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    tree = read_yaml(path)
     check_keys(tree, SPEC_KEYS, str(path), required=("study", "config", "search", "budgets"))
     if not STUDY_NAME.match(tree["study"]):
         raise ConfigError(f"{path}: key 'study' is {tree['study']!r}; use letters, digits, '_', '-', '.'")

@@ -46,7 +46,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten_overrides, to_flat_dict
-from core.specs import DATASET_NAMES, EXPERIMENTS, load_profiles, load_spec, select_rows, spec_path
+from core.specs import DATASET_NAMES, EXPERIMENTS, METRICS, load_profiles, load_spec, select_rows, spec_path
 from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
 
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
@@ -349,8 +349,8 @@ class ValidationReporter:
     """Engine EpochCallback: every `every` epochs (and after the last) evaluate on the validation split, log it,
     trial.report(mAP %, epochs done) and raise optuna.TrialPruned (with its reason) when the pruner says so."""
 
-    def __init__(self, trial: optuna.Trial, cfg: RunConfig, split, every: int, progress: bool):
-        self.trial, self.cfg, self.split, self.every, self.progress = trial, cfg, split, every, progress
+    def __init__(self, trial: optuna.Trial, cfg: RunConfig, split, every: int):
+        self.trial, self.cfg, self.split, self.every = trial, cfg, split, every
         self.last: tuple[int, float] | None = None      # (epochs done, val mAP %)
 
     def __call__(self, stats, model) -> None:
@@ -424,7 +424,7 @@ class Objective:
                                             "params": trial.params})
             tracking.log_params({"trial.number": trial.number, "trial.reg": "off" if lam == 0 else "on",
                                  "trial.lambda": lam, "trial.margin": margin})
-            reporter = ValidationReporter(trial, cfg, self.split, self.plan.spec.report_every, self.progress)
+            reporter = ValidationReporter(trial, cfg, self.split, self.plan.spec.report_every)
             try:
                 model, _ = train(cfg, self.split.dataset, run_dir, progress=self.progress,
                                  callbacks=[tracking.epoch_callback(), reporter])
@@ -460,7 +460,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     ``evaluate_test=False`` (extra workers) skips the test runs and the report. ``pruner`` replaces the spec's
     MedianPruner (tests).
     """
-    from core import tracking
+    from core import reporting, tracking
     from core.data import load_dataset
     from core.data.validation import split_validation
     optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
@@ -487,6 +487,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
         if evaluate_test:
             test = evaluate_on_test(study, plan, dataset, progress)
             report = write_report(study, plan, reports_dir, tracking_uri)
+            reporting.write_index(reports_dir)      # reports/README.md lists tuning reports too
             tracking.log_file(report, "report")
             for png in sorted(Path(reports_dir, "figures").glob(f"{plan.study_name}_*.png")):
                 tracking.log_file(png, "report/figures")
@@ -543,7 +544,7 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
                 result = run(cfg, plan.work_dir, callbacks=[callback], dataset=dataset, progress=progress)
                 tracking.log_result(result, logged_by=callback)
             found = {"lambda": lam, "margin": margin, "dataset": result.dataset_name, "synthetic": result.synthetic,
-                     "metrics": {k: 100.0 * result.metrics[k] for k in ("R1", "R5", "R10", "R20", "mAP")},
+                     "metrics": {k: 100.0 * result.metrics[k] for k in METRICS},
                      "num_queries": int(result.metrics["num_queries"]), "num_gallery": len(dataset.gallery),
                      "mlflow_run_id": run_id, "config_hash": config_hash(cfg)}
             study.set_user_attr(key, found)

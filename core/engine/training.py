@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from core.config import RunConfig, to_dict
 from core.data import VideoDataset, make_train_loader
 from core.engine.checkpoint import load_torch, save_torch
-from core.engine.device import Dist, amp_dtype, autocast, init_distributed, resolve_device, seed_everything
+from core.engine.device import amp_dtype, autocast, init_distributed, resolve_device, seed_everything
 from core.losses import compute_losses
 from core.models import build_model
 
