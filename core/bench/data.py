@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import torch
 
 from core.config import DataConfig
 from core.data import load_mars, make_train_loader
+from core.data.mars import pid_folder, write_info, write_query
 from core.data.synthetic import default_root, ensure_synthetic
 
 # Real MARS: (tracklets, frames, identities) per split; test also has distractor (0) and junk (-1) tracklets
@@ -52,7 +52,7 @@ def _fake_split(folder: Path, spec: tuple[int, int, int], special: tuple[int, in
     lengths = np.full(n_tracks, n_frames // n_tracks) + (np.arange(n_tracks) < n_frames % n_tracks)
     names, rows = [], []
     for k, (pid, n) in enumerate(zip(pids.tolist(), lengths.tolist())):
-        cam, sub = 1 + k % 6, "00-1" if pid == -1 else f"{pid:04d}"
+        cam, sub = 1 + k % 6, pid_folder(pid)
         d = folder / sub
         if not d.exists():
             d.mkdir(parents=True)
@@ -70,12 +70,11 @@ def build_fake_mars(root: Path, seed: int = 0) -> None:
     info.mkdir(parents=True)
     for split, spec, special in (("train", MARS_TRAIN, (0, 0)), ("test", MARS_TEST, (MARS_DISTRACTORS, MARS_JUNK))):
         names, table = _fake_split(root / f"bbox_{split}", spec, special)
-        (info / f"{split}_name.txt").write_text("\n".join(names) + "\n")
-        scipy.io.savemat(info / f"tracks_{split}_info.mat", {f"track_{split}_info": table})
+        write_info(info, split, names, table)
         if split == "test":
             real = np.flatnonzero(table[:, 2] > 0) + 1
             query = np.sort(rng.choice(real, MARS_QUERIES, replace=False))
-            scipy.io.savemat(info / "query_IDX.mat", {"query_IDX": query[None].astype(np.int32)})
+            write_query(info, query[None].astype(np.int32))
 
 
 def index_bench() -> None:

@@ -134,8 +134,20 @@ def _check_frames_exist(split_dir: Path, names: list[str], names_file: Path) -> 
         raise DatasetError(f"{names_file}: {len(missing)} of {len(names)} listed frames are not on disk, e.g. {shown}")
 
 
-def _folder(pid: int) -> str:
+def pid_folder(pid: int) -> str:
+    """The identity folder (and name prefix) of a MARS pid: '0001', '0000' (distractors), '00-1' (junk)."""
     return "00-1" if pid == -1 else f"{pid:04d}"
+
+
+def write_info(info: Path, split: str, names: list[str], table: np.ndarray) -> None:
+    """Write `<split>_name.txt` and `tracks_<split>_info.mat` in the layout load_mars reads (table: int32 (T, 4))."""
+    (info / f"{split}_name.txt").write_text("\n".join(names) + "\n")
+    scipy.io.savemat(info / f"tracks_{split}_info.mat", {f"track_{split}_info": table})
+
+
+def write_query(info: Path, rows: np.ndarray) -> None:
+    """Write `query_IDX.mat`: (1, Q) int32, 1-based rows of the test table."""
+    scipy.io.savemat(info / "query_IDX.mat", {"query_IDX": rows})
 
 
 def _parse_name(name: str) -> tuple[int, int] | None:
@@ -156,6 +168,6 @@ def _tracklets(split_dir: Path, names: list[str], table: np.ndarray, mat: Path) 
             if _parse_name(name) != (pid, cam):
                 raise DatasetError(f"{mat}: row {row + 1} says identity {pid}, camera {cam} but its frame "
                                    f"{split_dir / name[:4] / name} does not; expected names like "
-                                   f"{_folder(pid)}C{cam}T0001F001.jpg")
+                                   f"{pid_folder(pid)}C{cam}T0001F001.jpg")
         out.append(Tracklet(tuple(paths[start - 1:end]), pid, cam))
     return out

@@ -118,10 +118,6 @@ class IdentityBatchSampler(Sampler):
             return rng.choice(rest, k, replace=False).tolist()
         return rng.choice(items, k, replace=True).tolist()
 
-    def global_batches(self) -> list[list[int]]:
-        """This epoch's batches for all ranks together, as [P*K] tracklet indices; a function of (seed, epoch)."""
-        return [[i for i, _ in b] for b in self._global(np.random.default_rng([self.seed, self.epoch]))]
-
     def _global(self, rng: np.random.Generator) -> list[list[tuple[int, int]]]:
         groups = self._by_identities(rng) if self.epoch_def == "identities" else self._by_tracklets(rng)
         out = []

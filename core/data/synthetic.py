@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from PIL import Image
 from tqdm import tqdm
 
 from core.data import render
 from core.data.base import DatasetError
+from core.data.mars import pid_folder, write_info, write_query
 
 NUM_CAMERAS = 6
 MARKER = "synthetic.json"
@@ -110,10 +110,6 @@ def _length(rng: np.random.Generator, pre: Preset) -> int:
     return int(rng.integers(pre.frames[0], pre.frames[1] + 1))
 
 
-def _folder(pid: int) -> str:
-    return "00-1" if pid == -1 else f"{pid:04d}"
-
-
 def _save(frame: np.ndarray, path: Path) -> None:
     Image.fromarray(frame).save(path, quality=90)
 
@@ -122,7 +118,7 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
                  writer: ThreadPoolExecutor) -> dict:
     """Draw the frames of one split and queue their JPEG writes (file creation is slow: a thread pool overlaps
     it with drawing); returns name list, table and query rows in MARS form."""
-    order = sorted(range(len(specs)), key=lambda k: (_folder(specs[k].pid), specs[k].cam, k))
+    order = sorted(range(len(specs)), key=lambda k: (pid_folder(specs[k].pid), specs[k].cam, k))
     names, rows, query_rows, counters, pending = [], [], [], {}, []
     for k in order:
         s = specs[k]
@@ -131,11 +127,11 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
         rng = np.random.default_rng([seed, 2, split == "test", k])
         track = render.sample_track(rng, cams[s.cam - 1], s.length, junk=s.pid == -1)
         frames = render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng)
-        folder = tmp / f"bbox_{split}" / _folder(s.pid)
+        folder = tmp / f"bbox_{split}" / pid_folder(s.pid)
         folder.mkdir(parents=True, exist_ok=True)
         start = len(names) + 1
         for f, frame in enumerate(frames):
-            name = f"{_folder(s.pid)}C{s.cam}T{tnum:04d}F{f + 1:03d}.jpg"
+            name = f"{pid_folder(s.pid)}C{s.cam}T{tnum:04d}F{f + 1:03d}.jpg"
             pending.append(writer.submit(_save, frame, folder / name))
             names.append(name)
         for job in pending[:-2 * len(frames)]:  # bound the queue; raise write errors early
@@ -172,9 +168,8 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
         info = tmp / "info"
         info.mkdir()
         for split in ("train", "test"):
-            (info / f"{split}_name.txt").write_text("\n".join(out[split]["names"]) + "\n")
-            scipy.io.savemat(info / f"tracks_{split}_info.mat", {f"track_{split}_info": out[split]["table"]})
-        scipy.io.savemat(info / "query_IDX.mat", {"query_IDX": out["test"]["query"]})
+            write_info(info, split, out[split]["names"], out[split]["table"])
+        write_query(info, out["test"]["query"])
         meta = {"generator": "core.data.synthetic", "version": VERSION, "size": size, "seed": seed,
                 "preset": dataclasses.asdict(pre)}
         (tmp / MARKER).write_text(json.dumps(meta, indent=1) + "\n")

@@ -83,8 +83,9 @@ def k_reciprocal_rerank_reference(q_feats, g_feats, k1: int = 20, k2: int = 6, l
     Returns:
         float32 numpy [m, n], the re-ranked query x gallery distance.
     """
-    x = np.concatenate([_numpy(q_feats), _numpy(g_feats)]).astype(np.float32)
-    m, num = len(_numpy(q_feats)), len(x)
+    q = _numpy(q_feats)
+    x = np.concatenate([q, _numpy(g_feats)]).astype(np.float32)
+    m, num = len(q), len(x)
     dist = self_euclidean(x, device=device).cpu().numpy()          # plain Euclidean [num, num]
     # release: original_dist = power(dist, 2); transpose(original_dist / max over axis 0)
     orig = np.power(dist, 2).astype(np.float32)

@@ -31,8 +31,7 @@ def cached_weights_file(name: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
 
 
-def _read_state_dict(name: str, weights_path: str | None) -> dict[str, torch.Tensor]:
-    path = weights_path or cached_weights_file(name)
+def _read_state_dict(name: str, weights_path: str | None, path: str) -> dict[str, torch.Tensor]:
     if weights_path is not None and not os.path.isfile(weights_path):
         raise WeightsUnavailableError(f"model.weights_path '{weights_path}' does not exist (expected an ImageNet "
                                       f"{name} state-dict file such as {os.path.basename(cached_weights_file(name))})")
@@ -50,7 +49,7 @@ def _read_state_dict(name: str, weights_path: str | None) -> dict[str, torch.Ten
 
 def _load_imagenet(net: nn.Module, name: str, weights_path: str | None) -> None:
     source = weights_path or cached_weights_file(name)
-    state = _read_state_dict(name, weights_path)
+    state = _read_state_dict(name, weights_path, source)
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"weights file '{source}' does not hold a state dict "
                                       f"(got {type(state).__name__})")
