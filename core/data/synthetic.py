@@ -158,9 +158,12 @@ def _cameras(seed: int) -> list:
 
 
 def tracklet_frames(size: str, seed: int, split: str, k: int) -> list[np.ndarray]:
-    """Tracklet `k` (plan order) of `split` (train | test) as generate() draws it, in memory, before JPEG."""
+    """Tracklet `k` (plan order; -1: the last, a junk one in test) of `split` (train | test) as generate() draws
+    it, in memory, before JPEG encoding."""
     pre = _preset(size)
-    return _render(_plan(pre, seed)[split == "test"][k], k, split, pre, seed, _cameras(seed))
+    specs = _plan(pre, seed)[split == "test"]
+    k = range(len(specs))[k]
+    return _render(specs[k], k, split, pre, seed, _cameras(seed))
 
 
 def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:
