@@ -2,29 +2,33 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from core.config import ConfigError
-from core.specs import all_spec_paths, load_profiles, load_spec, select_rows, spec_path
+from core.specs import all_spec_paths, load_profiles, load_spec, parse_yaml, select_rows, spec_path
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
-    """'3' -> [0, 1, 2] (that many seeds); '0,5,7' -> [0, 5, 7]; None -> the config's seed."""
+    """'3' -> [0, 1, 2] (that many seeds); '0,5,7' -> [0, 5, 7]; None -> the config's seed. Seeds are >= 0."""
     if text is None:
         return None
     parts = [p for p in text.replace(" ", ",").split(",") if p]
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}") from None
+        raise ConfigError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}") from None
+    if not values:
+        raise ConfigError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}")
     if len(values) == 1 and "," not in text:
         if values[0] < 1:
-            raise argparse.ArgumentTypeError(f"--seeds count must be >= 1, got {values[0]}")
+            raise ConfigError(f"--seeds count must be >= 1, got {values[0]}")
         return list(range(values[0]))
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise ConfigError(f"--seeds {text!r}: seeds must be distinct integers >= 0")
     return values
 
 
@@ -35,8 +39,19 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"--set takes KEY=VALUE (e.g. model.fusion=false), got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value, f"--set {item!r}")
     return out
+
+
+def check_output_dir(flag: str, path: str | Path) -> None:
+    """Refuse, before anything runs, an output folder that is a file, lies under a file or cannot be written."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        what = "is not a folder" if existing == path else f"lies under {existing}, which is not a folder"
+        raise ConfigError(f"{flag} {str(path)!r} {what}; expected a folder (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {str(path)!r}: {existing} is not writable")
 
 
 def table_parser(table: str) -> argparse.ArgumentParser:
@@ -51,7 +66,7 @@ def table_parser(table: str) -> argparse.ArgumentParser:
                     help="experiments/profiles.yaml: paper (the paper's recipe, GPU) or cpu (small, fast)")
     ap.add_argument("--device", help="train.device: auto | cpu | cuda | cuda:<i> (default: the profile's, auto)")
     ap.add_argument("--rows", nargs="+", metavar="ROW", help="row labels or 1-based indices (default: all rows)")
-    ap.add_argument("--seeds", type=parse_seeds, help="number of seeds (3 -> 0,1,2) or a list (0,5,7)")
+    ap.add_argument("--seeds", help="number of seeds (3 -> 0,1,2) or a list (0,5,7)")
     ap.add_argument("--epochs", type=int, help="train.epochs (milestones are kept as the profile sets them)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="any config key, e.g. --set loss.reg_weight=0.5 (highest precedence; repeatable)")
@@ -74,19 +89,22 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(table: str, argv: Sequence[str] | None = None) -> int:
-    """reproduce/<table>.py: run the table, print where the report is; exit 1 if a row failed."""
+    """reproduce/<table>.py: run the table, print where the report is; exit 1 if a row failed, 2 on bad input."""
     args = table_parser(table).parse_args(argv)
+    t0 = time.perf_counter()
     try:
+        seeds = parse_seeds(args.seeds)
+        check_output_dir("--work-dir", args.work_dir)
+        check_output_dir("--reports-dir", args.reports_dir)
         spec = load_spec(spec_path(table), profile=args.profile, dataset=args.dataset, data_root=args.data_root,
                          overrides=cli_overrides(args))
         spec = select_rows(spec, args.rows)
-    except ConfigError as e:
+        from core.tables import run_table
+        out = run_table(spec, seeds=seeds, work_dir=args.work_dir, force=args.force,
+                        tracking_uri=args.tracking_uri, reports_dir=args.reports_dir, progress=not args.quiet)
+    except ValueError as e:     # ConfigError, DatasetError: bad input, named in one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from core.tables import run_table
-    t0 = time.perf_counter()
-    out = run_table(spec, seeds=args.seeds, work_dir=args.work_dir, force=args.force,
-                    tracking_uri=args.tracking_uri, reports_dir=args.reports_dir, progress=not args.quiet)
     if out.report is None:       # a non-zero torchrun rank
         return 0
     print(f"{table}: {len(out.trained)} run(s) trained/evaluated, {len(out.reused)} reused, "
@@ -107,6 +125,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from core.tables import write_report
     try:
+        check_output_dir("--reports-dir", args.reports_dir)
         paths = [spec_path(t) for t in args.tables] if args.tables else all_spec_paths()
         for path in paths:
             print(write_report(path, args.reports_dir, args.tracking_uri))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"          # synthetic | mars | duke
-    root: str | None = None             # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>_seed<seed>)
+    root: str | None = None             # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>_seed<seed>_v<version>)
     synthetic_size: str = "default"     # generator preset: tiny | small | default (core.data.synthetic.PRESETS)
     synthetic_seed: int = 0             # generator seed (the synthetic dataset is a function of size and seed)
     height: int = 256                   # frame height after resize [A11: 256x128 implied by 16x8 maps]
@@ -46,7 +47,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"          # resnet18 | resnet34 | resnet50; conv5 stride is always set to 1
     pretrained: bool = True             # ImageNet weights (torchvision cache or weights_path)
-    weights_path: str | None = None     # explicit ImageNet state-dict file, overrides the cache
+    weights_path: str | None = None     # ImageNet state-dict file, overrides the cache; refused with pretrained: false
     aggregation: str = "sta"            # frame (image baseline) | avg (temporal average) | sta (Eq. 1-4 + F2)
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
     num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
@@ -69,7 +70,7 @@ class TrainConfig:
     epochs: int = 800                   # [A10] total epochs (paper: 800; "70" in the same paragraph)
     lr: float = 3e-4                    # Adam learning rate
     weight_decay: float = 5e-4          # Adam weight decay
-    milestones: tuple[int, ...] = (200, 400)  # lr x gamma after these epochs
+    milestones: tuple[int, ...] = (200, 400)  # lr x gamma after these epochs (strictly increasing, each >= 1)
     gamma: float = 0.1                  # lr decay factor
     seed: int = 0                       # seeds python, numpy, torch, the sampler and frame choice
     device: str = "auto"                # auto | cpu | cuda | cuda:<i>
@@ -118,6 +119,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # Lower bounds of numeric fields (inclusive).
 MINIMUM: dict[str, float] = {
+    "data.synthetic_seed": 0, "train.seed": 0,     # numpy's generators refuse negative seeds
     "data.height": 32, "data.width": 16, "data.seq_len": 1, "data.ids_per_batch": 2,
     "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
     "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
@@ -125,6 +127,11 @@ MINIMUM: dict[str, float] = {
     "train.eval_every": 0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1,
 }
+
+# Keys that cannot change a result, left out of config_hash: changing one reuses finished runs and checkpoints.
+# DataLoader workers; the device (auto, cpu and cuda name the same run: the numbers differ only by floating-point
+# rounding, and by bf16 autocast where train.amp applies on CUDA; the device used is each run's tag 'device').
+RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("data.num_workers", "train.device")
 
 # Output stride of the backbone with conv5 stride 1: a 256x128 frame gives 16x8 maps.
 BACKBONE_STRIDE = 16
@@ -214,6 +221,9 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any], where: str = "
 def validate(cfg: RunConfig, where: str = "config") -> None:
     """Raise ConfigError naming the key and what is allowed for impossible values."""
     flat = to_flat_dict(cfg)
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{key}' is {value}; must be a finite number")
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}; allowed: {', '.join(allowed)}")
@@ -230,8 +240,13 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     if cfg.data.height % BACKBONE_STRIDE or cfg.data.width % BACKBONE_STRIDE:
         raise ConfigError(f"{where}: keys 'data.height'/'data.width' ({cfg.data.height}x{cfg.data.width}) "
                           f"must be multiples of {BACKBONE_STRIDE}")
-    if list(cfg.train.milestones) != sorted(cfg.train.milestones):
-        raise ConfigError(f"{where}: key 'train.milestones' {cfg.train.milestones} must be increasing")
+    ms = list(cfg.train.milestones)
+    if any(m < 1 for m in ms) or any(a >= b for a, b in zip(ms, ms[1:])):
+        raise ConfigError(f"{where}: key 'train.milestones' is {ms}; must be strictly increasing epochs >= 1, "
+                          f"e.g. [200, 400]")
+    if cfg.model.weights_path is not None and not cfg.model.pretrained:
+        raise ConfigError(f"{where}: key 'model.weights_path' is {cfg.model.weights_path!r} but 'model.pretrained' "
+                          f"is false, so it would be ignored; set model.pretrained=true to use it, or drop it")
     if cfg.data.dataset in ("mars", "duke") and not cfg.data.root:
         raise ConfigError(f"{where}: key 'data.root' is required for dataset '{cfg.data.dataset}' "
                           f"(the folder that holds the downloaded dataset)")
@@ -257,10 +272,9 @@ def from_dict(tree: Mapping[str, Any], where: str = "config") -> RunConfig:
 def config_hash(cfg: RunConfig, sections: tuple[str, ...] = ("data", "model", "loss", "train", "eval")) -> str:
     """Stable short hash of the chosen sections (used to reuse finished runs and checkpoints).
 
-    Fields that do not change results (num_workers) are left out.
+    The keys of RESULT_NEUTRAL_KEYS are left out; every other key enters it (tests/test_config.py checks both).
     """
-    d = {k: v for k, v in to_dict(cfg).items() if k in sections}
-    if "data" in d:
-        d["data"] = {k: v for k, v in d["data"].items() if k != "num_workers"}
+    d = {name: {k: v for k, v in section.items() if f"{name}.{k}" not in RESULT_NEUTRAL_KEYS}
+         for name, section in to_dict(cfg).items() if name in sections}
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

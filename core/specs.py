@@ -9,6 +9,7 @@ Everything is validated on load: an unknown key, a wrong type or an impossible v
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -69,13 +70,32 @@ def all_spec_paths() -> list[Path]:
     return sorted(EXPERIMENTS.glob("table*.yaml"))
 
 
+class NumberLoader(yaml.SafeLoader):
+    """Safe YAML that reads numbers as users write them: PyYAML follows YAML 1.1, where a float needs a dot and a
+    signed exponent (1e-3, 3E-4 and 1.0e5 are strings there); here they are floats, as in YAML 1.2 and Python."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text (NumberLoader); a syntax error is a one-line ConfigError naming `where`, the line and column."""
+    try:
+        return yaml.load(text, Loader=NumberLoader)
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{where}: not valid YAML ({at}{problem})") from e
+
+
 def read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(Path(path).read_text())
-    except OSError as e:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read spec ({e})") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    return parse_yaml(text, str(path))
 
 
 def check_keys(tree: Any, allowed: Mapping[str, type | tuple], where: str, required: Sequence[str] = ()) -> dict:

@@ -151,9 +151,13 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
               tracking_uri: str | None = None, reports_dir: str | Path = "reports", progress: bool = True,
               ) -> TableOutcome:
     """Run (or reuse) every runnable row of a load_spec()-resolved spec for each seed, then write its report."""
+    from core.data import DatasetError
+    from core.engine.device import check_device
     todo = jobs(spec, seeds)
     if not todo:
         raise ValueError(f"{spec.path}: no runnable rows selected")
+    for device in dict.fromkeys(job.cfg.train.device for job in todo):
+        check_device(device)                 # a missing GPU is refused before any row runs
     main = _start_distributed(todo[0].cfg.train.device)
     work_dir = Path(work_dir)
     outcome = TableOutcome()
@@ -177,6 +181,8 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
             try:
                 _run_job(spec, job, work_dir, main, progress)
                 outcome.trained.append(job.name)
+            except DatasetError:
+                raise                # a broken dataset fails every row: stop with its one-line error
             except Exception as e:  # noqa: BLE001 - one failed row (e.g. a NaN loss) does not stop the table
                 outcome.failed.append(f"{job.name}: {type(e).__name__}: {e}")
                 traceback.print_exc(file=sys.stderr)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -24,11 +25,14 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from core.config import RunConfig, to_dict, to_flat_dict
+from core.config import ConfigError, RunConfig, to_dict, to_flat_dict
 from core.provenance import provenance
 from core.specs import METRICS
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# URI schemes of the stores MLflow has (a "+driver" suffix is allowed; a plain folder is a file store); a test checks
+# them against the installed mlflow
+URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc", "uc")
 ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
 STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
 
@@ -37,10 +41,20 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def configure(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); returns the URI used."""
+    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) after check_uri; returns it."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    check_uri(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, before anything runs, a tracking URI MLflow has no store for (ConfigError naming it and the schemes)."""
+    scheme = urllib.parse.urlparse(uri).scheme.split("+", 1)[0].lower()
+    if scheme and scheme not in URI_SCHEMES:
+        raise ConfigError(f"tracking URI {uri!r} (--tracking-uri or $MLFLOW_TRACKING_URI): unknown scheme "
+                          f"'{scheme}'; allowed: {', '.join(URI_SCHEMES)} (e.g. sqlite:///mlflow.db, "
+                          f"http://host:5000) or a plain folder")
 
 
 def experiment_name(table: str) -> str:

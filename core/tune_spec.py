@@ -103,8 +103,9 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
         check_keys(raw, {"n_trials": int, "timeout": (int, float), "overrides": dict}, where, required=("n_trials",))
         if raw["n_trials"] < 1:
             raise ConfigError(f"{where}: key 'n_trials' is {raw['n_trials']}; must be >= 1")
-        if raw.get("timeout") is not None and raw["timeout"] <= 0:
-            raise ConfigError(f"{where}: key 'timeout' is {raw['timeout']}; must be > 0 seconds or null")
+        if raw.get("timeout") is not None and not (math.isfinite(raw["timeout"]) and raw["timeout"] > 0):
+            raise ConfigError(f"{where}: key 'timeout' is {raw['timeout']}; must be a finite number > 0 of seconds, "
+                              f"or null (no limit)")
         overrides = flatten_overrides(raw.get("overrides") or {})
         apply_overrides(RunConfig(), overrides, f"{where}.overrides")      # unknown keys, types, values
         for key in ("loss.reg_weight", "loss.margin"):

@@ -463,17 +463,20 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     from core import reporting, tracking
     from core.data import load_dataset
     from core.data.validation import split_validation
+    from core.engine.device import check_device
     optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study, created = open_study(plan, pruner)
+    # everything that can refuse the input comes before open_study saves the study to its storage
+    check_device(plan.config.train.device)
+    tracking_uri = tracking.configure(tracking_uri)
     dataset = load_dataset(plan.config.data)
     split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed)
     if split.dataset.num_train_pids < plan.config.data.ids_per_batch:
         raise ConfigError(f"{plan.spec.path}, validation.fraction {plan.spec.val_fraction:g} leaves "
                           f"{split.dataset.num_train_pids} training identities, fewer than data.ids_per_batch "
                           f"P={plan.config.data.ids_per_batch}; lower the fraction or P")
+    study, created = open_study(plan, pruner)
     study.set_user_attr("validation_split", split.summary())
-    tracking_uri = tracking.configure(tracking_uri)
     budget = StopAtBudget(plan.n_trials)
     test: dict[str, dict] = {}
     report = None
@@ -771,10 +774,12 @@ def tune_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """reproduce/tune.py: run or continue a study, print where the report is; exit 2 on bad input."""
-    from core.cli import parse_set
+    from core.cli import check_output_dir, parse_set
     args = tune_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
+        check_output_dir("--work-dir", args.work_dir)
+        check_output_dir("--reports-dir", args.reports_dir)
         overrides = parse_set(args.overrides)
         if args.device:
             overrides["train.device"] = args.device

@@ -1,11 +1,14 @@
-"""core/config.py lists the allowed values of every choice key by hand (it cannot import torch-heavy modules);
-these must stay the values the implementing modules accept."""
+"""core/config.py: the allowed values of every choice key (listed by hand, as config.py cannot import torch-heavy
+modules) stay the values the implementing modules accept; every key that can change a result enters the config
+hash (and the training hash for data/model/loss/train keys); impossible values are refused naming the key."""
 import pytest
 
-from core.config import CHOICES
+from core.config import (BACKBONE_STRIDE, CHOICES, RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, allowed_keys,
+                         apply_overrides, config_hash)
 from core.data.datasets import DATASETS
 from core.data.sampling import EPOCH_DEFS, EVAL_FRAMES, TRAIN_FRAMES
 from core.data.synthetic import PRESETS
+from core.engine import train_dir
 from core.evaluation.distance import METRICS as DISTANCES
 from core.evaluation.metrics import AP_RULES
 from core.models.backbone import BACKBONES
@@ -27,3 +30,78 @@ def test_every_choice_key_is_checked_here():
 @pytest.mark.parametrize("key", sorted(IMPLEMENTED))
 def test_config_choices_match_the_implementation(key):
     assert set(CHOICES[key]) == set(IMPLEMENTED[key]), key
+
+
+# defaults with a data.root, so that data.dataset can become mars or duke
+BASE = apply_overrides(RunConfig(), {"data.root": "/data"})
+
+
+def _other_value(cfg: RunConfig, key: str):
+    """`cfg` with `key` set to another valid value, the first of a few candidates of its type that validates."""
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    if key in CHOICES:
+        candidates = list(CHOICES[key])
+    elif isinstance(value, bool):
+        candidates = [not value]
+    elif isinstance(value, int):
+        candidates = [value + 1, value + BACKBONE_STRIDE, 2 * value, value - 1]
+    elif isinstance(value, float):
+        candidates = [value / 2, value + 0.1, 0.5]
+    elif isinstance(value, tuple):
+        candidates = [tuple(v + 1 for v in value), value[:-1]]
+    else:                                                                # str or None
+        candidates = ["cpu", "cuda", "elsewhere/file"]
+    for candidate in (c for c in candidates if c != value):
+        try:
+            return apply_overrides(cfg, {key: candidate})
+        except ConfigError:
+            continue
+    raise AssertionError(f"no other valid value of {key} among {candidates}: add one here")
+
+
+def test_result_neutral_keys_are_these():
+    # a key joins this list only when it cannot change a result: change this test with care
+    assert set(RESULT_NEUTRAL_KEYS) == {"data.num_workers", "train.device"} and set(RESULT_NEUTRAL_KEYS) <= set(
+        allowed_keys())
+
+
+@pytest.mark.parametrize("key", allowed_keys())
+def test_every_key_that_can_change_a_result_changes_the_hashes(key):
+    other = _other_value(BASE, key)
+    assert other != BASE
+    full = config_hash(other) != config_hash(BASE)                      # reuse of finished runs
+    trained = train_dir(other, "runs") != train_dir(BASE, "runs")       # checkpoint folder: data/model/loss/train
+    if key in RESULT_NEUTRAL_KEYS:
+        assert not full and not trained, f"{key} is declared result-neutral but changes a hash"
+    elif key.startswith("eval."):
+        assert full and not trained, f"{key} must change the config hash only (one trained model, many evaluations)"
+    else:
+        assert full and trained, f"{key} can change a result: it must change the config hash and the training hash"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", ["train.lr", "loss.margin", "eval.rerank_lambda"])
+def test_non_finite_numbers_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"where: key '{key}' is -?(nan|inf); must be a finite number"):
+        apply_overrides(RunConfig(), {key: value}, "where")
+
+
+@pytest.mark.parametrize("milestones", [[-1, 4], [4, 2], [3, 3], [0, 5]])
+def test_negative_unsorted_or_repeated_milestones_are_refused(milestones):
+    with pytest.raises(ConfigError, match=r"key 'train.milestones' is .*; must be strictly increasing epochs >= 1"):
+        apply_overrides(RunConfig(), {"train.milestones": milestones})
+    assert apply_overrides(RunConfig(), {"train.milestones": [3]}).train.milestones == (3,)
+    assert apply_overrides(RunConfig(), {"train.milestones": []}).train.milestones == ()
+
+
+def test_weights_path_without_pretrained_is_refused_naming_both_keys():
+    with pytest.raises(ConfigError, match=r"'model.weights_path' is '/w.pth' but 'model.pretrained' is false"):
+        apply_overrides(RunConfig(), {"model.pretrained": False, "model.weights_path": "/w.pth"})
+    assert apply_overrides(RunConfig(), {"model.weights_path": "/w.pth"}).model.weights_path == "/w.pth"
+
+
+@pytest.mark.parametrize("key", ["train.seed", "data.synthetic_seed"])
+def test_negative_seeds_are_refused(key):
+    with pytest.raises(ConfigError, match=rf"key '{key}' is -1; must be >= 0"):
+        apply_overrides(RunConfig(), {key: -1})

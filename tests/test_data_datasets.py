@@ -1,5 +1,9 @@
 """MARS and DukeMTMC-VideoReID loaders on tiny hand-written trees: splits, relabelling, bad input."""
+import builtins
+import errno
+import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -200,3 +204,69 @@ def test_duke_bad_layouts(duke_root):
     (duke_root / "gallery").rename(duke_root / "gal")
     with pytest.raises(DatasetError, match=r"gallery: missing folder"):
         load_duke(duke_root)
+
+
+@pytest.fixture
+def deny(monkeypatch):
+    """deny(path): opening or listing `path` raises PermissionError, as for a file or folder without read permission
+    (the tests run as root, whom chmod 000 does not stop)."""
+    denied, real_open, real_scandir = set(), io.open, os.scandir
+
+    def guard(path):
+        if not isinstance(path, int) and os.path.abspath(os.fspath(path)) in denied:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    def fake_open(file, *args, **kwargs):
+        guard(file)
+        return real_open(file, *args, **kwargs)
+
+    def fake_scandir(path="."):
+        guard(path)
+        return real_scandir(path)
+
+    for module, name, fake in ((io, "open", fake_open), (builtins, "open", fake_open), (os, "scandir", fake_scandir)):
+        monkeypatch.setattr(module, name, fake)
+    return lambda path: denied.add(os.path.abspath(path))
+
+
+def _one_line(load, root, match):
+    with pytest.raises(DatasetError, match=match) as err:
+        load(root)
+    assert "\n" not in str(err.value)
+
+
+def test_mars_unreadable_identity_folder_mat_and_name_list(mars_root, deny):
+    # checked in the loader's order, last first: each newly denied path is read before the previous one
+    deny(mars_root / "bbox_train" / "0005")
+    _one_line(load_mars, mars_root, r"bbox_train/0005: cannot list this folder \(Permission denied\)")
+    deny(mars_root / "info" / "tracks_test_info.mat")
+    _one_line(load_mars, mars_root, r"info/tracks_test_info.mat: cannot read this file \(Permission denied\)")
+    deny(mars_root / "info" / "train_name.txt")
+    _one_line(load_mars, mars_root, r"info/train_name.txt: cannot read this file \(Permission denied\)")
+
+
+def test_mars_name_list_that_is_not_utf8(mars_root):
+    names = mars_root / "info" / "train_name.txt"
+    names.write_bytes(names.read_bytes()[:20] + "0005C1T0001F002é.jpg\n".encode("latin-1"))
+    _one_line(load_mars, mars_root, r"train_name.txt: not UTF-8 text \(byte 0xe9 at offset 35\); expected one frame "
+                                    r"name per line")
+
+
+def test_duke_unreadable_identity_and_tracklet_folders(duke_root, deny):
+    # read in the order train, query, gallery: each newly denied folder is read before the previous one
+    deny(duke_root / "gallery" / "0005" / "0002")
+    _one_line(load_duke, duke_root, r"gallery/0005/0002: cannot list this folder \(Permission denied\)")
+    deny(duke_root / "query")
+    _one_line(load_duke, duke_root, r"query: cannot list this folder \(Permission denied\)")
+    deny(duke_root / "train" / "0001")
+    _one_line(load_duke, duke_root, r"train/0001: cannot list this folder \(Permission denied\)")
+
+
+def test_duke_reads_upper_case_jpg_frames(duke_root):
+    before = load_duke(duke_root)
+    for frame in (duke_root / "train" / "0001" / "0001").iterdir():
+        frame.rename(frame.with_suffix(".JPG"))
+    after = load_duke(duke_root)
+    assert [p[-24:] for p in after.train[0].paths] == [p[-24:-4] + ".JPG" for p in before.train[0].paths]
+    assert [(t.pid, t.camid, len(t)) for t in after.train] == [(t.pid, t.camid, len(t)) for t in before.train]
+    assert read_frame(after.train[0].paths[0]).shape == (3, 8, 4)

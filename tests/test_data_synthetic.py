@@ -1,11 +1,13 @@
 """The synthetic generator: MARS layout read by load_mars and the check command, protocol guarantees,
 determinism, atomic generation."""
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +121,32 @@ def test_killed_generation_leaves_no_tree(tmp_path):
     assert check.main(["--dataset", "synthetic", "--root", str(root)]) == 2
     partial = list(tmp_path.glob(".tree.partial-*"))
     assert len(partial) == 1 and check.main(["--dataset", "synthetic", "--root", str(partial[0])]) == 2
+
+
+# sha256 of the decoded pixels (shape and uint8 bytes, before JPEG) of train tracklets 0 and 1, the first test
+# tracklet and the last (junk) one, tiny preset, seed 0, drawn by generator VERSION 1
+FRAMES_DIGEST = (1, "a4616c0158456e04478f7100cbed5a18ff5dd06b3462efd59feebebad20f0ef9")
+
+
+def test_drawing_is_pinned_to_the_generator_version():
+    digest = hashlib.sha256()
+    for split, k in (("train", 0), ("train", 1), ("test", 0), ("test", -1)):
+        for frame in synthetic.tracklet_frames("tiny", 0, split, k):
+            assert frame.dtype == np.uint8 and frame.shape == (64, 32, 3)
+            digest.update(repr(frame.shape).encode() + frame.tobytes())
+    assert (synthetic.VERSION, digest.hexdigest()) == FRAMES_DIGEST, (
+        "the synthetic drawing changed: bump core.data.synthetic.VERSION (cached trees are then regenerated) and "
+        "pin the new version and digest in FRAMES_DIGEST")
+
+
+def test_in_memory_frames_are_the_written_ones_and_a_version_bump_regenerates(tiny_synthetic_root, monkeypatch,
+                                                                              tmp_path):
+    synthetic._save(synthetic.tracklet_frames("tiny", 0, "train", 0)[0], tmp_path / "drawn.jpg")
+    firsts = {Path(t.paths[0]).read_bytes() for t in load_mars(tiny_synthetic_root).train}
+    assert (tmp_path / "drawn.jpg").read_bytes() in firsts             # generate() wrote exactly that frame
+    old_root = synthetic.default_root("tiny", 0)
+    assert old_root.name == f"synthetic_tiny_seed0_v{synthetic.VERSION}"
+    monkeypatch.setattr(synthetic, "VERSION", synthetic.VERSION + 1)
+    assert synthetic.default_root("tiny", 0) != old_root                # the default cache is a new folder
+    with pytest.raises(DatasetError, match=r"not a complete synthetic tree .*version 2"):
+        ensure_synthetic(tiny_synthetic_root, "tiny", 0)                # a tree of another version is not reused

@@ -130,6 +130,20 @@ BAD = {
     overrides: {model.aggregation: max}
     paper: {mars: {R1: 1.0, mAP: 2.0}}
 """, ["bad.yaml", "Row A", "model.aggregation", "frame, avg, sta"]),
+    "non-finite number": ("""
+  - label: Row A
+    overrides: {loss.margin: .nan}
+    paper: {mars: {R1: 1.0, mAP: 2.0}}
+""", ["bad.yaml", "Row A", "loss.margin", "is nan; must be a finite number"]),
+    "infinite number": ("""
+  - label: Row A
+    overrides: {train.lr: -.inf}
+    paper: {mars: {R1: 1.0, mAP: 2.0}}
+""", ["bad.yaml", "Row A", "train.lr", "is -inf; must be a finite number"]),
+    "YAML syntax": ("""
+  - label: Row A
+    overrides: {train.milestones: [1, }
+""", ["bad.yaml: not valid YAML (line 7, column 37: expected the node content, but found '}')"]),
 }
 
 
@@ -140,6 +154,17 @@ def test_bad_spec_is_refused_naming_file_row_and_key(case, tmp_path):
         load_spec(_write(tmp_path, body), profile="cpu")  # cpu: 128-pixel frames -> 8-row maps
     for part in expected:
         assert part in str(err.value), f"{part!r} not in {err.value}"
+    assert "\n" not in str(err.value)
+
+
+def test_numbers_in_specs_read_as_users_write_them(tmp_path):
+    path = _write(tmp_path, """
+  - label: Row A
+    overrides: {train.lr: 1e-3, train.weight_decay: 5E-4, loss.margin: .5, train.epochs: 1_000}
+    paper: {mars: {R1: 1.0, mAP: 2.0}}
+""")
+    cfg = load_spec(path, profile="cpu").rows[0].config
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.loss.margin, cfg.train.epochs) == (1e-3, 5e-4, 0.5, 1000)
 
 
 def test_missing_or_absent_dataset_root_is_refused(tmp_path):

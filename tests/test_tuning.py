@@ -248,3 +248,25 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
     assert "unknown URL scheme 'redis://'" in capsys.readouterr().err
     assert main(["--set", "loss.margin=0.2", "--work-dir", str(tmp_path)]) == 2
     assert "key 'loss.margin' is what the study searches" in capsys.readouterr().err
+
+
+def test_too_large_p_is_refused_before_the_study_is_saved(tiny_synthetic_root, tmp_path):
+    def plan(p: int):
+        return plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="big_p", n_trials=1,
+                          work_dir=tmp_path / "runs", overrides={"train.epochs": 1, "data.ids_per_batch": p})
+    # tiny: 8 training identities, 2 of them held out for validation (fraction 0.25) -> 6 left
+    with pytest.raises(ConfigError, match=r"leaves 6 training identities, fewer than data.ids_per_batch P=7"):
+        run_study(plan(7), tracking_uri=uri(tmp_path), evaluate_test=False, progress=False)
+    assert not (tmp_path / "runs" / "optuna").exists()                  # no study in the default journal
+    study, created = open_study(plan(4))                                 # the corrected command starts afresh
+    assert created and study.user_attrs["base_config"]["data.ids_per_batch"] == 4
+
+
+def test_bad_tracking_uri_and_output_folder_are_refused_before_the_study_is_saved(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--tracking-uri", "foo://bar", "--work-dir", "runs"]) == 2
+    assert "tracking URI 'foo://bar'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / ".cache").exists()     # nor data generated
+    (tmp_path / "afile").write_text("x")
+    assert main(["--work-dir", "afile"]) == 2
+    assert "--work-dir 'afile' is not a folder" in capsys.readouterr().err

@@ -1,11 +1,31 @@
 """What every dataset loader returns: tracklets and the train/query/gallery splits."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class DatasetError(ValueError):
     """A dataset layout or file is broken; the message names the path and what was expected."""
+
+
+def list_dir(folder: str | os.PathLike) -> list[os.DirEntry]:
+    """The entries of `folder`; DatasetError naming it when it cannot be listed (e.g. permission denied)."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as e:
+        raise DatasetError(f"{folder}: cannot list this folder ({e.strerror or e}); expected a readable "
+                           f"folder") from e
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The content of `path`; DatasetError naming it when it cannot be read (e.g. permission denied)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read this file ({e.strerror or e}); expected a readable file") from e
 
 
 @dataclass(frozen=True)

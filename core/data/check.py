@@ -37,7 +37,7 @@ def decode_all(ds: VideoDataset) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split(":")[0])
     ap.add_argument("--dataset", required=True, choices=list(LOADERS))
-    ap.add_argument("--root", help="dataset folder (synthetic default: .cache/synthetic_<size>_seed<seed>)")
+    ap.add_argument("--root", help="dataset folder (synthetic default: .cache/synthetic_<size>_seed<seed>_v<version>)")
     ap.add_argument("--size", default="default", choices=list(PRESETS), help="synthetic only, to find the default root")
     ap.add_argument("--seed", type=int, default=0, help="synthetic only, to find the default root")
     ap.add_argument("--decode", action="store_true", help="also decode every frame (slow on real datasets)")

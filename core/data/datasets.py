@@ -15,7 +15,8 @@ __all__ = ["DatasetError", "Tracklet", "VideoDataset", "relabel", "load_mars", "
 
 def load_synthetic(cfg: DataConfig, progress: bool = True) -> VideoDataset:
     """The synthetic tree of cfg.synthetic_size / cfg.synthetic_seed at cfg.root (default
-    .cache/synthetic_<size>_seed<seed> under the cwd), generated on first use, read with load_mars."""
+    .cache/synthetic_<size>_seed<seed>_v<generator version> under the cwd), generated on first use, read with
+    load_mars."""
     root = cfg.root or default_root(cfg.synthetic_size, cfg.synthetic_seed)
     ensure_synthetic(root, cfg.synthetic_size, cfg.synthetic_seed, progress)
     return as_synthetic(load_mars(root, cfg.gallery_with_queries))

@@ -5,9 +5,10 @@ import os
 import re
 from pathlib import Path
 
-from core.data.base import DatasetError, Tracklet, VideoDataset, relabel
+from core.data.base import DatasetError, Tracklet, VideoDataset, list_dir, relabel
 
-FRAME_NAME = re.compile(r"^(\d+)_C(\d+)_F(\d+)_X(\d+)\.jpg$")  # identity, camera, frame in tracklet, frame in video
+# identity, camera, frame in tracklet, frame in video; the extension in any case (.jpg, .JPG)
+FRAME_NAME = re.compile(r"^(\d+)_C(\d+)_F(\d+)_X(\d+)\.(?i:jpg)$")
 
 
 def load_duke(root: str | os.PathLike) -> VideoDataset:
@@ -30,7 +31,10 @@ def load_duke(root: str | os.PathLike) -> VideoDataset:
     as is (dropping them would change nothing under the protocol: a query's own tracklet has its identity and
     camera and is ignored, and each test identity has one query). There are no junk tracklets.
     Train pids are relabelled 0..C-1; query and gallery keep the original pids.
-    Raises DatasetError naming the path and what was expected on any disagreement.
+    Frames are the files ending in .jpg in any case (real Duke writes .jpg; a copy renamed to .JPG is read alike);
+    other files are ignored.
+    Raises DatasetError naming the path and what was expected on any disagreement, or on a folder that cannot be
+    listed (permission denied).
     """
     root = Path(root)
     splits = {}
@@ -47,8 +51,7 @@ def load_duke(root: str | os.PathLike) -> VideoDataset:
 
 
 def _subdirs(folder: Path) -> list[os.DirEntry]:
-    with os.scandir(folder) as it:
-        return sorted((e for e in it if e.is_dir()), key=lambda e: e.name)
+    return sorted((e for e in list_dir(folder) if e.is_dir()), key=lambda e: e.name)
 
 
 def _read_split(split_dir: Path) -> list[Tracklet]:
@@ -63,15 +66,14 @@ def _read_split(split_dir: Path) -> list[Tracklet]:
 
 def _read_tracklet(folder: Path, pid: int) -> Tracklet:
     frames = []
-    with os.scandir(folder) as it:
-        for entry in it:
-            if not entry.name.lower().endswith(".jpg"):
-                continue
-            m = FRAME_NAME.match(entry.name)
-            if m is None or int(m.group(1)) != pid:
-                raise DatasetError(f"{entry.path}: unexpected frame name; expected {pid:04d}_C<camera>_F<index>_"
-                                   f"X<frame>.jpg inside identity folder {pid:04d}")
-            frames.append((int(m.group(3)), int(m.group(2)), entry.path))
+    for entry in list_dir(folder):
+        if not entry.name.lower().endswith(".jpg"):
+            continue
+        m = FRAME_NAME.match(entry.name)
+        if m is None or int(m.group(1)) != pid:
+            raise DatasetError(f"{entry.path}: unexpected frame name; expected {pid:04d}_C<camera>_F<index>_"
+                               f"X<frame>.jpg inside identity folder {pid:04d}")
+        frames.append((int(m.group(3)), int(m.group(2)), entry.path))
     if not frames:
         raise DatasetError(f"{folder}: empty tracklet; expected at least one .jpg frame")
     cams = {c for _, c, _ in frames}

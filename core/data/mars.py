@@ -1,13 +1,14 @@
 """MARS, read from its on-disk layout (bbox_train/, bbox_test/, info/)."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
-from core.data.base import DatasetError, Tracklet, VideoDataset, relabel
+from core.data.base import DatasetError, Tracklet, VideoDataset, list_dir, read_bytes, relabel
 
 MISSING_SHOWN = 3  # how many missing frame names an error message lists
 
@@ -34,7 +35,8 @@ def load_mars(root: str | os.PathLike, gallery_with_queries: bool = True) -> Vid
     Junk tracklets (identity -1) are dropped everywhere; distractors (identity 0) stay in the gallery; train keeps
     identities > 0 only (real MARS train has neither). Train pids are relabelled 0..C-1 in increasing order of
     the original pid; query and gallery keep the original pids. Queries must have an identity > 0.
-    Raises DatasetError naming the path and what was expected on any disagreement.
+    Raises DatasetError naming the path and what was expected on any disagreement, or on a file or folder that
+    cannot be read (permission denied, a name list that is not UTF-8).
     """
     root = _require(Path(root), directory=True)
     info = _require(root / "info", directory=True)
@@ -72,15 +74,21 @@ def _require(path: Path, directory: bool = False) -> Path:
 
 
 def _read_names(path: Path) -> list[str]:
-    names = path.read_text().split()
+    data = read_bytes(path)
+    try:
+        names = data.decode("utf-8").split()
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); expected one "
+                           f"frame name per line, e.g. 0001C1T0001F001.jpg") from None
     if not names:
         raise DatasetError(f"{path}: empty; expected one frame name per line, e.g. 0001C1T0001F001.jpg")
     return names
 
 
 def _load_var(path: Path, var: str) -> np.ndarray:
+    data = read_bytes(path)
     try:
-        mat = scipy.io.loadmat(str(path))
+        mat = scipy.io.loadmat(io.BytesIO(data))
     except Exception as e:  # scipy raises ValueError, TypeError, OSError... on non-.mat content
         raise DatasetError(f"{path}: not a readable MATLAB .mat file ({e})") from e
     if var not in mat:
@@ -121,12 +129,7 @@ def _read_query(path: Path, num_test: int) -> np.ndarray:
 
 def _check_frames_exist(split_dir: Path, names: list[str], names_file: Path) -> None:
     """Every listed name exists in its identity folder: one os.scandir per folder, no stat per frame."""
-    listing = {}
-    with os.scandir(split_dir) as it:
-        for entry in it:
-            if entry.is_dir():
-                with os.scandir(entry.path) as files:
-                    listing[entry.name] = {f.name for f in files}
+    listing = {entry.name: {f.name for f in list_dir(entry.path)} for entry in list_dir(split_dir) if entry.is_dir()}
     empty: set[str] = set()
     missing = [n for n in names if n not in listing.get(n[:4], empty)]
     if missing:

@@ -43,7 +43,9 @@ from core.data.mars import pid_folder, write_info, write_query
 
 NUM_CAMERAS = 6
 MARKER = "synthetic.json"
-VERSION = 1  # bump when the drawing changes, so that stale cached trees are not reused
+# Bump when the drawing (core.data.render) or the plan changes: it is in the default root and the marker, so a bump
+# regenerates instead of reusing a cached tree; tests/test_data_synthetic.py pins a digest of rendered frames to it.
+VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,7 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
     for k in order:
         s = specs[k]
         tnum = counters[(s.pid, s.cam)] = counters.get((s.pid, s.cam), 0) + 1
-        person = render.sample_person(np.random.default_rng([seed, 1, s.who + 1_000_000]))
-        rng = np.random.default_rng([seed, 2, split == "test", k])
-        track = render.sample_track(rng, cams[s.cam - 1], s.length, junk=s.pid == -1)
-        frames = render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng)
+        frames = _render(s, k, split, pre, seed, cams)
         folder = tmp / f"bbox_{split}" / pid_folder(s.pid)
         folder.mkdir(parents=True, exist_ok=True)
         start = len(names) + 1
@@ -146,6 +145,27 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
     return {"names": names, "table": np.array(rows, np.int32), "query": np.array([query_rows], np.int32)}
 
 
+def _render(s: _Spec, k: int, split: str, pre: Preset, seed: int, cams: list) -> list[np.ndarray]:
+    """The frames ([H, W, 3] uint8) of tracklet `k` of a split's plan: a function of (seed, split, k, s) only."""
+    person = render.sample_person(np.random.default_rng([seed, 1, s.who + 1_000_000]))
+    rng = np.random.default_rng([seed, 2, split == "test", k])
+    track = render.sample_track(rng, cams[s.cam - 1], s.length, junk=s.pid == -1)
+    return render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng)
+
+
+def _cameras(seed: int) -> list:
+    return [render.sample_camera(np.random.default_rng([seed, 4, c])) for c in range(NUM_CAMERAS)]
+
+
+def tracklet_frames(size: str, seed: int, split: str, k: int) -> list[np.ndarray]:
+    """Tracklet `k` (plan order; -1: the last, a junk one in test) of `split` (train | test) as generate() draws
+    it, in memory, before JPEG encoding."""
+    pre = _preset(size)
+    specs = _plan(pre, seed)[split == "test"]
+    k = range(len(specs))[k]
+    return _render(specs[k], k, split, pre, seed, _cameras(seed))
+
+
 def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:
     """Write the synthetic dataset of preset `size` for `seed` into `root` (which must not exist); returns root.
 
@@ -157,7 +177,7 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
         raise DatasetError(f"{root}: already exists; generate() writes a new folder (use ensure_synthetic to reuse)")
     root.parent.mkdir(parents=True, exist_ok=True)
     train, test = _plan(pre, seed)
-    cams = [render.sample_camera(np.random.default_rng([seed, 4, c])) for c in range(NUM_CAMERAS)]
+    cams = _cameras(seed)
     total = sum(s.length for s in train + test)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
@@ -206,15 +226,16 @@ def ensure_synthetic(root: str | os.PathLike, size: str = "default", seed: int =
 
 
 def default_root(size: str, seed: int) -> Path:
-    """Where the synthetic tree goes when no root is given: .cache/synthetic_<size>_seed<seed> under the cwd."""
-    return Path.cwd() / ".cache" / f"synthetic_{size}_seed{seed}"
+    """Where the synthetic tree goes when no root is given: .cache/synthetic_<size>_seed<seed>_v<VERSION> under
+    the cwd."""
+    return Path.cwd() / ".cache" / f"synthetic_{size}_seed{seed}_v{VERSION}"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Generate the synthetic video re-ID dataset (MARS layout).")
     ap.add_argument("--size", default="default", choices=list(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--root", help="output folder (default: .cache/synthetic_<size>_seed<seed>)")
+    ap.add_argument("--root", help="output folder (default: .cache/synthetic_<size>_seed<seed>_v<VERSION>)")
     args = ap.parse_args(argv)
     root = ensure_synthetic(args.root or default_root(args.size, args.seed), args.size, args.seed)
     print(root)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -35,13 +37,22 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(rank, world, local)
 
 
+def check_device(name: str) -> None:
+    """Refuse (ConfigError) a train.device naming a CUDA device this machine lacks: callers check before any run."""
+    if not name.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (int(name[5:]) if name.startswith("cuda:") else 0) >= count:
+        have = f"{count} CUDA device(s), cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+        raise ConfigError(f"key 'train.device' is '{name}' but this machine has {have}; use 'cpu' or 'auto'")
+
+
 def resolve_device(name: str, ddp: Dist = Dist()) -> torch.device:
     """'auto' -> the local CUDA device when present, else CPU. Asking for CUDA without one is an error."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device is '{name}' but no CUDA device is available; use 'cpu' or 'auto'")
+        check_device(name)
         if name == "cuda":
             name = f"cuda:{ddp.local_rank}"
         torch.cuda.set_device(torch.device(name))
