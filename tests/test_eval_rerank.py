@@ -74,3 +74,12 @@ def test_cuda_matches_reference_with_cuda_distances():
     fast = k_reciprocal_rerank(q, g, device="cuda")
     ref = k_reciprocal_rerank_reference(q, g, device="cuda")   # same distances, numpy steps on CPU
     assert np.abs(fast - ref).max() < 1e-5
+
+
+def test_query_columns_match_reference_and_gallery_columns_are_unchanged():
+    q, g = _clusters(5, 20, 80)
+    full = k_reciprocal_rerank(q, g, 6, 3, 0.3, device="cpu", include_queries=True)
+    assert full.shape == (20, 100)
+    assert np.abs(full - k_reciprocal_rerank_reference(q, g, 6, 3, 0.3, include_queries=True)).max() < 1e-5
+    assert np.array_equal(full[:, 20:], k_reciprocal_rerank(q, g, 6, 3, 0.3, device="cpu"))
+    assert np.allclose(np.diagonal(full[:, :20]), 0.0, atol=1e-6)  # a query to itself: Jaccard 0, distance 0
