@@ -43,7 +43,7 @@ class DataConfig:
     epoch_def: str = "identities"       # [A10] identities (one pass over train ids, ~39 it on MARS) | tracklets (~every tracklet once)
     gallery_with_queries: bool = True   # [A15a] True: official MARS protocol (11,310 gallery); False: torchreid's 9,330
     flip_prob: float = 0.5              # horizontal flip probability
-    flip_per: str = "frame"             # [A17] frame (each frame flipped independently, the paper's words) | clip (one decision per clip)
+    flip_per: str = "frame"             # [A17] frame (each frame flipped on its own, the paper's words) | clip (one flip per clip)
     num_workers: int = 2                # DataLoader workers
 
 
@@ -56,7 +56,7 @@ class ModelConfig:
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
     num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
     feat_dim: int = 1024                # [A7] width of the FC retrieval feature (paper: not given)
-    attention: str = "energy"           # [A1] with e = sum_d f^2: energy (Eq. 1 as printed: e / sum e) | energy_l2 (the text: e / ||e||_2) | norm_l2 (sqrt(e) / ||sqrt(e)||_2, formerly "l2")
+    attention: str = "energy"           # [A1] e = sum_d f^2; energy: e/sum(e), as printed | energy_l2: e/||e||_2, the text | norm_l2: sqrt(e)/||sqrt(e)||_2 (was "l2")
     f2_weights: str = "normalized"      # [A5] normalized (Eq. 4 scores, weighted average) | raw (Eq. 3 block sums, Alg. 1 literally)
     remainder: str = "last"             # [A4] when K does not divide H: last (last region takes the extra rows) | spread (first H mod K regions get one more)
     classifier_bias: bool = False       # identity classifier with a bias; Eq. 10's logits W_k^T x have none
@@ -90,7 +90,7 @@ class EvalConfig:
     sampling: str = "evenly"            # [A12] evenly (N evenly spaced frames) | dense (all frames in chunks of N, averaged)
     distance: str = "euclidean"         # euclidean | cosine
     ap_rule: str = "trapezoid"          # [A15b] trapezoid (official MARS code) | step (non-interpolated, torchreid)
-    rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]; Euclidean distances only
+    rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]; euclidean distance only
     rerank_k1: int = 20
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
@@ -246,8 +246,9 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: keys 'data.height'/'data.width' ({cfg.data.height}x{cfg.data.width}) "
                           f"must be multiples of {BACKBONE_STRIDE}")
     if cfg.eval.rerank and cfg.eval.distance != "euclidean":
-        raise ConfigError(f"{where}: key 'eval.distance' is {cfg.eval.distance!r} but eval.rerank is true; k-reciprocal "
-                          f"re-ranking works on Euclidean distances: set eval.distance=euclidean or eval.rerank=false")
+        raise ConfigError(f"{where}: key 'eval.distance' is {cfg.eval.distance!r} but eval.rerank is true; "
+                          f"k-reciprocal re-ranking works on Euclidean distances: set eval.distance=euclidean or "
+                          f"eval.rerank=false")
     if list(cfg.train.milestones) != sorted(cfg.train.milestones):
         raise ConfigError(f"{where}: key 'train.milestones' {cfg.train.milestones} must be increasing")
     if cfg.data.dataset in ("mars", "duke") and not cfg.data.root:
