@@ -6,12 +6,12 @@ This is the single home of defaults (one comment per field). Experiment specs
 
 Where the paper is ambiguous (`../shared/paper/ambiguities.md`, items A1..A16, and A17
 below), the field that decides it says so with ``[A<n>]`` and lists its choices; the
-default is what we consider the paper's most literal reading.
+default is what we consider the paper's most literal reading. ``core/models/README.md`` maps
+the model options to code.
 
 A17 (not in ambiguities.md; found by audit): "each frame is augmented by random horizontal
 flipping" flips every frame of a clip independently; most video re-ID code flips a whole
-clip at once. ``data.flip_per`` chooses. ``core/models/README.md`` maps the
-model options to code.
+clip at once. ``data.flip_per`` chooses.
 """
 from __future__ import annotations
 
