@@ -196,3 +196,16 @@ def test_seeds_give_one_job_per_row_and_seed():
     assert len(todo) == 9 and [j.cfg.train.seed for j in todo[:3]] == [0, 1, 2]
     assert len({config_hash(j.cfg) for j in todo}) == 9
     assert [j.seed for j in jobs(spec)] == [0, 0, 0]
+
+
+def test_duke_report_states_its_released_evaluation_and_gives_gao_beside_it():
+    import pandas as pd
+    runs = pd.DataFrame({"tags.dataset": ["duke"], "params.data.gallery_with_queries": ["True"],
+                         "params.eval.ap_rule": ["step"]})
+    assert reporting.other_protocols(runs, ["duke"]) == ["gao"]
+    text = "\n".join(reporting.protocol_lines(runs, ["duke"], ["gao"]))
+    assert "**headline** = `official`" in text and "`gallery/` as released, query tracklets included, " \
+           "non-interpolated (step) AP" in text
+    assert "**`gao`**" in text and "gallery without the query tracklets" in text
+    mixed = pd.concat([runs, runs.assign(**{"params.eval.ap_rule": "trapezoid"})])   # a headline of neither
+    assert reporting.other_protocols(mixed, ["duke"]) == ["official", "gao"]
