@@ -4,10 +4,14 @@ This is the single home of defaults (one comment per field). Experiment specs
 (`experiments/*.yaml`) override fields by dotted key, e.g. ``model.fusion: true``;
 :func:`apply_overrides` validates each key, type and value and names what is allowed.
 
-Where the paper is ambiguous (`../shared/paper/ambiguities.md`, items A1..A16), the
-field that decides it says so with ``[A<n>]`` and lists its choices; the default is
-what we consider the paper's most literal reading. ``core/models/README.md`` maps the
-model options to code.
+Where the paper is ambiguous (`../shared/paper/ambiguities.md`, items A1..A16, and A17
+below), the field that decides it says so with ``[A<n>]`` and lists its choices; the
+default is what we consider the paper's most literal reading. ``core/models/README.md`` maps
+the model options to code.
+
+A17 (not in ambiguities.md; found by audit): "each frame is augmented by random horizontal
+flipping" flips every frame of a clip independently; most video re-ID code flips a whole
+clip at once. ``data.flip_per`` chooses.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class DataConfig:
     tracklets_per_id: int = 4           # K tracklets per identity (paper: 4; not the region count)
     epoch_def: str = "identities"       # [A10] identities (one pass over train ids, ~39 it on MARS) | tracklets (~every tracklet once)
     gallery_with_queries: bool = True   # [A15a] True: official MARS protocol (11,310 gallery); False: torchreid's 9,330
-    flip_prob: float = 0.5              # horizontal flip probability, one decision per clip
+    flip_prob: float = 0.5              # horizontal flip probability
+    flip_per: str = "frame"             # [A17] frame (each frame flipped on its own, the paper's words) | clip (one flip per clip)
     num_workers: int = 2                # DataLoader workers
 
 
@@ -52,9 +57,10 @@ class ModelConfig:
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
     num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
     feat_dim: int = 1024                # [A7] width of the FC retrieval feature (paper: not given)
-    attention: str = "energy"           # [A1] energy (Eq. 1 as printed: sum_d f^2 / sum over positions) | l2 (reading-notes variant)
+    attention: str = "energy"           # [A1] e = sum_d f^2; energy: e/sum(e), as printed | energy_l2: e/||e||_2, the text | norm_l2: sqrt(e)/||sqrt(e)||_2 (was "l2")
     f2_weights: str = "normalized"      # [A5] normalized (Eq. 4 scores, weighted average) | raw (Eq. 3 block sums, Alg. 1 literally)
     remainder: str = "last"             # [A4] when K does not divide H: last (last region takes the extra rows) | spread (first H mod K regions get one more)
+    classifier_bias: bool = False       # identity classifier with a bias; Eq. 10's logits W_k^T x have none
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class EvalConfig:
     sampling: str = "evenly"            # [A12] evenly (N evenly spaced frames) | dense (all frames in chunks of N, averaged)
     distance: str = "euclidean"         # euclidean | cosine
     ap_rule: str = "trapezoid"          # [A15b] trapezoid (official MARS code) | step (non-interpolated, torchreid)
-    rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]
+    rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]; euclidean distance only
     rerank_k1: int = 20
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
@@ -107,14 +113,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.synthetic_size": ("tiny", "small", "default"),
     "data.train_sampling": ("restricted", "random"),
     "data.epoch_def": ("identities", "tracklets"),
+    "data.flip_per": ("frame", "clip"),
     "model.backbone": ("resnet18", "resnet34", "resnet50"),
     "model.aggregation": ("frame", "avg", "sta"),
-    "model.attention": ("energy", "l2"),
+    "model.attention": ("energy", "energy_l2", "norm_l2"),
     "model.f2_weights": ("normalized", "raw"),
     "model.remainder": ("last", "spread"),
     "eval.sampling": ("evenly", "dense"),
     "eval.distance": ("euclidean", "cosine"),
     "eval.ap_rule": ("trapezoid", "step"),
+}
+
+# Choice values that were renamed: refused with a pointer to the new name (a silent alias could be read as the
+# other l2 reading of Eq. 1).
+RENAMED: dict[str, dict[str, str]] = {
+    "model.attention": {"l2": "norm_l2 (sqrt(e) / ||sqrt(e)||_2, what 'l2' computed; 'energy_l2' is e / ||e||_2)"},
 }
 
 # Lower bounds of numeric fields (inclusive).
@@ -225,6 +238,8 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: key '{key}' is {value}; must be a finite number")
     for key, allowed in CHOICES.items():
+        if flat[key] in RENAMED.get(key, {}):
+            raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}, which was renamed {RENAMED[key][flat[key]]}")
         if flat[key] not in allowed:
             raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}; allowed: {', '.join(allowed)}")
     for key, low in MINIMUM.items():
@@ -247,6 +262,10 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     if cfg.model.weights_path is not None and not cfg.model.pretrained:
         raise ConfigError(f"{where}: key 'model.weights_path' is {cfg.model.weights_path!r} but 'model.pretrained' "
                           f"is false, so it would be ignored; set model.pretrained=true to use it, or drop it")
+    if cfg.eval.rerank and cfg.eval.distance != "euclidean":
+        raise ConfigError(f"{where}: key 'eval.distance' is {cfg.eval.distance!r} but eval.rerank is true; "
+                          f"k-reciprocal re-ranking works on Euclidean distances: set eval.distance=euclidean or "
+                          f"eval.rerank=false")
     if cfg.data.dataset in ("mars", "duke") and not cfg.data.root:
         raise ConfigError(f"{where}: key 'data.root' is required for dataset '{cfg.data.dataset}' "
                           f"(the folder that holds the downloaded dataset)")

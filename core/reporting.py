@@ -1,7 +1,9 @@
 """Reports: the tracking store's runs (an mlflow.search_runs frame) joined with a spec -> reports/<table>.md.
 
 Each (profile, dataset) the store holds runs for gets a table in the paper's layout: per dataset and metric the
-paper's number, this run's number (mean ± std over seeds) and the difference. Synthetic runs are compared with
+paper's number, this run's number (mean ± std over seeds) and the difference, once under the headline protocol
+(the runs' eval options) and once under each other protocol of ``core.protocols`` (the paper never states its
+own), with the count of queries that had no valid match. Synthetic runs are compared with
 the paper's MARS column (the synthetic data has the MARS layout) and always labelled synthetic. Per row and seed
 the report takes the latest used FINISHED run (a reused run is stamped `used_at`). No mlflow import here: JSON
 artifacts come through the `load_json(run_id, name)` callable.
@@ -14,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core import figures
+from core import figures, protocols
 from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
 
 LoadJson = Callable[[str, str], object]
@@ -53,16 +55,17 @@ def select_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def metric_column(run: pd.Series, metric: str) -> str:
-    """Rows evaluated with re-ranking (eval.rerank: true, Table 4's STA + ReRank) report rerank_<metric>."""
+def metric_column(run: pd.Series, metric: str, prefix: str = "") -> str:
+    """Rows evaluated with re-ranking (eval.rerank: true, Table 4's STA + ReRank) report rerank_<metric>;
+    `prefix` picks a protocol ('' headline, 'official_', 'gao_'; core.protocols)."""
     rerank = str(run.get("params.eval.rerank", "False")) == "True"
-    return f"metrics.rerank_{metric}" if rerank else f"metrics.{metric}"
+    return f"metrics.{prefix}rerank_{metric}" if rerank else f"metrics.{prefix}{metric}"
 
 
-def row_stats(sel: pd.DataFrame, metric: str) -> tuple[float, float, int]:
+def row_stats(sel: pd.DataFrame, metric: str, prefix: str = "") -> tuple[float, float, int]:
     """(mean, std, seeds) of one metric over a row's runs; std is nan with one seed."""
-    vals = [float(r[metric_column(r, metric)]) for _, r in sel.iterrows()
-            if pd.notna(r.get(metric_column(r, metric)))]
+    vals = [float(r[metric_column(r, metric, prefix)]) for _, r in sel.iterrows()
+            if pd.notna(r.get(metric_column(r, metric, prefix)))]
     if not vals:
         return float("nan"), float("nan"), 0
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), len(vals)
@@ -82,22 +85,74 @@ def _fmt_stat(mean: float, std: float, n: int) -> str:
     return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
 
 
-def comparison_frame(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> pd.DataFrame:
-    """One block of columns per dataset: paper (REF) m | this run (DATASET) m | Δ m, for each metric."""
+def headline_names(runs: pd.DataFrame, ds: str) -> set[str | None]:
+    """The named protocol each run's headline metrics equal (None: another combination of the options)."""
+    sub = runs[runs["tags.dataset"] == ds]
+    return {protocols.headline_name(ds, str(r.get("params.data.gallery_with_queries")) == "True",
+                                    str(r.get("params.eval.ap_rule"))) for _, r in sub.iterrows()}
+
+
+def _tag(runs: pd.DataFrame, ds: str, protocol: str | None) -> str:
+    """Column tag of a protocol: its name, or for the headline the named protocol it equals, else 'headline'."""
+    if protocol:
+        return protocol
+    names = headline_names(runs, ds)
+    return next(iter(names)) if len(names) == 1 and None not in names else "headline"
+
+
+def other_protocols(runs: pd.DataFrame, datasets: list[str]) -> list[str]:
+    """The named protocols to show beside the headline: all but one every dataset's headline already equals."""
+    return [n for n in protocols.NAMES if any(headline_names(runs, ds) != {n} for ds in datasets)]
+
+
+def comparison_frame(spec: Spec, runs: pd.DataFrame, datasets: list[str], protocol: str | None = None) -> pd.DataFrame:
+    """One block of columns per dataset: paper (REF) m | this run (DATASET, PROTOCOL) m | Δ m, for each metric,
+    then the number of queries without a valid match. `protocol`: None for the headline metrics (R1 …), else
+    a name of core.protocols (official_R1 …)."""
+    prefix = f"{protocol}_" if protocol else ""
     table = []
     for row in spec.rows:
         line = {"#": row.index, "row": row.label}
         for ds in datasets:
             ref = reference_dataset(spec, ds)
             sel = runs[(runs["tags.dataset"] == ds) & (runs["tags.row"] == row.label)] if not runs.empty else runs
+            tag = _tag(runs, ds, protocol)
             for m in spec.metrics:
                 paper = row.paper.get(ref, {}).get(m)
-                mean, std, n = row_stats(sel, m) if row.run else (float("nan"), float("nan"), 0)
+                mean, std, n = row_stats(sel, m, prefix) if row.run else (float("nan"), float("nan"), 0)
                 line[f"paper ({DATASET_NAMES[ref]}) {m}"] = _fmt(paper)
-                line[f"this run ({run_header(ds)}) {m}"] = _fmt_stat(mean, std, n) if row.run else "quoted"
+                line[f"this run ({run_header(ds)}, {tag}) {m}"] = _fmt_stat(mean, std, n) if row.run else "quoted"
                 line[f"Δ {m}"] = _fmt(mean - paper) if n and paper is not None else "—"
+            line[f"queries without a valid match ({run_header(ds)})"] = _count(sel, f"{prefix}num_skipped_queries") \
+                if row.run else ""
         table.append(line)
     return pd.DataFrame(table)
+
+
+def _count(sel: pd.DataFrame, metric: str) -> str:
+    """A count logged per run (e.g. num_skipped_queries): one number, or 'a–b' when the seeds differ."""
+    col = f"metrics.{metric}"
+    vals = sorted({int(v) for v in sel[col].dropna()}) if col in sel else []
+    return "—" if not vals else str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
+
+
+def protocol_lines(runs: pd.DataFrame, datasets: list[str], others: list[str]) -> list[str]:
+    """What each protocol column means, per dataset (core.protocols)."""
+    out = []
+    for ds in datasets:
+        names = headline_names(runs, ds)
+        named = protocols.named(ds)
+        heads = sorted({protocols.headline(ds, str(r.get("params.data.gallery_with_queries")) == "True",
+                                           str(r.get("params.eval.ap_rule"))).describe(ds)
+                        for _, r in runs[runs["tags.dataset"] == ds].iterrows()})
+        equal = f" = `{next(iter(names))}`" if len(names) == 1 and None not in names else ""
+        out.append(f"- {run_header(ds)}, **headline**{equal} (MLflow `R1` … `mAP`; data.gallery_with_queries, "
+                   f"eval.ap_rule): {' / '.join(heads)}.")
+        for n in others:
+            out.append(f"- {run_header(ds)}, **`{n}`** (MLflow `{n}_R1` … `{n}_mAP`): {protocols.title(n, ds)}: "
+                       f"{named[n].describe(ds)}.")
+    return out + ["- Under every protocol a gallery tracklet of the query's identity and camera is ignored, junk "
+                  "never counts, distractors stay; a query left without a valid match is skipped and counted.", ""]
 
 
 def paper_frame(spec: Spec) -> pd.DataFrame:
@@ -144,7 +199,12 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
               f"loss.reg_weight = {_values(runs, 'loss.reg_weight')} [A8]. Seeds: {', '.join(map(str, seeds))} "
               f"({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: {_commits(runs)}. "
               f"Metrics in percent; Δ = this run − paper.", ""]
-    lines += [comparison_frame(spec, runs, datasets).pipe(_markdown), ""]
+    others = other_protocols(runs, datasets)
+    lines += ["Protocols [A15] (the paper does not state its own; both are computed from one feature extraction):",
+              "", *protocol_lines(runs, datasets, others)]
+    lines += ["**Headline protocol**", "", comparison_frame(spec, runs, datasets).pipe(_markdown), ""]
+    for name in others:
+        lines += [f"**Protocol `{name}`**", "", comparison_frame(spec, runs, datasets, name).pipe(_markdown), ""]
     for ds in datasets:
         sub = runs[runs["tags.dataset"] == ds]
         for name, fig in _figures(spec, sub, ds, load_json):
@@ -159,10 +219,28 @@ def _runs_frame(spec: Spec, runs: pd.DataFrame) -> pd.DataFrame:
     order = {r.label: r.index for r in spec.rows}
     out = [{"row": r["tags.row"], "dataset": r["tags.dataset"], "seed": r["tags.seed"], "run id": r["run_id"],
             "config hash": r.get("tags.config_hash", ""), "epochs": r.get("params.train.epochs", ""),
-            "model training s": _fmt(r.get("metrics.train_seconds")), "device": r.get("tags.device", "")}
+            "model training s": _fmt(r.get("metrics.train_seconds")), "device": r.get("tags.device", ""),
+            **_loss_terms(r), **_set_sizes(r)}
            for _, r in runs.iterrows()]
     df = pd.DataFrame(out)
     return df.sort_values(["dataset", "row", "seed"], key=lambda s: s.map(order) if s.name == "row" else s)
+
+
+def _loss_terms(run: pd.Series) -> dict[str, str]:
+    """The last epoch's mean loss terms, weighted as they enter the total (Eq. 7, 11)."""
+    names = {"CE": "loss_ce", "triplet": "loss_triplet", "λ·Reg": "loss_reg_weighted", "total": "loss_total"}
+    return {f"last epoch {k}": _fmt_loss(run.get(f"metrics.{v}")) for k, v in names.items()}
+
+
+def _fmt_loss(v) -> str:
+    return "—" if v is None or pd.isna(v) else f"{float(v):.4g}"
+
+
+def _set_sizes(run: pd.Series) -> dict[str, str]:
+    """Gallery sizes of the named protocols and the re-ranked set (distinct tracklets), where logged."""
+    sizes = {f"gallery {n}": run.get(f"metrics.{n}_num_gallery") for n in protocols.NAMES}
+    sizes["re-ranked set"] = run.get("metrics.rerank_set_size")
+    return {k: "—" if v is None or pd.isna(v) else str(int(v)) for k, v in sizes.items()}
 
 
 def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None):
@@ -210,11 +288,17 @@ def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
            f"Re-Identification* (AAAI 2019). Spec: `experiments/{spec.path.name}`. Generated from the MLflow "
            f"experiment `STA {spec.table}` by `python reproduce/report.py` (rebuilt after every "
            f"`python reproduce/{spec.table}.py`); never edited by hand.", ""]
+    if spec.notes:
+        out += [spec.notes, ""]
     if sel.empty:
         out += ["No finished runs yet in the tracking store; only the paper's numbers are shown.", ""]
     for profile in sorted(set(sel["tags.profile"])) if not sel.empty else []:
         out.append(section(spec, sel[sel["tags.profile"] == profile], profile, fig_dir, rel, load_json))
     deviations = [f"- **{r.label}**: {r.deviation}" for r in spec.rows if r.deviation]
+    used = {r.preset.name: r.preset for r in spec.run_rows if r.preset}
+    for name, preset in used.items():
+        rows = ", ".join(r.label for r in spec.run_rows if r.preset and r.preset.name == name)
+        deviations.append(f"- **preset `{name}`** (`experiments/presets.yaml`; rows: {rows}): {preset.deviation}")
     if deviations:
         out += ["## Deviations from the paper", "", *deviations, ""]
     out += ["## The paper's numbers (as printed)", "", paper_frame(spec).pipe(_markdown), ""]

@@ -2,7 +2,11 @@
 
 Layering of one row's config (flat dotted-key merges, later wins, no deeper inheritance):
 
-    core/config.py defaults <- profile (experiments/profiles.yaml) <- table ``base:`` <- row ``overrides:`` <- CLI
+    core/config.py defaults <- profile (experiments/profiles.yaml) <- preset (experiments/presets.yaml)
+                            <- table ``base:`` <- row ``overrides:`` <- CLI
+
+A preset is a named flat map written once for several tables (``full_sta``: the paper's full model, lambda
+included); a spec names it with ``preset:`` (every run row) or a row with its own ``preset:``.
 
 Everything is validated on load: an unknown key, a wrong type or an impossible value raises
 :class:`core.config.ConfigError` naming the file, the row, the key and what is allowed, before anything trains.
@@ -20,12 +24,23 @@ from core.config import ConfigError, RunConfig, allowed_keys, apply_overrides, f
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 PROFILES_PATH = EXPERIMENTS / "profiles.yaml"
+PRESETS_PATH = EXPERIMENTS / "presets.yaml"
 METRICS = ("R1", "R5", "R10", "R20", "mAP")      # what every run computes [A14]
 PAPER_DATASETS = ("mars", "duke")                # datasets the paper reports
 DATASET_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID", "synthetic": "synthetic"}
-SPEC_KEYS = {"table": str, "title": str, "metrics": list, "base": dict, "rows": list, "notes": str}
-ROW_KEYS = {"label": str, "overrides": dict, "paper": dict, "deviation": str, "run": bool}
+SPEC_KEYS = {"table": str, "title": str, "metrics": list, "preset": str, "base": dict, "rows": list, "notes": str}
+ROW_KEYS = {"label": str, "overrides": dict, "preset": str, "paper": dict, "deviation": str, "run": bool}
 PROFILE_KEYS = {"description": str, "overrides": dict}
+PRESET_KEYS = {"description": str, "overrides": dict, "deviation": str}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration of experiments/presets.yaml (e.g. full_sta)."""
+    name: str
+    overrides: dict[str, Any]                    # flat dotted keys
+    deviation: str = ""                          # why its values differ from, or interpret, the paper
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,12 @@ class Row:
     deviation: str = ""
     run: bool = True                             # False: a literature row quoted by the paper
     config: RunConfig | None = None
+    preset: Preset | None = None                 # the row's own or the spec's preset (run rows only)
+
+    @property
+    def full_deviation(self) -> str:
+        """The row's deviation note followed by its preset's (the MLflow run note)."""
+        return " ".join(t for t in (self.deviation, self.preset.deviation if self.preset else "") if t)
 
 
 @dataclass(frozen=True)
@@ -152,11 +173,37 @@ def _paper_numbers(paper: Any, metrics: tuple[str, ...], where: str) -> dict[str
     return out
 
 
-def read_spec(path: str | Path) -> Spec:
+def load_presets(path: str | Path = PRESETS_PATH) -> dict[str, Preset]:
+    """{'full_sta': Preset, ...} from experiments/presets.yaml, keys checked."""
+    path = Path(path)
+    tree = read_yaml(path)
+    if not isinstance(tree, dict) or not tree:
+        raise ConfigError(f"{path}: must map preset names to {{description, overrides, deviation}}")
+    out = {}
+    for name, raw in tree.items():
+        where = f"{path}, preset '{name}'"
+        check_keys(raw, PRESET_KEYS, where, required=("overrides",))
+        out[name] = Preset(name, _flat_overrides(raw["overrides"], where),
+                           deviation=" ".join((raw.get("deviation") or "").split()),
+                           description=" ".join((raw.get("description") or "").split()))
+    return out
+
+
+def _preset(name: str | None, presets: Mapping[str, Preset], where: str) -> Preset | None:
+    if name is None:
+        return None
+    if name not in presets:
+        raise ConfigError(f"{where}: key 'preset' is {name!r}; allowed: {', '.join(presets)} ({PRESETS_PATH.name})")
+    return presets[name]
+
+
+def read_spec(path: str | Path, presets_path: str | Path = PRESETS_PATH) -> Spec:
     """Parse and check a spec's structure, keys and paper numbers (rows not yet resolved to configs)."""
     path = Path(path)
     tree = read_yaml(path)
     check_keys(tree, SPEC_KEYS, str(path), required=("table", "title", "metrics", "rows"))
+    presets = load_presets(presets_path)
+    spec_preset = _preset(tree.get("preset"), presets, str(path))
     metrics = tuple(tree["metrics"])
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
@@ -171,11 +218,13 @@ def read_spec(path: str | Path) -> Spec:
             raise ConfigError(f"{where}: duplicate label '{label}'; labels must be unique within a table")
         seen.add(label)
         run = raw.get("run", True)
-        if not run and raw.get("overrides"):
-            raise ConfigError(f"{where}: key 'overrides' given on a row with run: false (a quoted literature row)")
+        for key in ("overrides", "preset"):
+            if not run and raw.get(key):
+                raise ConfigError(f"{where}: key '{key}' given on a row with run: false (a quoted literature row)")
         rows.append(Row(index=i, label=label, overrides=_flat_overrides(raw.get("overrides"), where),
                         paper=_paper_numbers(raw.get("paper"), metrics, where),
-                        deviation=" ".join((raw.get("deviation") or "").split()), run=run))
+                        deviation=" ".join((raw.get("deviation") or "").split()), run=run,
+                        preset=(_preset(raw.get("preset"), presets, where) or spec_preset) if run else None))
     if not rows:
         raise ConfigError(f"{path}: key 'rows' is empty")
     return Spec(path=path, table=tree["table"], title=tree["title"], metrics=metrics, base=base, rows=tuple(rows),
@@ -200,8 +249,8 @@ def profile_descriptions(path: str | Path = PROFILES_PATH) -> dict[str, str]:
 
 
 def resolve_row(spec: Spec, row: Row, profile: Mapping[str, Any], cli: Mapping[str, Any], where: str) -> RunConfig:
-    """defaults <- profile <- base <- row <- cli, validated as one config (errors name `where` and the key)."""
-    merged = {**profile, **spec.base, **row.overrides, **cli}
+    """defaults <- profile <- preset <- base <- row <- cli, validated as one config (errors name `where`, key)."""
+    merged = {**profile, **(row.preset.overrides if row.preset else {}), **spec.base, **row.overrides, **cli}
     cfg = apply_overrides(RunConfig(), merged, where)
     if cfg.data.dataset in PAPER_DATASETS and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"{where}: key 'data.root' is {cfg.data.root!r}, which is not a folder; it must hold "

@@ -107,7 +107,7 @@ def _row_tags(spec: Spec, job: Job) -> dict[str, str]:
             "dataset": job.cfg.data.dataset, "profile": spec.profile or "", "seed": str(job.seed),
             "config_hash": config_hash(job.cfg), "train_dir": train_dir(job.cfg, ".").name,
             "device": str(resolve_device(job.cfg.train.device)), "spec": spec.path.name,
-            "mlflow.note.content": job.row.deviation, **tracking.provenance_tags()}
+            "mlflow.note.content": job.row.full_deviation, **tracking.provenance_tags()}
 
 
 def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -> None:
@@ -120,7 +120,8 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -
     tags = _row_tags(spec, job)
     with tracking.child_run(job.name, tags, system_metrics=tags["device"].startswith("cuda")):
         tracking.log_config(job.cfg, extra={"label": job.row.label, "overrides": job.row.overrides,
-                                            "paper": job.row.paper, "deviation": job.row.deviation,
+                                            "paper": job.row.paper, "deviation": job.row.full_deviation,
+                                            "preset": job.row.preset.name if job.row.preset else None,
                                             "spec": str(spec.path), "profile": spec.profile, "seed": job.seed})
         callback = tracking.epoch_callback()
         t0 = time.perf_counter()

@@ -191,14 +191,19 @@ def log_history(history, skip: set[int] | frozenset = frozenset()) -> None:
             mlflow.log_metrics(stats.metrics(), step=stats.epoch)
 
 
+def is_percent(name: str) -> bool:
+    """R1..mAP under any protocol prefix ('R1', 'rerank_mAP', 'gao_R5', 'official_rerank_R1') are percentages."""
+    return name.rsplit("_", 1)[-1] in METRICS
+
+
 def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Mapping[str, float] | None = None) -> None:
-    """Final metrics of a core.engine.RunResult (R1..mAP and rerank_* in percent, query counts), the epochs the
-    callback did not see, and cmc.json / scores.json artifacts (the report rebuilds its figures from them)."""
+    """Final metrics of a core.engine.RunResult (R1..mAP of every protocol in percent, counts; core.protocols),
+    the last epoch's loss terms as they enter the total (loss_ce, loss_triplet, loss_reg_weighted, loss_total,
+    loss_reg), the epochs the callback did not see, and cmc.json / scores.json artifacts (the report rebuilds its
+    figures from them)."""
     log_history(result.history, logged_by.logged if logged_by else set())
-    metrics = {}
-    for k, v in result.metrics.items():
-        base = k[len("rerank_"):] if k.startswith("rerank_") else k
-        metrics[k] = 100.0 * v if base in METRICS else v
+    metrics = {k: 100.0 * v if is_percent(k) else v for k, v in result.metrics.items()}
+    metrics.update(result.losses)
     metrics["train_seconds"] = sum(h.seconds for h in result.history)
     mlflow.log_metrics({**metrics, **(extra_metrics or {})})
     mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},

@@ -6,7 +6,7 @@ import pytest
 from core.config import (BACKBONE_STRIDE, CHOICES, RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, allowed_keys,
                          apply_overrides, config_hash)
 from core.data.datasets import DATASETS
-from core.data.sampling import EPOCH_DEFS, EVAL_FRAMES, TRAIN_FRAMES
+from core.data.sampling import EPOCH_DEFS, EVAL_FRAMES, FLIP_PER, TRAIN_FRAMES
 from core.data.synthetic import PRESETS
 from core.engine import train_dir
 from core.evaluation.distance import METRICS as DISTANCES
@@ -17,7 +17,7 @@ from core.models.sta import ATTENTION, REMAINDERS
 
 IMPLEMENTED = {
     "data.dataset": DATASETS, "data.synthetic_size": PRESETS, "data.train_sampling": TRAIN_FRAMES,
-    "data.epoch_def": EPOCH_DEFS, "model.backbone": BACKBONES, "model.aggregation": AGGREGATIONS,
+    "data.epoch_def": EPOCH_DEFS, "data.flip_per": FLIP_PER, "model.backbone": BACKBONES, "model.aggregation": AGGREGATIONS,
     "model.attention": ATTENTION, "model.f2_weights": F2_WEIGHTS, "model.remainder": REMAINDERS,
     "eval.sampling": EVAL_FRAMES, "eval.distance": DISTANCES, "eval.ap_rule": AP_RULES,
 }
@@ -105,3 +105,18 @@ def test_weights_path_without_pretrained_is_refused_naming_both_keys():
 def test_negative_seeds_are_refused(key):
     with pytest.raises(ConfigError, match=rf"key '{key}' is -1; must be >= 0"):
         apply_overrides(RunConfig(), {key: -1})
+
+
+def test_renamed_attention_and_rerank_with_cosine_are_refused():
+    from core.config import ConfigError, RunConfig, apply_overrides
+    with pytest.raises(ConfigError, match="'model.attention' is 'l2', which was renamed norm_l2"):
+        apply_overrides(RunConfig(), {"model.attention": "l2"}, "spec.yaml")
+    with pytest.raises(ConfigError, match="eval.distance.*'cosine' but eval.rerank is true"):
+        apply_overrides(RunConfig(), {"eval.rerank": True, "eval.distance": "cosine"}, "spec.yaml")
+    assert apply_overrides(RunConfig(), {"eval.distance": "cosine"}).eval.distance == "cosine"
+
+
+def test_paper_defaults_of_the_audit():
+    from core.config import RunConfig
+    cfg = RunConfig()
+    assert (cfg.model.attention, cfg.model.classifier_bias, cfg.data.flip_per) == ("energy", False, "frame")

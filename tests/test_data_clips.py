@@ -1,4 +1,4 @@
-"""Clip tensors and loaders: shapes, one flip decision per clip, reproducibility across worker counts, owners."""
+"""Clip tensors and loaders: shapes, flips per frame [A17] or per clip, reproducibility across worker counts, owners."""
 import numpy as np
 import pytest
 import torch
@@ -7,6 +7,7 @@ from PIL import Image
 from core.config import DataConfig
 from core.data import DatasetError, Tracklet, load_mars, make_test_loader, make_train_loader
 from core.data.clips import IMAGENET_MEAN, IMAGENET_STD, TrainClips
+from core.data.sampling import flip_decisions, train_frames
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +29,10 @@ def asymmetric(tmp_path):
 
 
 def test_one_flip_decision_per_clip(asymmetric):
-    plain = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.0)[(0, 0)][0]
-    flipped = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=1.0)[(0, 0)][0]
+    plain = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.0, flip_per="clip")[(0, 0)][0]
+    flipped = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=1.0, flip_per="clip")[(0, 0)][0]
     assert torch.equal(flipped, plain.flip(-1)) and not torch.equal(flipped, plain)
-    data = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.5)
+    data = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.5, flip_per="clip")
     kinds = []
     for seed in range(40):
         clip = data[(0, seed)][0]
@@ -41,6 +42,34 @@ def test_one_flip_decision_per_clip(asymmetric):
         kinds.append(all(mirrored))
         assert torch.equal(clip, data[(0, seed)][0])  # a function of the item seed
     assert 5 < sum(kinds) < 35
+
+
+def test_each_frame_flipped_independently_by_default(asymmetric):
+    # [A17] the paper: "each frame is augmented by random horizontal flipping" (data.flip_per = frame, default)
+    assert DataConfig().flip_per == "frame"
+    plain = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.0)[(0, 0)][0]
+    data = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.5)
+    mixed = 0
+    for seed in range(40):
+        clip = data[(0, seed)][0]
+        mirrored = [torch.equal(clip[n], plain[n].flip(-1)) for n in range(4)]
+        assert all(mirrored[n] or torch.equal(clip[n], plain[n]) for n in range(4))
+        # the decisions are the item generator's 4 draws after its frame choice
+        rng = np.random.default_rng(seed)
+        train_frames(4, 4, "restricted", rng)
+        assert mirrored == flip_decisions(4, 0.5, "frame", rng)
+        mixed += 0 < sum(mirrored) < 4
+        assert torch.equal(clip, data[(0, seed)][0])  # a function of the item seed
+    assert mixed > 10  # a clip-level decision would never mix (P(mixed) = 14/16 per clip)
+
+
+def test_flip_decisions_by_hand():
+    # default_rng(0).random(3) = [0.637, 0.270, 0.041]: with prob 0.5 -> [no, yes, yes]; one per clip: 0.637 -> no
+    assert flip_decisions(3, 0.5, "frame", np.random.default_rng(0)) == [False, True, True]
+    assert flip_decisions(3, 0.5, "clip", np.random.default_rng(0)) == [False] * 3
+    assert flip_decisions(3, 0.7, "clip", np.random.default_rng(0)) == [True] * 3
+    with pytest.raises(ValueError, match="frame, clip"):
+        flip_decisions(3, 0.5, "video", np.random.default_rng(0))
 
 
 def test_normalisation_and_resize(asymmetric):

@@ -49,7 +49,14 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     assert sorted(rows["params.model.aggregation"]) == ["frame", "sta"]
     # final metrics in percent, per-epoch metrics at step = epoch
     for m in ("R1", "R5", "R10", "R20", "mAP"):
-        assert rows[f"metrics.{m}"].between(0, 100).all()
+        for prefix in ("", "official_", "gao_"):                  # headline and both protocols [A15]
+            assert rows[f"metrics.{prefix}{m}"].between(0, 100).all()
+        assert (rows[f"metrics.{m}"] == rows[f"metrics.official_{m}"]).all()   # the default headline is official
+    assert (rows["metrics.gao_num_gallery"] < rows["metrics.official_num_gallery"]).all()
+    # the last epoch's loss terms as they enter the total: lambda * Reg is 0 on Baseline, > 0 on the + Reg row
+    sta_row = rows[rows["tags.row"] != "Baseline"].iloc[0]
+    assert sta_row["metrics.loss_reg_weighted"] == pytest.approx(1.0 * sta_row["metrics.loss_reg"])
+    assert rows[rows["tags.row"] == "Baseline"]["metrics.loss_reg_weighted"].iloc[0] == 0.0
     client = mlflow.MlflowClient()
     sta = rows[rows["tags.row"] != "Baseline"].iloc[0]
     assert [h.step for h in client.get_metric_history(sta.run_id, "ce")] == [0]
@@ -71,7 +78,8 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
 
     # the report joins spec and runs: the paper's number beside this run's, labelled synthetic
     report = (tmp_path / "reports" / "table1.md").read_text()
-    assert "this run (synthetic, MARS layout) R1" in report and "paper (MARS) R1" in report
+    assert "this run (synthetic, MARS layout, official) R1" in report and "paper (MARS) R1" in report
+    assert "this run (synthetic, MARS layout, gao) R1" in report and "queries without a valid match" in report
     for label, paper_r1 in (("Baseline", "74.5"), ("Baseline + TL + STA + Fusion + Reg", "86.3")):
         line = next(ln for ln in report.splitlines() if ln.startswith("|") and f"| {label} " in ln)
         ours = f"{rows[rows['tags.row'] == label]['metrics.R1'].iloc[0]:.1f}"

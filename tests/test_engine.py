@@ -132,6 +132,15 @@ def test_run_trains_evaluates_and_writes_metrics(tiny_synthetic_root, dataset, t
     for key in ("R1", "R5", "R10", "R20", "mAP", "rerank_R1", "rerank_mAP"):
         assert 0.0 <= result.metrics[key] <= 1.0, key
     assert result.metrics["num_queries"] + result.metrics["num_skipped_queries"] == len(dataset.query)
+    # both protocols and their re-ranking from one extraction; re-ranking over the distinct tracklets only
+    distinct = len(set(dataset.query) | set(dataset.gallery))
+    assert set(dataset.query) <= set(dataset.gallery) and result.metrics["rerank_set_size"] == distinct
+    assert result.metrics["official_num_gallery"] == len(dataset.gallery) == distinct
+    assert result.metrics["gao_num_gallery"] == len(dataset.gallery) - len(dataset.query)
+    for key in ("official_rerank_mAP", "gao_rerank_mAP", "gao_mAP", "official_R1"):
+        assert 0.0 <= result.metrics[key] <= 1.0, key
+    assert result.metrics["mAP"] == result.metrics["official_mAP"]
+    assert result.losses["loss_reg_weighted"] == pytest.approx(0.5 * result.losses["loss_reg"])
     assert result.cmc.shape == (20,) and all(result.cmc[i] <= result.cmc[i + 1] for i in range(19))
     assert result.synthetic and "synthetic" in result.dataset_name
     assert result.scores and all(s.shape == (cfg.eval.seq_len, 2) for s in result.scores.values())

@@ -161,3 +161,12 @@ def test_hand_worked_jaccard_with_and_without_query_expansion():
     # step 8 with lambda = 0.3: 0.7 * Jaccard + 0.3 * orig[query row, gallery column]
     mixed = k_reciprocal_rerank(q, g, k1=2, k2=2, lambda_value=0.3, device="cpu")
     np.testing.assert_allclose(mixed, 0.7 * expected_on + 0.3 * _hand_original()[:2, 2:], atol=1e-6)
+
+
+def test_query_columns_match_reference_and_gallery_columns_are_unchanged():
+    q, g = _clusters(5, 20, 80)
+    full = k_reciprocal_rerank(q, g, 6, 3, 0.3, device="cpu", include_queries=True)
+    assert full.shape == (20, 100)
+    assert np.abs(full - k_reciprocal_rerank_reference(q, g, 6, 3, 0.3, include_queries=True)).max() < 1e-5
+    assert np.array_equal(full[:, 20:], k_reciprocal_rerank(q, g, 6, 3, 0.3, device="cpu"))
+    assert np.allclose(np.diagonal(full[:, :20]), 0.0, atol=1e-6)  # a query to itself: Jaccard 0, distance 0

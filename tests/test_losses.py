@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from core.losses import batch_hard_triplet, compute_losses, inter_frame_reg
+from core.losses import batch_hard_triplet, compute_losses, inter_frame_reg, pairwise_distances
 
 
 def test_triplet_by_hand():
@@ -27,6 +27,24 @@ def test_triplet_gradient_finite_for_identical_vectors():
     loss = batch_hard_triplet(x, torch.tensor([0, 0, 1, 1]), 0.3)
     loss.backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(loss)
+    assert torch.equal(pairwise_distances(x.detach())[:3, :3], torch.zeros(3, 3))  # identical rows: exactly 0
+
+
+def test_triplet_distances_match_float64_at_feature_norm_37():
+    # audit case: retrieval features of norm ~37; the matmul expansion |a|^2 + |b|^2 - 2ab in float32 lost ~1.5e-5
+    # relative precision on typical pairs, far more on close pairs, and gave ~0.02 from a vector to itself
+    torch.manual_seed(0)
+    x = torch.randn(64, 1024)
+    x = 37 * x / x.norm(dim=1, keepdim=True)
+    x[1] = x[0] + 1e-3 * torch.randn(1024)                  # a close pair: distance ~0.03
+    exact = torch.cdist(x.double(), x.double())              # float64 reference
+    d = pairwise_distances(x)
+    assert d.dtype == torch.float32 and torch.equal(d.diagonal(), torch.zeros(64))  # anchor to itself: exactly 0
+    off = ~torch.eye(64, dtype=torch.bool)
+    assert ((d.double() - exact).abs() / exact)[off].max() < 2e-6
+    sq = x.square().sum(1)                                   # the old formula fails the same check
+    old = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0).sqrt()
+    assert ((old.double() - exact).abs() / exact)[off].max() > 1e-2 and old.diagonal().max() > 1e-3
 
 
 def test_reg_by_hand_plain_and_squared():

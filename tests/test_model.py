@@ -1,4 +1,6 @@
 """Backbone and VideoReIDModel: shapes, options, weights errors, gradients. ResNet-18 on small frames, no weights."""
+import dataclasses
+
 import pytest
 import torch
 import torchvision
@@ -141,9 +143,9 @@ def test_channels_last_and_bf16_autocast():
 
 def test_build_model_from_config():
     cfg = ModelConfig(backbone="resnet18", pretrained=False, aggregation="sta", fusion=True, num_regions=2,
-                      feat_dim=8, attention="l2", f2_weights="raw", remainder="spread")
+                      feat_dim=8, attention="norm_l2", f2_weights="raw", remainder="spread")
     model = build_model(cfg, 5)
-    assert (model.attention, model.f2_weights, model.remainder, model.num_regions) == ("l2", "raw", "spread", 2)
+    assert (model.attention, model.f2_weights, model.remainder, model.num_regions) == ("norm_l2", "raw", "spread", 2)
     assert model.fc.in_features == 1024 and model.fc.out_features == 8 and model.classifier.out_features == 5
     assert model(torch.randn(1, 2, 3, 64, 32))["scores"].shape == (1, 2, 2)
 
@@ -155,3 +157,20 @@ def test_f2_weight_option_reaches_the_head():
     with torch.no_grad():
         a, b = norm(clips), raw(clips)
     assert torch.equal(a["scores"], b["scores"]) and not torch.allclose(a["feat"], b["feat"])
+
+
+def test_classifier_has_no_bias_by_default_as_eq10():
+    # Eq. 10: softmax over W_k^T x; model.classifier_bias = true adds a bias
+    x = torch.randn(3, 16)
+    plain = tiny("avg")
+    assert plain.classifier.bias is None and "classifier.bias" not in plain.state_dict()
+    assert torch.allclose(plain.classifier(x), x @ plain.classifier.weight.T)
+    assert tiny("avg", classifier_bias=True).classifier.bias is not None
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, aggregation="avg", feat_dim=8)
+    assert build_model(cfg, 5).classifier.bias is None
+    assert build_model(dataclasses.replace(cfg, classifier_bias=True), 5).classifier.bias is not None
+
+
+def test_renamed_attention_is_refused_with_its_new_name():
+    with pytest.raises(ValueError, match="renamed 'norm_l2'"):
+        tiny("sta", attention="l2")

@@ -182,3 +182,43 @@ def test_bad_top_level_key_and_unknown_profile(tmp_path):
         read_spec(path)
     with pytest.raises(ConfigError, match="unknown profile 'gpu'; allowed: paper, cpu"):
         load_spec(_write(tmp_path, GOOD_ROW), profile="gpu")
+
+
+def test_full_sta_is_written_once_with_its_lambda_and_reason():
+    from core.specs import EXPERIMENTS, load_presets
+    full = load_presets()["full_sta"]
+    assert full.overrides["loss.reg_weight"] == 1.0 and "placeholder" not in full.deviation
+    assert "never gives it (A8)" in full.deviation and "loss_reg_weighted" in full.deviation
+    assert not any("reg_weight: 1" in p.read_text() for p in SPECS)      # lambda lives in presets.yaml only
+    assert "placeholder" not in "".join(p.read_text() for p in EXPERIMENTS.glob("*.yaml"))
+    sections = ("model", "loss")
+    t1 = {r.label: r for r in load_spec(SPECS[0], "paper").rows}["Baseline + TL + STA + Fusion + Reg"]
+    assert t1.preset == full and full.deviation in t1.full_deviation
+    for path in SPECS[1:]:
+        for row in load_spec(path, "paper").run_rows:
+            assert row.preset is not None and row.preset.name == "full_sta", (path.stem, row.label)
+            same = {k: getattr(row.config, k) for k in sections} == {k: getattr(t1.config, k) for k in sections}
+            assert same or path.stem == "table3", (path.stem, row.label)   # Table 3 changes K only
+            assert row.config.loss.reg_weight == 1.0
+
+
+def test_table5_headline_is_dukes_released_evaluation(tmp_path):
+    from core.protocols import headline_name
+    spec = load_spec(SPECS[4], "paper", dataset="duke", data_root=str(tmp_path))
+    cfg = spec.run_rows[0].config
+    assert cfg.eval.ap_rule == "step"
+    assert headline_name("duke", cfg.data.gallery_with_queries, cfg.eval.ap_rule) == "official"
+    assert "released evaluation" in spec.notes and "non-interpolated" in spec.notes
+
+
+def test_unknown_preset_and_preset_on_a_quoted_row_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad.yaml, row 1 'Row A': key 'preset' is 'full'; allowed: full_sta"):
+        load_spec(_write(tmp_path, GOOD_ROW + "    preset: full\n"), profile="cpu")
+    quoted = """
+  - label: Quoted
+    run: false
+    preset: full_sta
+    paper: {mars: {R1: 1.0, mAP: 2.0}}
+"""
+    with pytest.raises(ConfigError, match="key 'preset' given on a row with run: false"):
+        load_spec(_write(tmp_path, GOOD_ROW + quoted), profile="cpu")

@@ -15,26 +15,47 @@ ENERGY = torch.tensor([[1., 1.], [0., 4.], [2., 1.], [4., 0.]])
 
 
 def test_eq1_energy_by_hand():
+    # [A1 (a)] e / sum e: the total energy is 1+1+0+4+2+1+4+0 = 13
     g = attention_map(F_ONE, "energy")
     assert torch.allclose(g, ENERGY / 13)
     assert torch.allclose(g.sum(), torch.tensor(1.))
 
 
-def test_eq1_l2_by_hand():
-    # per-position norm sqrt(energy): [[1, 1], [0, 2], [sqrt2, 1], [2, 0]]; its l2 norm over positions: sqrt(13)
+def test_eq1_energy_l2_by_hand():
+    # [A1 (b)] e / ||e||_2 over positions: sum of squared energies 1+1+0+16+4+1+16+0 = 39
+    g = attention_map(F_ONE, "energy_l2")
+    assert torch.allclose(g, ENERGY / math.sqrt(39))
+    assert torch.allclose(g.square().sum(), torch.tensor(1.))  # unit l2 norm, not unit sum
+    assert g[1, 1] == pytest.approx(4 / 6.244998, rel=1e-6)  # sqrt(39) = 6.244998: the peak is 0.6405, (a) gives 4/13
+
+
+def test_eq1_norm_l2_by_hand():
+    # [A1 (c)] per-position norm sqrt(energy): [[1, 1], [0, 2], [sqrt2, 1], [2, 0]]; its l2 norm over positions:
+    # sqrt(1+1+0+4+2+1+4+0) = sqrt(13)
     expected = torch.tensor([[1., 1.], [0., 2.], [math.sqrt(2), 1.], [2., 0.]]) / math.sqrt(13)
-    assert torch.allclose(attention_map(F_ONE, "l2"), expected)
+    assert torch.allclose(attention_map(F_ONE, "norm_l2"), expected)
+
+
+def test_eq1_three_readings_differ_and_each_is_scale_free():
+    f = torch.rand(3, 8, 4, 2)
+    maps = {kind: attention_map(f, kind) for kind in ("energy", "energy_l2", "norm_l2")}
+    assert not torch.allclose(maps["energy"], maps["energy_l2"])
+    assert not torch.allclose(maps["energy_l2"], maps["norm_l2"])
+    for kind, g in maps.items():
+        assert torch.allclose(attention_map(5 * f, kind), g, atol=1e-6), kind  # feature scale cancels
 
 
 def test_eq1_all_zero_frame_gives_zero_map_not_nan():
-    for kind in ("energy", "l2"):
+    for kind in ("energy", "energy_l2", "norm_l2"):
         g = attention_map(torch.zeros(2, 4, 2), kind)
         assert torch.equal(g, torch.zeros(4, 2))
 
 
-def test_eq1_unknown_option():
-    with pytest.raises(ValueError, match="energy, l2"):
+def test_eq1_unknown_option_and_the_renamed_l2():
+    with pytest.raises(ValueError, match="energy, energy_l2, norm_l2"):
         attention_map(F_ONE, "softmax")
+    with pytest.raises(ValueError, match="renamed 'norm_l2'"):
+        attention_map(F_ONE, "l2")
 
 
 def test_eq3_block_sums_by_hand():
@@ -42,8 +63,8 @@ def test_eq3_block_sums_by_hand():
     g = attention_map(F_ONE, "energy")[None, None]  # (1, 1, 4, 2)
     # energy: rows 0-1 sum to 1+1+0+4 = 6, rows 2-3 to 2+1+4+0 = 7
     assert torch.allclose(block_scores(g, bounds), torch.tensor([[[6 / 13, 7 / 13]]]))
-    g = attention_map(F_ONE, "l2")[None, None]
-    # l2: rows 0-1: 1+1+0+2 = 4, rows 2-3: sqrt2+1+2+0
+    g = attention_map(F_ONE, "norm_l2")[None, None]
+    # norm_l2: rows 0-1: 1+1+0+2 = 4, rows 2-3: sqrt2+1+2+0
     expected = torch.tensor([[[4., 3 + math.sqrt(2)]]]) / math.sqrt(13)
     assert torch.allclose(block_scores(g, bounds), expected)
 
@@ -114,7 +135,7 @@ def _pipeline(f, K, remainder="last", attention="energy"):
 def test_identical_frames_f2_is_average_pooling():
     frame = torch.rand(2, 1, 8, 6, 3)
     f = frame.expand(-1, 5, -1, -1, -1)  # (B=2, N=5, D, H, W), all frames equal
-    for attention in ("energy", "l2"):
+    for attention in ("energy", "energy_l2", "norm_l2"):
         _, S, bounds = _pipeline(f, 3, attention=attention)
         assert torch.allclose(S, torch.full_like(S, 1 / 5))
         f1, f2 = fuse_maps(f, S, S, bounds)
@@ -125,7 +146,7 @@ def test_identical_frames_f2_is_average_pooling():
 def test_zeroed_block_gets_zero_weight():
     f = torch.rand(1, 3, 4, 8, 2) + 0.1
     f[0, 1, :, 0:4] = 0  # frame 1, region 0 of K=2 (rows 0-3)
-    for attention in ("energy", "l2"):
+    for attention in ("energy", "energy_l2", "norm_l2"):
         s, S, _ = _pipeline(f, 2, attention=attention)
         assert s[0, 1, 0] == 0 and S[0, 1, 0] == 0
         assert (S[0, :, 1] > 0).all() and (S[0, [0, 2], 0] > 0).all()

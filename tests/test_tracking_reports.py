@@ -2,6 +2,7 @@
 with the specs into markdown (mean ± std over seeds, synthetic labelled as such, re-ranked rows)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class FakeResult:
     cmc: np.ndarray
     history: list
     scores: dict
+    losses: dict
 
 
 def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank: float | None = None) -> str:
@@ -38,10 +40,17 @@ def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank
         tracking.log_config(cfg, {"label": row.label})
         callback = tracking.epoch_callback()
         callback(FakeEpoch(0))             # epoch 0 seen live, epoch 1 back-filled from the history
-        metrics = {"R1": r1, "R5": 0.8, "R10": 0.9, "R20": 0.95, "mAP": 0.5, "num_queries": 10.0}
+        metrics = {"R1": r1, "R5": 0.8, "R10": 0.9, "R20": 0.95, "mAP": 0.5, "num_queries": 10.0,
+                   "num_skipped_queries": 0.0}
         if rerank is not None:
-            metrics.update(rerank_R1=rerank, rerank_R5=0.9, rerank_R10=0.95, rerank_R20=0.99, rerank_mAP=0.7)
-        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0), FakeEpoch(1)], {}),
+            metrics.update(rerank_R1=rerank, rerank_R5=0.9, rerank_R10=0.95, rerank_R20=0.99, rerank_mAP=0.7,
+                           rerank_set_size=11310.0)
+        official = {f"official_{k}": v for k, v in metrics.items()}          # the headline is the official one
+        gao = {f"gao_{k}": v + 0.125 if k.endswith(("R1", "mAP")) else v for k, v in metrics.items()}
+        metrics.update({**official, **gao, "gao_num_skipped_queries": 2.0, "official_num_gallery": 11310.0,
+                        "gao_num_gallery": 9330.0})
+        losses = {"loss_ce": 2.5, "loss_triplet": 0.75, "loss_reg_weighted": 0.0125, "loss_total": 3.2625}
+        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0), FakeEpoch(1)], {}, losses),
                             logged_by=callback)
     return run_id
 
@@ -116,10 +125,19 @@ def test_report_sets_paper_beside_run_with_mean_and_std(store, tmp_path):
     spec = read_spec(spec_path("table1"))
     path = reporting.write_report(spec, tracking.runs_frame("STA table1"), tmp_path, load_json=tracking.load_json)
     text = path.read_text()
-    assert "| paper (MARS) R1 | this run (synthetic, MARS layout) R1 | Δ R1 |" in text.replace("  ", "")
+    assert "| paper (MARS) R1 | this run (synthetic, MARS layout, official) R1 | Δ R1 |" in text.replace("  ", "")
     assert "this run (MARS" not in text          # synthetic numbers are never presented as MARS
     line = next(ln for ln in text.splitlines() if ln.startswith("| 1 "))
     assert "74.5" in line and "55.0 ± 7.1" in line and "-19.5" in line
+    # the other protocol, in its own table with its columns named: gao R1 = 0.125 higher, 2 queries skipped
+    assert "**Protocol `gao`**" in text and "this run (synthetic, MARS layout, gao) R1" in text
+    gao = text[text.index("**Protocol `gao`**"):]
+    line = next(ln for ln in gao.splitlines() if ln.startswith("| 1 "))
+    assert "67.5 ± 7.1" in line and "-7.0" in line and line.rstrip(" |").endswith("2")
+    assert "gallery without the query tracklets, non-interpolated (step) AP" in text
+    assert "headline** = `official`" in text and "gallery with the query tracklets, trapezoid AP" in text
+    # run details: the last epoch's weighted loss terms and the gallery sizes
+    assert "last epoch λ·Reg" in text and "0.0125" in text and re.search(r"\| 11310 +\| 9330 +\|", text)
     line2 = next(ln for ln in text.splitlines() if ln.startswith("| 2 "))
     assert "80.8" in line2 and "70.0" in line2 and "-10.8" in line2
     assert "Seeds: 0, 1 (mean ± std over seeds)" in text and "eval.ap_rule = trapezoid" in text
@@ -138,6 +156,9 @@ def test_rerank_row_reports_reranked_metrics_and_literature_rows_are_quoted(stor
     sta = next(ln for ln in text.splitlines() if ln.startswith("| 11 "))
     rerank = next(ln for ln in text.splitlines() if ln.startswith("| 12 "))
     assert "40.0" in sta and "45.0" in rerank and "87.2" in rerank
+    assert "57.5" in next(ln for ln in text[text.index("**Protocol `gao`**"):].splitlines() if ln.startswith("| 12 "))
+    assert "re-ranked set" in text and "11310" in text
+    assert "preset `full_sta`" in text and "never gives it (A8)" in text and "placeholder" not in text
     qan = next(ln for ln in text.splitlines() if ln.startswith("| 4 "))
     assert "QAN" in qan and "73.7" in qan and "quoted" in qan
 
@@ -146,6 +167,7 @@ def test_report_without_runs_shows_the_paper_only(tmp_path):
     import pandas as pd
     text = reporting.render(read_spec(spec_path("table5")), pd.DataFrame(), Path(tmp_path))
     assert "No finished runs yet" in text and "ETAP-Net" in text and "96.2" in text
+    assert "DukeMTMC-VideoReID's released evaluation" in text and "non-interpolated" in text   # the spec's notes
 
 
 def test_latest_used_run_wins_per_row_and_seed():
@@ -174,3 +196,16 @@ def test_seeds_give_one_job_per_row_and_seed():
     assert len(todo) == 9 and [j.cfg.train.seed for j in todo[:3]] == [0, 1, 2]
     assert len({config_hash(j.cfg) for j in todo}) == 9
     assert [j.seed for j in jobs(spec)] == [0, 0, 0]
+
+
+def test_duke_report_states_its_released_evaluation_and_gives_gao_beside_it():
+    import pandas as pd
+    runs = pd.DataFrame({"tags.dataset": ["duke"], "params.data.gallery_with_queries": ["True"],
+                         "params.eval.ap_rule": ["step"]})
+    assert reporting.other_protocols(runs, ["duke"]) == ["gao"]
+    text = "\n".join(reporting.protocol_lines(runs, ["duke"], ["gao"]))
+    assert "**headline** = `official`" in text and "`gallery/` as released, query tracklets included, " \
+           "non-interpolated (step) AP" in text
+    assert "**`gao`**" in text and "gallery without the query tracklets" in text
+    mixed = pd.concat([runs, runs.assign(**{"params.eval.ap_rule": "trapezoid"})])   # a headline of neither
+    assert reporting.other_protocols(mixed, ["duke"]) == ["official", "gao"]

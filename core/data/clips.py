@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from core.config import DataConfig
 from core.data.base import DatasetError, Tracklet
-from core.data.sampling import IdentityBatchSampler, eval_frames, train_frames
+from core.data.sampling import IdentityBatchSampler, eval_frames, flip_decisions, train_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,7 +31,8 @@ def read_frame(path: str) -> torch.Tensor:
 class ClipTransform:
     """Frames [3, h, w] uint8 -> clip [N, 3, H, W] float: resize, optional flip, scale to [0, 1], ImageNet norm.
 
-    The flip decision is taken once per clip by the caller and applied to every frame alike.
+    `flip` is one decision for the whole clip (bool) or one per frame (a sequence of N bools) [A17]; the caller
+    takes the decisions (core.data.sampling.flip_decisions).
     """
 
     def __init__(self, height: int, width: int):
@@ -39,14 +40,19 @@ class ClipTransform:
         self.resize = v2.Resize(self.size, antialias=True)
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
-    def __call__(self, frames: Sequence[torch.Tensor], flip: bool = False) -> torch.Tensor:
+    def __call__(self, frames: Sequence[torch.Tensor], flip: bool | Sequence[bool] = False) -> torch.Tensor:
         if len({tuple(f.shape) for f in frames}) == 1:
             clip = torch.stack(list(frames))  # [N, 3, h, w]
             clip = clip if tuple(clip.shape[-2:]) == self.size else self.resize(clip)
         else:  # frames of different sizes (DukeMTMC-VideoReID): resize one by one
             clip = torch.stack([self.resize(f) for f in frames])
-        if flip:
+        if isinstance(flip, bool):
+            flip = [flip] * len(clip)
+        rows = torch.tensor(list(flip), dtype=torch.bool)  # (N,) which frames to flip
+        if rows.all():
             clip = v2.functional.horizontal_flip(clip)
+        elif rows.any():
+            clip = torch.where(rows[:, None, None, None], v2.functional.horizontal_flip(clip), clip)
         return self.normalize(clip)  # [N, 3, H, W] float32
 
 
@@ -63,7 +69,8 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def read_clip(paths: Sequence[str], indices: np.ndarray, transform: ClipTransform, flip: bool) -> torch.Tensor:
+def read_clip(paths: Sequence[str], indices: np.ndarray, transform: ClipTransform,
+              flip: bool | Sequence[bool]) -> torch.Tensor:
     """[N, 3, H, W]: frames paths[indices] (each distinct file decoded once)."""
     with _one_thread():
         cache = {int(i): read_frame(paths[int(i)]) for i in set(indices.tolist())}
@@ -71,11 +78,15 @@ def read_clip(paths: Sequence[str], indices: np.ndarray, transform: ClipTransfor
 
 
 class TrainClips(Dataset):
-    """dataset[(index, item_seed)] -> (clip [N, 3, H, W] float, pid, camid); frames and flip from the item seed."""
+    """dataset[(index, item_seed)] -> (clip [N, 3, H, W] float, pid, camid); frames and flips from the item seed.
+
+    flip_per [A17]: "frame" flips each frame independently with probability flip_prob, "clip" the whole clip.
+    """
 
     def __init__(self, tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int,
-                 flip_prob: float):
+                 flip_prob: float, flip_per: str = "frame"):
         self.tracklets, self.seq_len, self.sampling, self.flip_prob = tracklets, seq_len, sampling, flip_prob
+        self.flip_per = flip_per
         self.transform = ClipTransform(height, width)
 
     def __len__(self) -> int:
@@ -86,8 +97,8 @@ class TrainClips(Dataset):
         t = self.tracklets[index]
         rng = np.random.default_rng(item_seed)
         indices = train_frames(len(t.paths), self.seq_len, self.sampling, rng)
-        flip = bool(rng.random() < self.flip_prob)
-        return read_clip(t.paths, indices, self.transform, flip), t.pid, t.camid
+        flips = flip_decisions(self.seq_len, self.flip_prob, self.flip_per, rng)
+        return read_clip(t.paths, indices, self.transform, flips), t.pid, t.camid
 
 
 class EvalClips(Dataset):
@@ -130,7 +141,8 @@ def make_train_loader(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int,
     """
     sampler = IdentityBatchSampler([t.pid for t in tracklets], cfg.ids_per_batch, cfg.tracklets_per_id, seed,
                                    cfg.epoch_def, rank, world_size)
-    data = TrainClips(tracklets, cfg.seq_len, cfg.train_sampling, cfg.height, cfg.width, cfg.flip_prob)
+    data = TrainClips(tracklets, cfg.seq_len, cfg.train_sampling, cfg.height, cfg.width, cfg.flip_prob,
+                      cfg.flip_per)
     return DataLoader(data, batch_sampler=sampler, **_loader_kwargs(cfg.num_workers))
 
 

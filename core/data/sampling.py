@@ -44,6 +44,20 @@ def dense_frames(num_frames: int, n: int) -> list[np.ndarray]:
     return [pad_cyclic(np.arange(s, min(s + n, num_frames)), n) for s in range(0, num_frames, n)]
 
 
+FLIP_PER = ("frame", "clip")  # [A17]
+
+
+def flip_decisions(n: int, prob: float, per: str, rng: np.random.Generator) -> list[bool]:
+    """[n] horizontal-flip decisions of a training clip [A17]: "frame" draws one per frame ("each frame is
+    augmented by random horizontal flipping"), "clip" one for the whole clip (repeated n times). Drawn from the
+    item's own generator, after its frame choice, so a clip is a function of its item seed."""
+    if per == "frame":
+        return (rng.random(n) < prob).tolist()
+    if per == "clip":
+        return [bool(rng.random() < prob)] * n
+    raise ValueError(f"unknown flip_per {per!r}; valid: {', '.join(FLIP_PER)}")
+
+
 TRAIN_FRAMES = {"random": random_frames, "restricted": restricted_frames}
 EVAL_FRAMES = {"evenly": evenly_frames, "dense": dense_frames}
 
@@ -68,7 +82,7 @@ EPOCH_DEFS = ("identities", "tracklets")
 class IdentityBatchSampler(Sampler):
     """Batches of P identities x K tracklets for batch-hard triplets (paper: P=16, K=4), as a `batch_sampler`.
 
-    Each batch is a list of (tracklet_index, item_seed): the item seed decides frame choice and flip, so a run
+    Each batch is a list of (tracklet_index, item_seed): the item seed decides frame choice and flips, so a run
     is reproducible and resumable whatever the number of DataLoader workers. Batches of epoch e come from
     np.random.default_rng([seed, epoch]); call set_epoch(e) before each epoch.
 

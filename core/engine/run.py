@@ -1,6 +1,7 @@
 """A run: resolved config -> trained model (cached, resumable) -> metrics on the dataset's query/gallery."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +15,8 @@ from core.engine.checkpoint import save_json
 from core.engine.device import amp_dtype, resolve_device
 from core.engine.extract import extract_features
 from core.engine.training import EpochCallback, EpochStats, train
-from core.evaluation import evaluate, k_reciprocal_rerank, pairwise_distance
+from core.evaluation import score_protocols
+from core.protocols import headline, named
 from core.provenance import provenance
 
 TRAIN_SECTIONS = ("data", "model", "loss", "train")
@@ -22,13 +24,25 @@ TRAIN_SECTIONS = ("data", "model", "loss", "train")
 
 @dataclass
 class RunResult:
-    metrics: dict[str, float]                 # R1, R5, R10, R20, mAP (fractions), rerank_* when computed, counts
+    metrics: dict[str, float]                 # R1..mAP (fractions) per protocol, rerank_*, counts (core.protocols)
     cmc: np.ndarray                           # (20,) rank-r accuracy
     history: list[EpochStats]
     run_dir: Path                             # holds last.pt (the final checkpoint) and config.json
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # query index -> (N, K) attention scores
     dataset_name: str = ""
     synthetic: bool = False
+    losses: dict[str, float] = field(default_factory=dict)  # last epoch's loss terms as they enter the total
+
+
+def last_epoch_losses(history: Sequence[EpochStats], cfg: RunConfig) -> dict[str, float]:
+    """Mean loss terms of the last epoch, each weighted as it enters the total (Eq. 7, 11): loss_ce, loss_triplet
+    (0 without the triplet loss), loss_reg_weighted = lambda * Reg (0 when lambda = 0), loss_total; and loss_reg,
+    the unweighted Reg (Eq. 6), so a reader sees whether Reg does anything at that lambda."""
+    if not history:
+        return {}
+    h = history[-1]
+    return {"loss_ce": h.ce, "loss_triplet": h.triplet, "loss_reg_weighted": cfg.loss.reg_weight * h.reg,
+            "loss_total": h.total, "loss_reg": h.reg}
 
 
 def train_dir(cfg: RunConfig, work_dir: str | Path) -> Path:
@@ -36,19 +50,30 @@ def train_dir(cfg: RunConfig, work_dir: str | Path) -> Path:
     return Path(work_dir) / f"train-{config_hash(cfg, TRAIN_SECTIONS)}"
 
 
+def _key(t: Tracklet) -> tuple:
+    """Identity of a test tracklet: its pid, camera and frame file names (DukeMTMC-VideoReID's gallery/ holds
+    copies of the query tracklets under other paths; MARS's gallery holds the same tracklets)."""
+    return t.pid, t.camid, tuple(os.path.basename(p) for p in t.paths)
+
+
 def _union(query: list[Tracklet], gallery: list[Tracklet]) -> tuple[list[Tracklet], np.ndarray, np.ndarray]:
-    """Unique tracklets of query + gallery (the gallery holds the queries under the official protocol),
-    with the row of each query and gallery item in that list."""
-    index: dict[Tracklet, int] = {}
+    """Distinct tracklets of query + gallery, queries first (the gallery holds the queries under the official
+    protocol), with the row of each query and gallery item in that list."""
+    index: dict[tuple, int] = {}
+    tracklets = []
     for t in (*query, *gallery):
-        index.setdefault(t, len(index))
-    return list(index), np.array([index[t] for t in query]), np.array([index[t] for t in gallery])
+        if index.setdefault(_key(t), len(index)) == len(tracklets):
+            tracklets.append(t)
+    return tracklets, np.array([index[_key(t)] for t in query]), np.array([index[_key(t)] for t in gallery])
 
 
 def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[Tracklet], cfg: RunConfig,
                    device: torch.device | None = None, keep_scores_for: int = 0,
                    progress: bool = True) -> tuple[dict[str, float], np.ndarray, dict[int, torch.Tensor]]:
-    """CMC/mAP of `model` on a query/gallery split, with the test options of cfg.eval [A12, A15, A16]."""
+    """CMC/mAP of `model` on a query/gallery split, with the test options of cfg.eval [A12, A15, A16].
+
+    One extraction, scored under the headline protocol (the gallery as given, eval.ap_rule: metrics R1..mAP) and
+    the named ones (official_*, gao_*; core.protocols). Returns (metrics, headline CMC, attention scores)."""
     device = device or next(model.parameters()).device
     tracklets, q_rows, g_rows = _union(query, gallery)
     out = extract_features(model, tracklets, seq_len=cfg.eval.seq_len, sampling=cfg.eval.sampling,
@@ -56,20 +81,13 @@ def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[
                            num_workers=cfg.data.num_workers, device=device,
                            dtype=amp_dtype(device, cfg.train.amp), keep_scores_for=keep_scores_for,
                            progress=progress)
-    qf, gf = out.feats[q_rows], out.feats[g_rows]
-    q_pids, g_pids = np.array([t.pid for t in query]), np.array([t.pid for t in gallery])
-    q_cams, g_cams = np.array([t.camid for t in query]), np.array([t.camid for t in gallery])
-    res = evaluate(pairwise_distance(qf, gf, cfg.eval.distance), q_pids, g_pids, q_cams, g_cams,
-                   max_rank=20, ap_rule=cfg.eval.ap_rule)
-    metrics = {k: float(res[k]) for k in ("R1", "R5", "R10", "R20", "mAP")}
-    metrics.update(num_queries=float(res["num_valid"]), num_skipped_queries=float(res["num_skipped"]))
-    if cfg.eval.rerank:
-        rr = evaluate(k_reciprocal_rerank(qf, gf, k1=cfg.eval.rerank_k1, k2=cfg.eval.rerank_k2,
-                                          lambda_value=cfg.eval.rerank_lambda),
-                      q_pids, g_pids, q_cams, g_cams, max_rank=20, ap_rule=cfg.eval.ap_rule)
-        metrics.update({f"rerank_{k}": float(rr[k]) for k in ("R1", "R5", "R10", "R20", "mAP")})
+    ds = cfg.data.dataset
+    protocols = [headline(ds, cfg.data.gallery_with_queries, cfg.eval.ap_rule), *named(ds).values()]
+    rerank = (cfg.eval.rerank_k1, cfg.eval.rerank_k2, cfg.eval.rerank_lambda) if cfg.eval.rerank else None
+    metrics, cmcs = score_protocols(out.feats, q_rows, g_rows, np.array([t.pid for t in tracklets]),
+                                    np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank)
     q_scores = {i: out.scores[r] for i, r in enumerate(q_rows.tolist()) if r in out.scores}
-    return metrics, np.asarray(res["cmc"]), q_scores
+    return metrics, cmcs["cmc"], q_scores
 
 
 def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback] = (),
@@ -82,7 +100,8 @@ def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback]
     device = resolve_device(cfg.train.device)
     metrics, cmc, scores = evaluate_model(model, dataset.query, dataset.gallery, cfg, device,
                                           keep_scores_for=8, progress=progress)
-    save_json({"metrics": metrics, "cmc": cmc.tolist(), "dataset": dataset.name, "synthetic": dataset.synthetic,
-               "config": to_dict(cfg)}, run_dir / f"eval-{config_hash(cfg)}.json")
+    losses = last_epoch_losses(history, cfg)
+    save_json({"metrics": metrics, "cmc": cmc.tolist(), "losses": losses, "dataset": dataset.name,
+               "synthetic": dataset.synthetic, "config": to_dict(cfg)}, run_dir / f"eval-{config_hash(cfg)}.json")
     return RunResult(metrics=metrics, cmc=cmc, history=history, run_dir=run_dir, scores=scores,
-                     dataset_name=dataset.name, synthetic=dataset.synthetic)
+                     dataset_name=dataset.name, synthetic=dataset.synthetic, losses=losses)

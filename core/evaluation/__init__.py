@@ -1,4 +1,5 @@
-"""Evaluation: distances, CMC/mAP under the MARS protocol [A14, A15], k-reciprocal re-ranking [A16].
+"""Evaluation: distances, CMC/mAP under the MARS protocol [A14, A15], k-reciprocal re-ranking [A16], and one
+extraction scored under every protocol (``scoring``, protocols in ``core.protocols``).
 
 Fast, vectorised implementations; ``core.evaluation.reference`` holds the straightforward
 per-query / per-item versions they are tested and benchmarked against.
@@ -7,6 +8,7 @@ from core.evaluation.distance import pairwise_distance, self_euclidean
 from core.evaluation.metrics import AP_RULES, evaluate
 from core.evaluation.reference import evaluate_reference, k_reciprocal_rerank_reference
 from core.evaluation.rerank import k_reciprocal_rerank
+from core.evaluation.scoring import score_protocols
 
 __all__ = ["AP_RULES", "evaluate", "evaluate_reference", "k_reciprocal_rerank",
-           "k_reciprocal_rerank_reference", "pairwise_distance", "self_euclidean"]
+           "k_reciprocal_rerank_reference", "pairwise_distance", "score_protocols", "self_euclidean"]

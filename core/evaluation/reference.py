@@ -70,7 +70,7 @@ def _k_reciprocal(rank: np.ndarray, i: int, k: int) -> np.ndarray:
 
 
 def k_reciprocal_rerank_reference(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                                  device=None, sort_kind: str = "stable") -> np.ndarray:
+                                  device=None, sort_kind: str = "stable", include_queries: bool = False) -> np.ndarray:
     """k-reciprocal re-ranking as in the authors' numpy release, dense and looped.
 
     Args:
@@ -80,8 +80,10 @@ def k_reciprocal_rerank_reference(q_feats, g_feats, k1: int = 20, k2: int = 6, l
             fast path does; "quicksort" is the release's own call (faster, ties in any order;
             the same result when no two distances in a row are equal).
 
+        include_queries: also return the query columns (the release computes them and slices them off).
+
     Returns:
-        float32 numpy [m, n], the re-ranked query x gallery distance.
+        float32 numpy [m, n], the re-ranked query x gallery distance ([m, m + n] with include_queries).
     """
     q = _numpy(q_feats)
     x = np.concatenate([q, _numpy(g_feats)]).astype(np.float32)
@@ -121,4 +123,4 @@ def k_reciprocal_rerank_reference(q_feats, g_feats, k1: int = 20, k2: int = 6, l
             t[rows] = t[rows] + np.minimum(V[i, j], V[rows, j])
         jaccard[i] = 1 - t / (2.0 - t)
     final = jaccard * (1 - lambda_value) + orig * lambda_value
-    return final[:, m:]
+    return final if include_queries else final[:, m:]

@@ -30,7 +30,7 @@ def default_device() -> torch.device:
 
 
 def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                        device=None, chunk: int = 2048) -> np.ndarray:
+                        device=None, chunk: int = 2048, include_queries: bool = False) -> np.ndarray:
     """Re-ranked query x gallery distance of Zhong et al. 2017 (the authors' numpy release, fast).
 
     The release takes distance matrices; this takes features and feeds the release's steps
@@ -50,15 +50,21 @@ def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_valu
     neighbour sets. The N x N matrix is freed before the Jaccard step; peak RSS growth
     measured for MARS: ~0.6 GB (``python -m core.bench eval``).
 
+    The m + n items must be distinct tracklets: a query that is also in ``g_feats`` would take one of its own
+    k-reciprocal neighbour slots. For a gallery that holds the queries (the official MARS protocol) pass the
+    gallery without them and ``include_queries=True``: the query columns are then returned too, as the
+    release computes them (it slices ``[:m, m:]`` only at the end).
+
     Args:
         q_feats: query features, numpy array or tensor of shape [m, d].
         g_feats: gallery features, numpy array or tensor of shape [n, d].
         k1, k2, lambda_value: the paper's parameters (MARS setting: 20, 6, 0.3).
         device: where to compute; None: CUDA when available, else CPU (torch's thread count).
         chunk: rows processed at once in the blockwise steps.
+        include_queries: also return the query columns.
 
     Returns:
-        float32 numpy array of shape [m, n].
+        float32 numpy array of shape [m, n], or [m, m + n] (queries, then gallery) with include_queries.
     """
     dev = torch.device(device) if device is not None else default_device()
     q, g = as_tensor(q_feats, dev), as_tensor(g_feats, dev)
@@ -74,11 +80,12 @@ def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_valu
     rows, cols = _expanded_sets(ranked[:, :k1 + 1], ranked[:, :half + 1], chunk)  # steps 3-4
     vals = torch.exp(-orig[rows, cols])                                 # step 5
     vals = vals / torch.zeros(num, device=dev).index_add_(0, rows, vals)[rows]
-    base = orig[:m, m:].clone()                                         # the only part still needed
+    first = 0 if include_queries else m                                 # first returned column
+    base = orig[:m, first:].clone()                                     # the only part still needed
     del orig, ranked
     if k2 != 1:                                                         # step 6
         rows, cols, vals = _query_expansion(rows, cols, vals, nearest_k2)
-    t = _min_sums(rows, cols, vals, m, num)                             # step 7: [m, n]
+    t = _min_sums(rows, cols, vals, m, num, first)                      # step 7: [m, num - first]
     final = torch.rsub(t, 2.0)
     torch.div(t, final, out=final)                                      # t / (2 - t)
     del t
@@ -177,16 +184,16 @@ def _ranges(start: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return start[rep] + offset
 
 
-def _min_sums(rows, cols, vals, m: int, num: int, chunk: int = 256) -> torch.Tensor:
-    """t[i, j] = sum_k min(V[i, k], V[m + j, k]) for queries i < m, gallery j (step 7) -> [m, num - m].
+def _min_sums(rows, cols, vals, m: int, num: int, first: int, chunk: int = 256) -> torch.Tensor:
+    """t[i, j] = sum_k min(V[i, k], V[first + j, k]) for queries i < m, items j >= first (step 7) -> [m, num - first].
 
-    Only pairs sharing a nonzero k contribute: gallery entries are grouped by column k
-    (the release's inverted index) and every query entry meets the gallery entries of its column.
+    Only pairs sharing a nonzero k contribute: the target items' entries are grouped by column k
+    (the release's inverted index) and every query entry meets the entries of its column.
     """
-    n = num - m
-    gal = rows >= m
+    n = num - first
+    gal = rows >= first
     g_cols, order = cols[gal].sort(stable=True)
-    g_rows, g_vals = rows[gal][order] - m, vals[gal][order]
+    g_rows, g_vals = rows[gal][order] - first, vals[gal][order]
     col_start = torch.searchsorted(g_cols, torch.arange(num + 1, device=cols.device))
     q_end = torch.searchsorted(rows, torch.arange(0, m + chunk, chunk, device=rows.device).clamp(max=m))
     t = torch.zeros(m, n, dtype=vals.dtype, device=vals.device)

@@ -4,7 +4,8 @@ aggregation="frame": image baseline, every frame is a sample in training; test-t
 frame FC outputs [A13]. "avg": temporal average pooling of the frame maps. "sta": Eq. 1-4 and Alg. 1's F2,
 with fusion=True also F1, concatenated along channels [A7]. The head is GAP -> Linear(D or 2D, feat_dim) (the
 retrieval feature; plain Linear, no BN/ReLU: the paper says only "a fully connected layer" [A7]) ->
-Linear(feat_dim, num_classes). Nothing depends on N, so any number of frames works at test time.
+Linear(feat_dim, num_classes), without a bias by default: Eq. 10's logits are W_k^T x (classifier_bias=True adds
+one). Nothing depends on N, so any number of frames works at test time.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from torch import Tensor, nn
 
 from core.config import ModelConfig
 from core.models.backbone import build_backbone
-from core.models.sta import (ATTENTION, REMAINDERS, attention_map, block_scores, fuse_pooled, normalize_scores,
-                             region_bounds)
+from core.models.sta import (ATTENTION, REMAINDERS, attention_error, attention_map, block_scores, fuse_pooled,
+                             normalize_scores, region_bounds)
 
 AGGREGATIONS = ("frame", "avg", "sta")
 F2_WEIGHTS = ("normalized", "raw")  # [A5] Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
@@ -29,10 +30,11 @@ class VideoReIDModel(nn.Module):
     def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained: bool = True,
                  weights_path: str | None = None, aggregation: str = "sta", fusion: bool = True, num_regions: int = 4,
                  feat_dim: int = 1024, attention: str = "energy", f2_weights: str = "normalized",
-                 remainder: str = "last"):
+                 remainder: str = "last", classifier_bias: bool = False):
         super().__init__()
         _check("aggregation", aggregation, AGGREGATIONS)
-        _check("attention", attention, ATTENTION)
+        if attention not in ATTENTION:
+            raise ValueError(attention_error(attention))
         _check("f2_weights", f2_weights, F2_WEIGHTS)
         _check("remainder", remainder, REMAINDERS)
         if num_regions < 1:
@@ -43,11 +45,12 @@ class VideoReIDModel(nn.Module):
         self.num_regions = num_regions
         self.backbone, channels = build_backbone(backbone, pretrained, weights_path)
         self.fc = nn.Linear(channels * (2 if self.fusion else 1), feat_dim)
-        self.classifier = nn.Linear(feat_dim, num_classes)
+        self.classifier = nn.Linear(feat_dim, num_classes, bias=classifier_bias)  # Eq. 10: W_k^T x, no bias
         nn.init.kaiming_normal_(self.fc.weight, mode="fan_out")
         nn.init.zeros_(self.fc.bias)
         nn.init.normal_(self.classifier.weight, std=0.001)  # initial logits ~0: CE starts at log(num_classes)
-        nn.init.zeros_(self.classifier.bias)
+        if classifier_bias:
+            nn.init.zeros_(self.classifier.bias)
 
     def forward(self, clips: Tensor) -> dict:
         """clips (B, N, 3, H, W) -> {"feat", "logits", "scores", "attention", "frames_per_clip"} (see README.md)."""
@@ -83,4 +86,4 @@ def build_model(cfg: ModelConfig, num_classes: int) -> VideoReIDModel:
     return VideoReIDModel(num_classes, backbone=cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
                           aggregation=cfg.aggregation, fusion=cfg.fusion, num_regions=cfg.num_regions,
                           feat_dim=cfg.feat_dim, attention=cfg.attention, f2_weights=cfg.f2_weights,
-                          remainder=cfg.remainder)
+                          remainder=cfg.remainder, classifier_bias=cfg.classifier_bias)

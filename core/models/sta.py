@@ -17,26 +17,48 @@ EPS = 1e-12
 REMAINDERS = ("last", "spread")  # [A4] rule for H mod K rows when K does not divide H
 
 
+def _channel_energy(f: Tensor) -> Tensor:
+    """e(h, w) = sum_d f(h, w, d)^2: (..., D, H, W) -> (..., H, W), float32."""
+    return f.float().square().sum(-3)
+
+
 def _energy(f: Tensor) -> Tensor:
-    # Eq. 1 as printed [A1 "energy"]: ||sum_d f^2||_2 of a non-negative scalar is the scalar itself, so
-    # g(h, w) = sum_d f(h, w, d)^2 / sum_{h,w} sum_d f^2 (sums to 1 over positions)
-    e = f.float().square().sum(-3)  # (..., D, H, W) -> (..., H, W)
+    # [A1 (a) "energy"], Eq. 1 as printed: ||sum_d f^2||_2 of a non-negative scalar is the scalar itself, so
+    # g(h, w) = e(h, w) / sum_{h,w} e (sums to 1 over positions)
+    e = _channel_energy(f)
     return e / e.sum((-2, -1), keepdim=True).clamp_min(EPS)
 
 
-def _l2(f: Tensor) -> Tensor:
-    # [A1 "l2"]: per-position l2 norm ||f(h, w, :)||_2, then l2 normalisation over the H x W positions
+def _energy_l2(f: Tensor) -> Tensor:
+    # [A1 (b) "energy_l2"], the text's words: "l2 normalization on the square sum through the depth channel":
+    # g(h, w) = e(h, w) / ||e||_2, the l2 norm taken over the H x W positions (g has unit l2 norm)
+    e = _channel_energy(f)
+    return e / torch.linalg.vector_norm(e, dim=(-2, -1), keepdim=True).clamp_min(EPS)
+
+
+def _norm_l2(f: Tensor) -> Tensor:
+    # [A1 (c) "norm_l2"]: per-position l2 norm sqrt(e(h, w)) = ||f(h, w, :)||_2, then l2 normalisation over the
+    # H x W positions: sqrt(e) / ||sqrt(e)||_2 (called "l2" before the (b) reading was added)
     n = torch.linalg.vector_norm(f.float(), dim=-3)  # (..., D, H, W) -> (..., H, W)
     return n / torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True).clamp_min(EPS)
 
 
-ATTENTION = {"energy": _energy, "l2": _l2}
+ATTENTION = {"energy": _energy, "energy_l2": _energy_l2, "norm_l2": _norm_l2}
+RENAMED_ATTENTION = {"l2": "norm_l2"}  # old name -> new name; the old name is refused with a pointer
+
+
+def attention_error(kind: str) -> str:
+    """The message for an attention name that is not one of ATTENTION (a renamed one points to its new name)."""
+    if kind in RENAMED_ATTENTION:
+        return (f"attention '{kind}' was renamed '{RENAMED_ATTENTION[kind]}' (sqrt(e) / ||sqrt(e)||_2, what '{kind}' "
+                f"computed); 'energy_l2' is e / ||e||_2, the text's reading of Eq. 1 [A1]")
+    return f"unknown attention '{kind}'; valid: {', '.join(ATTENTION)}"
 
 
 def attention_map(f: Tensor, kind: str = "energy") -> Tensor:
     """Eq. 1: attention map g of each frame, (..., D, H, W) -> (..., H, W), float32."""
     if kind not in ATTENTION:
-        raise ValueError(f"unknown attention '{kind}'; valid: {', '.join(ATTENTION)}")
+        raise ValueError(attention_error(kind))
     return ATTENTION[kind](f)
 
 

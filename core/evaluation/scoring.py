@@ -1,0 +1,111 @@
+"""One feature extraction scored under several protocols [A15] (``core.protocols``), with optional k-reciprocal
+re-ranking [A16] over the distinct tracklets.
+
+The caller extracts one feature per distinct test tracklet (a query that is also a gallery item is one row) and
+passes the rows of the queries and of the loaded gallery in that set. A protocol's gallery is the loaded one
+(headline) or is rebuilt from it: with the queries (those it lacks appended in query order) or without them.
+Distances (and the re-ranked distances) are computed once, query x every distinct tracklet; each protocol only
+selects its gallery columns and applies its AP rule.
+
+Re-ranking runs over the distinct tracklets, so a query never meets a copy of itself among its k-reciprocal
+neighbours (on MARS: 11,310 items, not 1,980 + 11,310 = 13,290), and both galleries read from the same matrix.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from core.evaluation.distance import as_tensor, pairwise_distance
+from core.evaluation.metrics import REPORTED_RANKS, evaluate
+from core.evaluation.rerank import k_reciprocal_rerank
+from core.protocols import Protocol
+
+SUMMARY = tuple(f"R{r}" for r in REPORTED_RANKS) + ("mAP",)
+
+
+def protocol_gallery(q_rows: np.ndarray, g_rows: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Rows of `protocol`'s gallery: the loaded gallery `g_rows` for the headline; else with every query row
+    (the missing ones appended in query order) or without any."""
+    if protocol.name == "headline":
+        return g_rows
+    if protocol.gallery_with_queries:
+        have = set(g_rows.tolist())
+        missing = [r for r in dict.fromkeys(q_rows.tolist()) if r not in have]
+        return np.concatenate([g_rows, np.asarray(missing, dtype=g_rows.dtype)])
+    return g_rows[~np.isin(g_rows, q_rows)]
+
+
+def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndarray, camids: np.ndarray,
+                    protocols: Sequence[Protocol], distance: str = "euclidean",
+                    rerank: tuple[int, int, float] | None = None, device=None) -> tuple[dict[str, float], dict]:
+    """CMC/mAP of every protocol from one set of features.
+
+    Args:
+        feats: [T, d] features of the T distinct test tracklets (numpy or tensor).
+        q_rows: [m] row of each query in feats; g_rows: [n] row of each loaded gallery item.
+        pids, camids: [T] identity and camera of each row.
+        protocols: scored in order; a protocol whose (gallery, AP rule) equals an earlier one reuses its numbers.
+        distance: "euclidean" | "cosine" (re-ranking needs "euclidean").
+        rerank: (k1, k2, lambda) to also score the re-ranked distances, else None.
+
+    Returns:
+        (metrics, cmcs): metrics as MLflow names (fractions and counts; ``core.protocols``); cmcs the float64
+        [20] CMC curves, named like the metrics: ``cmc``, ``rerank_cmc`` (headline), ``official_cmc``, ….
+    """
+    if rerank is not None and distance != "euclidean":
+        raise ValueError(f"k-reciprocal re-ranking needs Euclidean distances, got distance={distance!r}")
+    feats = as_tensor(feats, device)
+    qs = np.unique(q_rows)                                   # distinct query rows, sorted
+    q_pos = torch.as_tensor(np.searchsorted(qs, q_rows))      # each query's row among qs
+    dist = pairwise_distance(feats[torch.as_tensor(qs)], feats, distance)[q_pos.to(feats.device)]  # [m, T]
+    reranked = _rerank_all(feats, qs, rerank)[q_pos] if rerank is not None else None            # [m, T]
+    metrics: dict[str, float] = {}
+    cmcs: dict[str, np.ndarray] = {}
+    done: dict[tuple, tuple[dict, dict]] = {}
+    skipped = []
+    for p in protocols:
+        cols = protocol_gallery(q_rows, g_rows, p)
+        key = (tuple(cols.tolist()), p.ap_rule)
+        if key not in done:
+            done[key] = _score(dist, reranked, cols, q_rows, pids, camids, p.ap_rule)
+        values, curves = done[key]
+        metrics.update({p.prefix + k: v for k, v in values.items()})
+        cmcs.update({p.prefix + k: v for k, v in curves.items()})
+        if values["num_skipped_queries"]:
+            skipped.append(f"{p.name} {int(values['num_skipped_queries'])}")
+    if rerank is not None:
+        metrics["rerank_set_size"] = float(feats.shape[0])
+    if skipped:
+        warnings.warn(f"queries without a valid gallery match (left out of CMC and mAP), of {len(q_rows)}: "
+                      f"{', '.join(skipped)}", stacklevel=2)
+    return metrics, cmcs
+
+
+def _rerank_all(feats: torch.Tensor, qs: np.ndarray, params: tuple[int, int, float]) -> torch.Tensor:
+    """Re-ranked distance of the distinct queries `qs` to every row of feats: [len(qs), T], columns in row order."""
+    k1, k2, lam = params
+    others = np.setdiff1d(np.arange(feats.shape[0]), qs)
+    order = np.concatenate([qs, others])                    # queries first, as the re-ranking expects
+    rr = k_reciprocal_rerank(feats[torch.as_tensor(qs)], feats[torch.as_tensor(others)], k1=k1, k2=k2,
+                             lambda_value=lam, include_queries=True)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))                     # column of each row in `rr`
+    return torch.from_numpy(rr[:, back])
+
+
+def _score(dist, reranked, cols: np.ndarray, q_rows, pids, camids, ap_rule: str) -> tuple[dict, dict]:
+    args = (pids[q_rows], pids[cols], camids[q_rows], camids[cols])
+    index = torch.as_tensor(cols)
+    res = evaluate(dist[:, index.to(dist.device)], *args, max_rank=20, ap_rule=ap_rule)
+    values = {k: float(res[k]) for k in SUMMARY}
+    values.update(num_queries=float(res["num_valid"]), num_skipped_queries=float(res["num_skipped"]),
+                  num_gallery=float(len(cols)))
+    curves = {"cmc": np.asarray(res["cmc"])}
+    if reranked is not None:
+        rr = evaluate(reranked[:, index], *args, max_rank=20, ap_rule=ap_rule)
+        values.update({f"rerank_{k}": float(rr[k]) for k in SUMMARY})
+        curves["rerank_cmc"] = np.asarray(rr["cmc"])
+    return values, curves
