@@ -82,7 +82,6 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:<i>
     amp: bool = True                    # CUDA only: autocast to bf16 (fp16 + GradScaler where bf16 is unsupported)
     channels_last: bool = True          # CUDA only: channels-last memory format
-    eval_every: int = 0                 # evaluate every n epochs during training (0: only at the end)
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ MINIMUM: dict[str, float] = {
     "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
     "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
     "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
-    "train.eval_every": 0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
+    "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1,
 }
 

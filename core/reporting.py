@@ -5,18 +5,24 @@ paper's number, this run's number (mean ± std over seeds) and the difference, o
 (the runs' eval options) and once under each other protocol of ``core.protocols`` (the paper never states its
 own), with the count of queries that had no valid match. Synthetic runs are compared with
 the paper's MARS column (the synthetic data has the MARS layout) and always labelled synthetic. Per row and seed
-the report takes the latest used FINISHED run (a reused run is stamped `used_at`). No mlflow import here: JSON
-artifacts come through the `load_json(run_id, name)` callable.
+the report takes the latest used FINISHED run (a reused run is stamped `used_at`); a row averages only runs whose
+resolved configs equal that of its latest used run apart from the seed; the others are listed as left out. No
+mlflow import here: JSON artifacts come through the `load_json(run_id, name)` callable.
+
+Writing order: the figures first, the markdown that links them next, and only then old figures no longer linked are
+deleted, so a report killed half-way never links a missing figure.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from core import figures, protocols
+from core.config import allowed_keys
 from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
 
 LoadJson = Callable[[str, str], object]
@@ -27,6 +33,9 @@ PLOTS: dict[str, tuple[str, str, str]] = {
     "table2": ("lines", "eval.seq_len", "test sequence length N"),
     "table3": ("lines", "model.num_regions", "number of regions K"),
 }
+# keys in which the seeds of one report row may differ: the seed itself and data.num_workers (no effect on results,
+# left out of core.config.config_hash too)
+SEED_KEYS = ("train.seed", "data.num_workers")
 PROTOCOL_KEYS = ("eval.ap_rule", "data.gallery_with_queries", "eval.sampling", "eval.distance", "data.epoch_def",
                  "train.epochs", "model.backbone", "data.height", "data.width")
 
@@ -53,6 +62,44 @@ def select_runs(runs: pd.DataFrame) -> pd.DataFrame:
     df["_used"] = used.fillna(start)
     df = df.sort_values("_used").groupby(["tags.profile", "tags.dataset", "tags.row", "tags.seed"]).tail(1)
     return df.reset_index(drop=True)
+
+
+def _param_text(value) -> str:
+    return "(not logged)" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def same_config_runs(sel: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Split select_runs() output: per (profile, dataset, row) the runs whose resolved config (MLflow params of
+    every config key but SEED_KEYS) equals that of the row's latest used run, and the others, left out as
+    {profile, dataset, row, seed, run_id, keys: {key: (its value, the kept runs' value)}}."""
+    if sel.empty:
+        return sel, []
+    cols = [f"params.{k}" for k in allowed_keys() if k not in SEED_KEYS and f"params.{k}" in sel]
+    order = sel["_used"] if "_used" in sel else pd.to_datetime(sel["start_time"], utc=True).astype("int64")
+    keep, left = [], []
+    for _, group in sel.groupby(["tags.profile", "tags.dataset", "tags.row"], sort=False):
+        ref = group.loc[order[group.index].idxmax()]
+        for idx, run in group.iterrows():
+            diff = {c[len("params."):]: (_param_text(run.get(c)), _param_text(ref.get(c))) for c in cols
+                    if _param_text(run.get(c)) != _param_text(ref.get(c))}
+            if diff:
+                left.append({"profile": run["tags.profile"], "dataset": run["tags.dataset"], "row": run["tags.row"],
+                             "seed": run["tags.seed"], "run_id": run["run_id"], "keys": diff})
+            else:
+                keep.append(idx)
+    return sel.loc[keep].reset_index(drop=True), left
+
+
+def left_out_lines(left: Sequence[dict]) -> list[str]:
+    """Markdown lines naming each left-out run and the keys in which it differs."""
+    if not left:
+        return []
+    lines = ["**Left out** (resolved config differs from the row's latest run in more than the seed, so it is not "
+             "averaged with it):", ""]
+    for lo in left:
+        keys = ", ".join(f"{k} = {mine} (kept runs: {kept})" for k, (mine, kept) in lo["keys"].items())
+        lines.append(f"- {lo['row']} ({run_header(lo['dataset'])}), seed {lo['seed']}: run `{lo['run_id']}` — {keys}")
+    return lines + [""]
 
 
 def metric_column(run: pd.Series, metric: str, prefix: str = "") -> str:
@@ -180,8 +227,8 @@ def _commits(runs: pd.DataFrame) -> str:
 
 
 def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: str,
-            load_json: LoadJson | None) -> str:
-    """Markdown for one profile: protocol line, comparison table, figures, runs used."""
+            load_json: LoadJson | None, left_out: Sequence[dict] = ()) -> str:
+    """Markdown for one profile: protocol line, comparison table, left-out runs, figures, runs used."""
     datasets = [d for d in DATASET_ORDER if d in set(runs["tags.dataset"])]
     seeds = sorted({int(s) for s in runs["tags.seed"]})
     desc = profile_descriptions().get(profile, "")
@@ -205,6 +252,7 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
     lines += ["**Headline protocol**", "", comparison_frame(spec, runs, datasets).pipe(_markdown), ""]
     for name in others:
         lines += [f"**Protocol `{name}`**", "", comparison_frame(spec, runs, datasets, name).pipe(_markdown), ""]
+    lines += left_out_lines(left_out)
     for ds in datasets:
         sub = runs[runs["tags.dataset"] == ds]
         for name, fig in _figures(spec, sub, ds, load_json):
@@ -282,7 +330,7 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
 def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
            load_json: LoadJson | None = None) -> str:
     """The whole report as markdown."""
-    sel = select_runs(runs)
+    sel, left = same_config_runs(select_runs(runs))
     out = [f"# {spec.title}", "",
            f"Reproduction of Fu et al., *STA: Spatial-Temporal Attention for Large-Scale Video-based Person "
            f"Re-Identification* (AAAI 2019). Spec: `experiments/{spec.path.name}`. Generated from the MLflow "
@@ -293,7 +341,8 @@ def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
     if sel.empty:
         out += ["No finished runs yet in the tracking store; only the paper's numbers are shown.", ""]
     for profile in sorted(set(sel["tags.profile"])) if not sel.empty else []:
-        out.append(section(spec, sel[sel["tags.profile"] == profile], profile, fig_dir, rel, load_json))
+        out.append(section(spec, sel[sel["tags.profile"] == profile], profile, fig_dir, rel, load_json,
+                           [lo for lo in left if lo["profile"] == profile]))
     deviations = [f"- **{r.label}**: {r.deviation}" for r in spec.rows if r.deviation]
     used = {r.preset.name: r.preset for r in spec.run_rows if r.preset}
     for name, preset in used.items():
@@ -307,14 +356,19 @@ def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
 
 def write_report(spec: Spec, runs: pd.DataFrame, reports_dir: str | Path = "reports",
                  load_json: LoadJson | None = None) -> Path:
-    """Write reports/<table>.md (+ reports/figures/<table>_*.png); returns the markdown path."""
+    """Write reports/<table>.md (+ reports/figures/<table>_*.png); returns the markdown path.
+
+    Figures first, then the markdown, then old figures it no longer links are deleted (see the module doc)."""
     reports_dir = Path(reports_dir)
     fig_dir = reports_dir / "figures"
-    for old in fig_dir.glob(f"{spec.table}_*.png"):
-        old.unlink()
-    text = render(spec, runs, fig_dir, "figures", load_json)
+    text = render(spec, runs, fig_dir, "figures", load_json)       # saves the figures (each atomically)
     from core.engine.checkpoint import save_text  # lazy: keeps this module free of torch
-    return save_text(text, reports_dir / f"{spec.table}.md")
+    path = save_text(text, reports_dir / f"{spec.table}.md")
+    linked = set(re.findall(r"\]\(figures/([^)]+)\)", text))
+    for old in fig_dir.glob(f"{spec.table}_*.png"):
+        if old.name not in linked:
+            old.unlink(missing_ok=True)
+    return path
 
 
 def write_index(reports_dir: str | Path = "reports") -> Path:

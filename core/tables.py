@@ -165,6 +165,7 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
     experiment = tracking.experiment_name(spec.table)
     if main:
         tracking.configure(tracking_uri)
+        tracking.end_orphaned_runs(experiment)     # runs of a killed earlier invocation: RUNNING -> KILLED
     cleared: set[Path] = set()
     parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo)) if main \
         else contextlib.nullcontext()

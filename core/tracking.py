@@ -8,6 +8,11 @@ Plain functions around one store: a parent run per invocation (``parent_run``), 
 Store: ``configure(uri)``; the URI comes from the argument, else $MLFLOW_TRACKING_URI, else a SQLite database in
 the working folder (``sqlite:///mlflow.db``, artifacts under ./mlruns). Browse it with
 ``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+
+No telemetry: MLflow 3 reports usage to its developers unless MLFLOW_DISABLE_TELEMETRY or DO_NOT_TRACK is true;
+both are set here before mlflow is imported (they also reach the processes this one starts).
+
+Runs are tagged ``worker=<host>:<pid>``; ``end_orphaned_runs`` marks KILLED the RUNNING runs whose process is gone.
 """
 from __future__ import annotations
 
@@ -21,13 +26,24 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import mlflow
-import pandas as pd
-from mlflow.tracking import MlflowClient
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"   # read by mlflow.telemetry when mlflow is imported
+os.environ["DO_NOT_TRACK"] = "true"              # the cross-tool opt-out, honoured by mlflow.telemetry too
 
-from core.config import ConfigError, RunConfig, to_dict, to_flat_dict
-from core.provenance import provenance
-from core.specs import METRICS
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from core import leftovers  # noqa: E402
+from core.config import ConfigError, RunConfig, to_dict, to_flat_dict  # noqa: E402
+from core.provenance import provenance  # noqa: E402
+from core.specs import METRICS  # noqa: E402
+
+try:  # mlflow was imported before this module (and started its telemetry client): drop that client
+    from mlflow.telemetry import get_telemetry_client, set_telemetry_client
+    if get_telemetry_client() is not None:
+        set_telemetry_client()
+except ImportError:  # MLflow 2 has no telemetry
+    pass
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # URI schemes of the stores MLflow has (a "+driver" suffix is allowed; a plain folder is a file store); a test checks
@@ -87,7 +103,7 @@ def parent_run(experiment: str, name: str, tags: Mapping[str, str] | None = None
     The status is FINISHED on a normal exit, FAILED when the body raises, KILLED on Ctrl-C.
     """
     mlflow.set_experiment(experiment)
-    with _run(run_name=name, tags={"kind": TABLE_KIND, **(tags or {})}) as run_id:
+    with _run(run_name=name, tags={"kind": TABLE_KIND, "worker": leftovers.worker(), **(tags or {})}) as run_id:
         yield run_id
 
 
@@ -97,7 +113,7 @@ def child_run(name: str, tags: Mapping[str, str] | None = None, system_metrics: 
 
     ``system_metrics=True`` (GPU runs) also samples CPU/GPU utilisation when psutil is installed.
     """
-    with _run(run_name=name, nested=True, tags={"kind": ROW_KIND, **(tags or {})},
+    with _run(run_name=name, nested=True, tags={"kind": ROW_KIND, "worker": leftovers.worker(), **(tags or {})},
               log_system_metrics=_system_metrics(system_metrics)) as run_id:
         yield run_id
 
@@ -150,6 +166,26 @@ def _run(tags: Mapping[str, str], **kwargs) -> Iterator[str]:
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def end_orphaned_runs(experiment: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `experiment` whose process (tag worker, this host) no longer exists: a killed
+    table invocation or Optuna worker leaves its runs RUNNING forever. Study runs (shared by workers) are left
+    alone. Returns the run ids marked."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    client = MlflowClient()
+    marked = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=10000):
+        worker = run.data.tags.get("worker", "")
+        if run.data.tags.get("kind") == STUDY_KIND or not leftovers.worker_gone(worker):
+            continue
+        client.set_tag(run.info.run_id, "error", f"process {worker} stopped without ending this run (killed); "
+                                                 f"marked KILLED by {leftovers.worker()}")
+        client.set_terminated(run.info.run_id, "KILLED")
+        marked.append(run.info.run_id)
+    return marked
 
 
 def log_config(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> None:

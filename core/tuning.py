@@ -19,7 +19,9 @@ Storage: a journal file ``<work-dir>/optuna/<study>.journal`` by default (severa
 or ``sqlite:///...``, ``postgresql[+driver]://...``, ``mysql[+driver]://...`` for several machines. Each worker
 stops once the study holds n_trials trials finished or running (StopAtBudget: unlike Optuna's MaxTrialsCallback
 it counts the running trials of other workers too). A trial killed with its worker is marked failed by the next invocation on
-that host and its parameters are queued again; its training resumes from its checkpoint.
+that host and its parameters are queued again; its training resumes from its checkpoint; its MLflow run is marked
+KILLED (core.tracking.end_orphaned_runs). A trial whose model diverges (NaN/inf loss, weights or features) fails with
+that reason in its user attrs; it is never scored.
 
 MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>),
 one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report step, final value) and
@@ -30,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -45,6 +45,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from core import leftovers
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten_overrides, to_flat_dict
 from core.specs import DATASET_NAMES, EXPERIMENTS, METRICS, load_profiles, load_spec, select_rows, spec_path
 from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
@@ -302,24 +303,9 @@ def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wa
                           f"dataset/profile/--set it was created with")
 
 
-def _worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _recover_killed(study: optuna.Study) -> None:
     """Queue again the params of trials interrupted by Ctrl-C, and of trials left RUNNING by a dead worker of this
     host (marked failed first); the retry (user attr retry_of) resumes from the trial's checkpoint."""
-    host = socket.gethostname()
     trials = study.get_trials(deepcopy=False)
     retried = _retried(trials)
     for t in trials:
@@ -329,8 +315,7 @@ def _recover_killed(study: optuna.Study) -> None:
             continue
         if t.state == TrialState.RUNNING:
             worker = t.user_attrs.get("worker", "")
-            whost, _, pid = worker.rpartition(":")
-            if whost != host or not pid.isdigit() or _alive(int(pid)):
+            if not leftovers.worker_gone(worker):
                 continue
             # no public setter for the user attrs of another process's trial: the call Trial.set_user_attr makes
             study._storage.set_trial_user_attr(t._trial_id, "reason", f"worker {worker} stopped during the trial "
@@ -369,6 +354,8 @@ class ValidationReporter:
         metrics, _, _ = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg,
                                        progress=False)
         value = 100.0 * metrics["mAP"]
+        if not math.isfinite(value):     # never a score: the trial fails with this reason (Objective.__call__)
+            raise FloatingPointError(f"validation mAP after epoch {done} is {value}; the trial is failed, not scored")
         self.trial.report(value, done)
         tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * metrics["R1"]}, step=step)
         self.last = (done, value)
@@ -394,7 +381,7 @@ class Objective:
         self.invocation = uuid.uuid4().hex          # tells this invocation's trials from earlier ones
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", _worker())
+        trial.set_user_attr("worker", leftovers.worker())
         trial.set_user_attr("invocation", self.invocation)
         try:
             lam, margin = suggest(trial, self.plan.spec)
@@ -477,6 +464,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
                           f"P={plan.config.data.ids_per_batch}; lower the fraction or P")
     study, created = open_study(plan, pruner)
     study.set_user_attr("validation_split", split.summary())
+    tracking.end_orphaned_runs(plan.experiment)     # trial runs of a killed worker: RUNNING -> KILLED
     budget = StopAtBudget(plan.n_trials)
     test: dict[str, dict] = {}
     report = None
@@ -572,7 +560,8 @@ def _dataset_label(plan: Plan) -> str:
 
 def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str, str]:
     """Optimisation history, parameter importances and the lambda-margin contour as PNGs (Agg backend);
-    returns {figure: file name or 'not drawn: why'}."""
+    returns {figure: file name or 'not drawn: why'}. An old PNG of a figure not drawn now is removed by
+    write_report once the new markdown (which no longer links it) is in place."""
     from core import figures as figs       # sets the Agg backend
     from optuna.visualization import matplotlib as ovm
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -600,7 +589,6 @@ def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str
                 continue
             except Exception as e:  # noqa: BLE001 - optuna refuses degenerate studies in several ways
                 skip = f"{type(e).__name__}: {e}"
-        path.unlink(missing_ok=True)
         out[name] = f"not drawn: {skip}"
     return out
 
@@ -697,6 +685,9 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     path = reports_dir / f"{stem}.md"
     from core.engine.checkpoint import save_text
     save_text("\n".join(lines), path)
+    for name, what in figures.items():       # only now: the old markdown linked them until it was replaced
+        if what.startswith("not drawn"):
+            (reports_dir / "figures" / f"{stem}_{name}.png").unlink(missing_ok=True)
     return path
 
 

@@ -1,6 +1,8 @@
 """Shared pytest fixtures (keep small)."""
 import pytest
 
+import core.tracking  # noqa: F401  (first: it switches MLflow telemetry off before any test module imports mlflow)
+
 
 @pytest.fixture(scope="session")
 def tiny_synthetic_root(tmp_path_factory):

@@ -121,6 +121,8 @@ def test_killed_generation_leaves_no_tree(tmp_path):
     assert check.main(["--dataset", "synthetic", "--root", str(root)]) == 2
     partial = list(tmp_path.glob(".tree.partial-*"))
     assert len(partial) == 1 and check.main(["--dataset", "synthetic", "--root", str(partial[0])]) == 2
+    ensure_synthetic(root, "tiny", 0, progress=False)      # the next run removes the dead generation's folder
+    assert not partial[0].exists() and not list(tmp_path.glob(".tree.partial-*"))
 
 
 # sha256 of the decoded pixels (shape and uint8 bytes, before JPEG) of train tracklets 0 and 1, the first test

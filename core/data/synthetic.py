@@ -17,8 +17,9 @@ tracklet of its identity in another camera, so it has a valid match with either 
 
 Distractor tracklets (identity 0, folder 0000) show people of no other tracklet; junk tracklets (identity -1,
 folder 00-1) are badly placed boxes that cut a person. Output is a deterministic function of (size, seed);
-generation is atomic: frames go to a hidden sibling folder renamed into place at the end, with
-`synthetic.json` (size, seed, preset) as the completeness marker.
+generation is atomic: frames go to a hidden sibling folder `.<name>.partial-<host>.<pid>.<random>` renamed into
+place at the end, with `synthetic.json` (size, seed, preset) as the completeness marker. Partial folders left by a
+killed generation (their host is this one and their pid is gone, core.leftovers) are removed on the next call.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from core import leftovers
 from core.data import render
 from core.data.base import DatasetError
 from core.data.mars import pid_folder, write_info, write_query
@@ -173,13 +174,15 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
     error (or interrupt) the partial folder is removed, and a killed process leaves no tree at `root`.
     """
     root, pre = Path(root), _preset(size)
+    remove_stale_partials(root)
     if root.exists():
         raise DatasetError(f"{root}: already exists; generate() writes a new folder (use ensure_synthetic to reuse)")
     root.parent.mkdir(parents=True, exist_ok=True)
     train, test = _plan(pre, seed)
     cams = _cameras(seed)
     total = sum(s.length for s in train + test)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    tmp = root.parent / f".{root.name}.partial-{leftovers.token()}"
+    tmp.mkdir()                          # mode 0o777 less the umask, like any folder (not mkdtemp's 0700)
     try:
         with tqdm(total=total, desc=f"synthetic {size} seed {seed}", unit="frame", disable=not progress) as bar, \
                 ThreadPoolExecutor(2) as writer:
@@ -205,6 +208,11 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
     return root
 
 
+def remove_stale_partials(root: Path) -> list[Path]:
+    """Remove the partial folders of `root` left by a killed generation on this host (see core.leftovers)."""
+    return leftovers.remove_stale(Path(root).parent, f".{Path(root).name}.partial-")
+
+
 def _is_complete(root: Path, size: str, seed: int) -> bool:
     try:
         meta = json.loads((root / MARKER).read_text())
@@ -217,6 +225,7 @@ def ensure_synthetic(root: str | os.PathLike, size: str = "default", seed: int =
     """Return `root`, generating the tree first unless a complete one of this size and seed is there."""
     root = Path(root)
     _preset(size)
+    remove_stale_partials(root)
     if _is_complete(root, size, seed):
         return root
     if root.exists():

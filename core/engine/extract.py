@@ -25,7 +25,8 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
     of the tracklet ("dense" gives several clips per tracklet, "evenly" one) [A12].
 
     ``keep_scores_for`` keeps the N x K score matrix of the first clip of tracklets 0..keep_scores_for-1
-    (for the attention figures).
+    (for the attention figures). NaN or inf features (a diverged model) raise FloatingPointError naming how many
+    clips and which tracklets: they must never be ranked and scored.
     """
     model.eval()
     loader = make_test_loader(tracklets, seq_len=seq_len, sampling=sampling, height=height, width=width,
@@ -33,10 +34,13 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
     sums: torch.Tensor | None = None
     counts = torch.zeros(len(tracklets))
     scores: dict[int, torch.Tensor] = {}
+    bad_clips, clips_seen = 0, 0
     for clips, owner in tqdm(loader, desc=desc, leave=False, disable=not progress):
         with autocast(device, dtype):
             out = model(clips.to(device, non_blocking=True))      # clips: (B', N, 3, H, W)
         feat = out["feat"].float().cpu()                          # (B', D)
+        bad_clips += int((~torch.isfinite(feat).all(1)).sum())
+        clips_seen += len(feat)
         if sums is None:
             sums = torch.zeros(len(tracklets), feat.shape[1])
         sums.index_add_(0, owner, feat)
@@ -47,4 +51,11 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
                     scores[t] = out["scores"][row].float().cpu()    # (N, K)
     if sums is None:
         raise ValueError("extract_features got no tracklets")
-    return Extracted(feats=sums / counts.clamp(min=1).unsqueeze(1), scores=scores)
+    feats = sums / counts.clamp(min=1).unsqueeze(1)
+    bad = (~torch.isfinite(feats).all(1)).nonzero().flatten().tolist()
+    if bad:
+        t = tracklets[bad[0]]
+        raise FloatingPointError(f"non-finite features (NaN or inf) in {bad_clips} of {clips_seen} clips, {len(bad)} "
+                                 f"of {len(tracklets)} tracklets (first: #{bad[0]}, id {t.pid}, cam {t.camid}, "
+                                 f"{t.paths[0]}); the model has diverged and cannot be evaluated")
+    return Extracted(feats=feats, scores=scores)

@@ -14,12 +14,10 @@ from core.data import Tracklet, VideoDataset, load_dataset
 from core.engine.checkpoint import save_json
 from core.engine.device import amp_dtype, resolve_device
 from core.engine.extract import extract_features
-from core.engine.training import EpochCallback, EpochStats, train
+from core.engine.training import TRAIN_SECTIONS, EpochCallback, EpochStats, train
 from core.evaluation import score_protocols
 from core.protocols import headline, named
 from core.provenance import provenance
-
-TRAIN_SECTIONS = ("data", "model", "loss", "train")
 
 
 @dataclass

@@ -6,6 +6,10 @@ It checkpoints atomically after every epoch (model, optimiser, scheduler, RNG an
 weights as an uninterrupted one: everything random in an epoch (batches, frame choice, flips, the Reg frame
 pairs) is a function of (seed, epoch), and the checkpoint holds all the state that carries across epochs.
 
+A checkpoint is written only when every loss of the epoch and every weight after its last optimiser step are
+finite, so the kept ``last.pt`` is always the last good epoch; it stores the training hash of its config and is
+loaded with ``weights_only=True``; a checkpoint of another config, or one that does not fit the model, is refused.
+
 Tracking, pruning and evaluation during training hang on the per-epoch ``callbacks``; nothing about MLflow or
 Optuna lives here.
 """
@@ -21,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from core.config import RunConfig, to_dict
+from core.config import RunConfig, config_hash, to_dict
 from core.data import VideoDataset, make_train_loader
 from core.engine.checkpoint import load_torch, save_torch
 from core.engine.device import amp_dtype, autocast, init_distributed, resolve_device, seed_everything
@@ -29,10 +33,22 @@ from core.losses import compute_losses
 from core.models import build_model
 
 LOSS_TERMS = ("ce", "triplet", "reg", "total")
+TRAIN_SECTIONS = ("data", "model", "loss", "train")   # what a trained model depends on (its folder's hash)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or inf; the last good checkpoint is left in place."""
+    """A loss term or a weight became NaN or inf; the last good checkpoint is left in place."""
+
+
+def train_hash(cfg: RunConfig) -> str:
+    """Hash of the config sections a trained model depends on (core.engine.train_dir names its folder by it)."""
+    return config_hash(cfg, TRAIN_SECTIONS)
+
+
+def non_finite(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding NaN or inf."""
+    return [k for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,44 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, epoch, history, cfg) 
         "torch_rng": torch.get_rng_state(),
         "history": [asdict(h) for h in history],
         "config": to_dict(cfg),
+        "config_hash": train_hash(cfg),       # resume refuses a checkpoint of another config
     }
+
+
+def _resume(path: Path, cfg: RunConfig, model, optimizer, scheduler, scaler) -> tuple[list[EpochStats], int]:
+    """Load `path` into the training state; returns (history, first epoch to run). Refuses, naming the file, a
+    checkpoint of another config, one that does not fit the model, and one with non-finite weights."""
+    state = load_torch(path)
+    stored, current = state.get("config_hash") if isinstance(state, dict) else None, train_hash(cfg)
+    if stored is None:
+        raise RuntimeError(f"checkpoint {path} has no config hash (written by an older version of this suite), so "
+                           f"it cannot be checked against this config ({current}); delete it to retrain")
+    if stored != current:
+        raise RuntimeError(f"checkpoint {path} belongs to another config (training hash {stored}; this run's is "
+                           f"{current}); refusing to resume it: delete it to retrain this config")
+    bad = non_finite(state["model"])
+    if bad:
+        raise RuntimeError(f"checkpoint {path} holds non-finite weights ('{bad[0]}' and {len(bad) - 1} more); "
+                           f"delete it to retrain")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        history = [EpochStats(**h) for h in state["history"]]
+        return history, state["epoch"] + 1
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RuntimeError(f"checkpoint {path} does not fit the model or optimiser of this config "
+                           f"({' '.join(str(e).split())[:400]}); delete it to retrain") from e
+
+
+def _advice(cfg: RunConfig, ckpt_path: Path, epoch: int) -> str:
+    """What the error of a diverged epoch (0-based `epoch`) says is kept and what to change."""
+    kept = (f"the checkpoint of epoch {epoch} ({ckpt_path}) is kept, the last whose losses and weights are finite"
+            if ckpt_path.exists() else "no checkpoint is kept (no epoch ended with finite losses and weights)")
+    return (f"{kept}. Training is deterministic, so this config diverges the same way on every rerun: lower "
+            f"train.lr (now {cfg.train.lr:g}) or loss.reg_weight (now {cfg.loss.reg_weight:g})")
 
 
 def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
@@ -98,14 +151,7 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
     start = 0
     ckpt_path = run_dir / "last.pt"
     if ckpt_path.exists():
-        state = load_torch(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        history = [EpochStats(**h) for h in state["history"]]
-        start = state["epoch"] + 1
+        history, start = _resume(ckpt_path, cfg, model, optimizer, scheduler, scaler)
 
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if ddp.world_size > 1 else model
@@ -114,7 +160,15 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
     epochs = tqdm(range(start, cfg.train.epochs), desc="epochs", initial=start, total=cfg.train.epochs,
                   disable=not (progress and ddp.is_main))
     for epoch in epochs:
-        stats = _train_epoch(net, loader, optimizer, scaler, cfg, epoch, device, dtype, progress and ddp.is_main)
+        try:
+            stats = _train_epoch(net, loader, optimizer, scaler, cfg, epoch, device, dtype, progress and ddp.is_main)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}; {_advice(cfg, ckpt_path, epoch)}") from None
+        bad = non_finite(model.state_dict())     # the epoch's last optimiser step is not covered by a loss
+        if bad:
+            raise NonFiniteLossError(f"non-finite weights after epoch {epoch + 1} ('{bad[0]}' and {len(bad) - 1} "
+                                     f"more tensors) although every loss of the epoch was finite; no checkpoint "
+                                     f"was written for it; {_advice(cfg, ckpt_path, epoch)}")
         scheduler.step()
         history.append(stats)
         if ddp.is_main:
@@ -150,7 +204,7 @@ def _train_epoch(net, loader, optimizer, scaler, cfg: RunConfig, epoch: int, dev
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {epoch + 1}, iteration {it + 1}: term '{bad[0]}' = {values[bad[0]]} "
-                f"(all terms: {values}); the last good checkpoint (end of epoch {epoch}) is kept")
+                f"(all terms: {values})")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)

@@ -78,12 +78,19 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
         ``mAP`` (float, 0..1), ``AP`` (float64 numpy [num_q], NaN for skipped queries),
         ``num_valid`` and ``num_skipped`` (ints), and ``R1``, ``R5``, ``R10``, ``R20``
         (floats, those <= max_rank).
+
+    Raises:
+        FloatingPointError: some distance is NaN or inf (the error gives how many).
     """
     check_ap_rule(ap_rule)
     dist = as_tensor(distmat, dtype=torch.float64 if _is_double(distmat) else torch.float32)
     dev = dist.device
     q_pids, g_pids, q_camids, g_camids = (as_tensor(a, dev, torch.int64) for a in (q_pids, g_pids, q_camids, g_camids))
     num_q, num_g = dist.shape
+    finite = torch.isfinite(dist)
+    if not bool(finite.all()):   # NaN sorts as "closest" and would score a diverged model 100 %
+        raise FloatingPointError(f"distance matrix ({num_q} x {num_g}) has {int((~finite).sum())} non-finite "
+                                 f"entries (NaN or inf); a diverged model or broken features cannot be scored")
     if q_pids.shape != (num_q,) or q_camids.shape != (num_q,) or g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
         raise ValueError(f"distmat is {tuple(dist.shape)} but pids/camids have shapes "
                          f"{tuple(q_pids.shape)}, {tuple(g_pids.shape)}, {tuple(q_camids.shape)}, {tuple(g_camids.shape)}")
