@@ -307,7 +307,7 @@ def _log(spec, row, seed: int, r1: float, **overrides) -> str:
     with tracking.child_run(f"{row.label} [seed {seed}]", tags) as run_id:
         tracking.log_config(cfg)
         metrics = {"R1": r1, "R5": 0.8, "R10": 0.9, "R20": 0.95, "mAP": 0.5, "num_queries": 10.0}
-        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0)], {}))
+        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0)], {}, {}))
     return run_id
 
 
