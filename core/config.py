@@ -76,6 +76,8 @@ class TrainConfig:
     amp: bool = True                    # CUDA only: autocast to bf16 (fp16 + GradScaler where bf16 is unsupported)
     channels_last: bool = True          # CUDA only: channels-last memory format
     eval_every: int = 0                 # evaluate every n epochs during training (0: only at the end)
+    checkpoint_every_s: float = 300.0   # write last.pt after this many seconds of training, and after every lr milestone and the last epoch (0: every epoch)
+    compile: bool = False               # torch.compile the training forward (same math; measure with python -m core.bench train)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ MINIMUM: dict[str, float] = {
     "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
     "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
     "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
-    "train.eval_every": 0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
+    "train.eval_every": 0, "train.checkpoint_every_s": 0.0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1,
 }
 
@@ -254,13 +256,19 @@ def from_dict(tree: Mapping[str, Any], where: str = "config") -> RunConfig:
     return apply_overrides(RunConfig(), tree, where)
 
 
+# Fields that do not change what a run computes (how fast, how often it is saved), left out of config_hash.
+# The number of GPUs is not a config field at all (a run tag): 1 or G GPUs train the same batches [issue 9].
+UNHASHED = {"data": ("num_workers",), "train": ("checkpoint_every_s", "compile")}
+
+
 def config_hash(cfg: RunConfig, sections: tuple[str, ...] = ("data", "model", "loss", "train", "eval")) -> str:
     """Stable short hash of the chosen sections (used to reuse finished runs and checkpoints).
 
-    Fields that do not change results (num_workers) are left out.
+    Fields that do not change results (UNHASHED) are left out.
     """
     d = {k: v for k, v in to_dict(cfg).items() if k in sections}
-    if "data" in d:
-        d["data"] = {k: v for k, v in d["data"].items() if k != "num_workers"}
+    for section, names in UNHASHED.items():
+        if section in d:
+            d[section] = {k: v for k, v in d[section].items() if k not in names}
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

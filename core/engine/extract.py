@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.data import Tracklet, make_test_loader
+from core.data.normalize import normalize_clips
 from core.engine.device import autocast
 
 
@@ -35,7 +36,7 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
     scores: dict[int, torch.Tensor] = {}
     for clips, owner in tqdm(loader, desc=desc, leave=False, disable=not progress):
         with autocast(device, dtype):
-            out = model(clips.to(device, non_blocking=True))      # clips: (B', N, 3, H, W)
+            out = model(normalize_clips(clips.to(device, non_blocking=True)))  # clips: (B', N, 3, H, W) uint8
         feat = out["feat"].float().cpu()                          # (B', D)
         if sums is None:
             sums = torch.zeros(len(tracklets), feat.shape[1])
