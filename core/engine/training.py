@@ -58,7 +58,7 @@ class EpochStats:
     total: float            # Eq. 7 / 11
     train_acc: float        # classifier accuracy on the training samples
     lr: float               # learning rate used during this epoch
-    frames_per_s: float     # frames / seconds: wall clock, data waits, checkpoint copy and logging included
+    frames_per_s: float     # frames (all ranks) / seconds: wall clock, data waits, checkpoint copy and logging included
     seconds: float          # wall clock between the ends of the previous epoch and this one
     compute_frames_per_s: float = float("nan")  # frames / time of the training steps alone (device time on CUDA)
 
@@ -143,7 +143,8 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
                                 progress and ddp.is_main, gather, saved)
             scheduler.step()
             now = time.perf_counter()
-            stats = EpochStats(epoch=epoch, frames_per_s=done.pop("frames") / max(now - mark, 1e-9),
+            done["compute_frames_per_s"] *= ddp.world_size  # all ranks' frames: 1 and G GPUs compare directly
+            stats = EpochStats(epoch=epoch, frames_per_s=done.pop("frames") * ddp.world_size / max(now - mark, 1e-9),
                                seconds=now - mark, **done)
             mark = now
             history.append(stats)
