@@ -82,6 +82,8 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:<i>
     amp: bool = True                    # CUDA only: autocast to bf16 (fp16 + GradScaler where bf16 is unsupported)
     channels_last: bool = True          # CUDA only: channels-last memory format
+    checkpoint_every_s: float = 300.0   # write last.pt after this many seconds of training, and after every lr milestone and the last epoch (0: every epoch)
+    compile: bool = False               # torch.compile the training forward (same math; measure with python -m core.bench train)
 
 
 @dataclass(frozen=True)
@@ -136,14 +138,16 @@ MINIMUM: dict[str, float] = {
     "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
     "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
     "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
-    "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
+    "train.checkpoint_every_s": 0.0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1,
 }
 
 # Keys that cannot change a result, left out of config_hash: changing one reuses finished runs and checkpoints.
 # DataLoader workers; the device (auto, cpu and cuda name the same run: the numbers differ only by floating-point
-# rounding, and by bf16 autocast where train.amp applies on CUDA; the device used is each run's tag 'device').
-RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("data.num_workers", "train.device")
+# rounding, and by bf16 autocast where train.amp applies on CUDA; the device used is each run's tag 'device');
+# when checkpoints are written (resume is exact); torch.compile (same math, floating-point rounding aside).
+RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("data.num_workers", "train.device", "train.checkpoint_every_s",
+                                        "train.compile")
 
 # Output stride of the backbone with conv5 stride 1: a 256x128 frame gives 16x8 maps.
 BACKBONE_STRIDE = 16
@@ -287,6 +291,8 @@ def from_dict(tree: Mapping[str, Any], where: str = "config") -> RunConfig:
     return apply_overrides(RunConfig(), tree, where)
 
 
+# Fields that do not change what a run computes (how fast, how often it is saved), left out of config_hash.
+# The number of GPUs is not a config field at all (a run tag): 1 or G GPUs train the same batches [issue 9].
 def config_hash(cfg: RunConfig, sections: tuple[str, ...] = ("data", "model", "loss", "train", "eval")) -> str:
     """Stable short hash of the chosen sections (used to reuse finished runs and checkpoints).
 

@@ -2,6 +2,8 @@
 combined as L_total + lambda * Reg (Eq. 7, Eq. 11)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -60,15 +62,20 @@ def inter_frame_reg(attention: Tensor, generator: torch.Generator | None = None,
 
 
 def compute_losses(out: dict, pids: Tensor, margin: float, use_triplet: bool, reg_weight: float, reg_squared: bool,
-                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                   generator: torch.Generator | None = None,
+                   gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """{"ce", "triplet", "reg", "total"} for a model output dict; total = ce + triplet + reg_weight * reg (Eq. 7, 11).
 
     "reg" is the unweighted Eq. 6 value, computed (and detached) even when reg_weight is 0 so it can be logged.
     For frame-level training (frames_per_clip > 1) each label is repeated for the frames of its clip.
+    `gather` (core.engine.device.gather_rows under torchrun) joins the ranks' features and labels so that
+    batch-hard mining (Eq. 9) sees the whole P x K batch, as in one process.
     """
     targets = pids.repeat_interleave(out["frames_per_clip"])  # (B,) -> (B * frames_per_clip,)
     ce = F.cross_entropy(out["logits"].float(), targets)  # Eq. 10 (averaged over the batch)
-    triplet = batch_hard_triplet(out["feat"], targets, margin) if use_triplet else ce.new_zeros(())  # Eq. 9
+    gather = gather or (lambda x: x)
+    triplet = batch_hard_triplet(gather(out["feat"]), gather(targets), margin) if use_triplet \
+        else ce.new_zeros(())  # Eq. 9
     reg = inter_frame_reg(out["attention"], generator, reg_squared)  # Eq. 6
     total = ce + triplet  # Eq. 11
     if reg_weight > 0:

@@ -102,11 +102,13 @@ def _dataset(cfg: RunConfig, main: bool):
 
 def _row_tags(spec: Spec, job: Job) -> dict[str, str]:
     from core.engine import train_dir
-    from core.engine.device import resolve_device
+    from core.engine.device import current_dist, resolve_device
+    ddp = current_dist()  # the device count is a tag, not part of the config (hash): 1 or G GPUs, one row
     return {"table": spec.table, "row": job.row.label, "row_index": str(job.row.index),
             "dataset": job.cfg.data.dataset, "profile": spec.profile or "", "seed": str(job.seed),
             "config_hash": config_hash(job.cfg), "train_dir": train_dir(job.cfg, ".").name,
-            "device": str(resolve_device(job.cfg.train.device)), "spec": spec.path.name,
+            "device": str(resolve_device(job.cfg.train.device, ddp)), "world_size": str(ddp.world_size),
+            "spec": spec.path.name,
             "mlflow.note.content": job.row.full_deviation, **tracking.provenance_tags()}
 
 

@@ -6,7 +6,8 @@ from PIL import Image
 
 from core.config import DataConfig
 from core.data import DatasetError, Tracklet, load_mars, make_test_loader, make_train_loader
-from core.data.clips import IMAGENET_MEAN, IMAGENET_STD, TrainClips
+from core.data.clips import IMAGENET_MEAN, IMAGENET_STD, TrainClips, make_train_stream
+from core.data.normalize import normalize_clips
 from core.data.sampling import flip_decisions, train_frames
 
 
@@ -74,9 +75,23 @@ def test_flip_decisions_by_hand():
 
 def test_normalisation_and_resize(asymmetric):
     clip, pid, camid = TrainClips([asymmetric], 4, "restricted", 32, 16, 0.0)[(0, 1)]
-    assert clip.shape == (4, 3, 32, 16) and clip.dtype == torch.float32 and (pid, camid) == (0, 1)
+    assert clip.shape == (4, 3, 32, 16) and clip.dtype == torch.uint8 and (pid, camid) == (0, 1)
+    assert clip[0, :, 0, 7].tolist() == [0, 0, 0] and clip[0, :, 0, 0].tolist() == [40, 40, 40]
     black = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    assert torch.allclose(clip[0, :, 0, 7], black, atol=1e-5)
+    assert torch.allclose(normalize_clips(clip)[0, :, 0, 7], black, atol=1e-6)
+    grey = (40 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(normalize_clips(clip)[0, :, 0, 0], grey, atol=1e-6)
+
+
+def test_device_normalisation_equals_the_former_in_loader_one():
+    """normalize_clips (run on the training device) gives the numbers torchvision's ToDtype + Normalize gave in
+    the loader workers before clips were shipped as uint8, bit for bit on the CPU."""
+    from torchvision.transforms import v2
+    former = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    x = torch.randint(0, 256, (3, 4, 3, 16, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(normalize_clips(x), former(x))
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_clips(x.float())
 
 
 def test_train_loader_batches_and_worker_independence(tiny):
@@ -95,6 +110,24 @@ def test_train_loader_batches_and_worker_independence(tiny):
     half = make_train_loader(tiny.train, cfg, seed=5, rank=1, world_size=2)
     half.batch_sampler.set_epoch(1)
     assert torch.equal(next(iter(half))[0], clips[4:])
+
+
+def test_train_stream_crosses_epochs_with_the_per_epoch_batches(tiny):
+    """One endless loader: epoch e's batches are exactly those of the per-epoch loader after set_epoch(e)."""
+    cfg = DataConfig(height=32, width=16, seq_len=2, ids_per_batch=4, tracklets_per_id=2, num_workers=0)
+    stream = make_train_stream(tiny.train, cfg, seed=5, start_epoch=1)
+    per_epoch = stream.batch_sampler.batches_per_epoch
+    it = iter(stream)
+    streamed = [next(it) for _ in range(2 * per_epoch)]
+    loader = make_train_loader(tiny.train, cfg, seed=5)
+    expected = []
+    for epoch in (1, 2):
+        loader.batch_sampler.set_epoch(epoch)
+        expected += list(loader)
+    assert len(expected) == len(streamed) == 2 * per_epoch
+    for (a, pa, _), (b, pb, _) in zip(streamed, expected):
+        assert torch.equal(a, b) and torch.equal(pa, pb)
+    assert not torch.equal(streamed[0][1], streamed[per_epoch][1])  # epochs differ
 
 
 def test_test_loader_owners(tiny):

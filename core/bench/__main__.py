@@ -1,4 +1,4 @@
-"""python -m core.bench NAME [args]: run one benchmark (NAME: data, model, eval)."""
+"""python -m core.bench NAME [args]: run one benchmark (NAME: data, model, eval, train, smoke)."""
 import sys
 
 
@@ -12,12 +12,22 @@ def _model(argv):
     return model.main(argv)
 
 
+def _train(argv):
+    from core.bench import train
+    return train.main(argv)
+
+
+def _smoke(argv):
+    from core.bench import smoke
+    return smoke.main(argv)
+
+
 def _eval(argv):
     from core.bench import eval as eval_bench
     return eval_bench.main(argv)
 
 
-BENCHMARKS = {"data": _data, "model": _model, "eval": _eval}
+BENCHMARKS = {"data": _data, "model": _model, "eval": _eval, "train": _train, "smoke": _smoke}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:

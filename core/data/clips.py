@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from core.config import DataConfig
 from core.data.base import DatasetError, Tracklet
-from core.data.sampling import IdentityBatchSampler, eval_frames, flip_decisions, train_frames
+from core.data.sampling import EpochStream, IdentityBatchSampler, eval_frames, flip_decisions, train_frames
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +29,8 @@ def read_frame(path: str) -> torch.Tensor:
 
 
 class ClipTransform:
-    """Frames [3, h, w] uint8 -> clip [N, 3, H, W] float: resize, optional flip, scale to [0, 1], ImageNet norm.
+    """Frames [3, h, w] uint8 -> clip [N, 3, H, W] uint8: resize, optional flip. Scaling to [0, 1] and the
+    ImageNet normalisation happen on the training device (core.data.normalize.normalize_clips): 4x less to copy.
 
     `flip` is one decision for the whole clip (bool) or one per frame (a sequence of N bools) [A17]; the caller
     takes the decisions (core.data.sampling.flip_decisions).
@@ -38,7 +39,6 @@ class ClipTransform:
     def __init__(self, height: int, width: int):
         self.size = (height, width)
         self.resize = v2.Resize(self.size, antialias=True)
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __call__(self, frames: Sequence[torch.Tensor], flip: bool | Sequence[bool] = False) -> torch.Tensor:
         if len({tuple(f.shape) for f in frames}) == 1:
@@ -53,7 +53,7 @@ class ClipTransform:
             clip = v2.functional.horizontal_flip(clip)
         elif rows.any():
             clip = torch.where(rows[:, None, None, None], v2.functional.horizontal_flip(clip), clip)
-        return self.normalize(clip)  # [N, 3, H, W] float32
+        return clip  # [N, 3, H, W] uint8
 
 
 @contextlib.contextmanager
@@ -78,7 +78,7 @@ def read_clip(paths: Sequence[str], indices: np.ndarray, transform: ClipTransfor
 
 
 class TrainClips(Dataset):
-    """dataset[(index, item_seed)] -> (clip [N, 3, H, W] float, pid, camid); frames and flips from the item seed.
+    """dataset[(index, item_seed)] -> (clip [N, 3, H, W] uint8, pid, camid); frames and flips from the item seed.
 
     flip_per [A17]: "frame" flips each frame independently with probability flip_prob, "clip" the whole clip.
     """
@@ -102,7 +102,7 @@ class TrainClips(Dataset):
 
 
 class EvalClips(Dataset):
-    """dataset[i] -> (clip [N, 3, H, W] float, owner): clip i of all test clips; owner indexes `tracklets`.
+    """dataset[i] -> (clip [N, 3, H, W] uint8, owner): clip i of all test clips; owner indexes `tracklets`.
 
     "evenly": one clip per tracklet; "dense": every chunk of every tracklet is a clip [A12].
     """
@@ -135,7 +135,7 @@ def _loader_kwargs(num_workers: int) -> dict:
 
 def make_train_loader(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int, rank: int = 0,
                       world_size: int = 1) -> DataLoader:
-    """Yields (clips [B, N, 3, H, W] float, pids [B] long, camids [B] long), B = P*K / world_size.
+    """Yields (clips [B, N, 3, H, W] uint8, pids [B] long, camids [B] long), B = P*K / world_size.
 
     Call loader.batch_sampler.set_epoch(e) before each epoch.
     """
@@ -146,9 +146,19 @@ def make_train_loader(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int,
     return DataLoader(data, batch_sampler=sampler, **_loader_kwargs(cfg.num_workers))
 
 
+def make_train_stream(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int, start_epoch: int = 0, rank: int = 0,
+                      world_size: int = 1) -> DataLoader:
+    """make_train_loader's batches of epochs start_epoch, start_epoch + 1, ... as one endless loader (iterate it
+    once; ``loader.batch_sampler.batches_per_epoch`` batches make an epoch): no refill at epoch boundaries."""
+    sampler = IdentityBatchSampler([t.pid for t in tracklets], cfg.ids_per_batch, cfg.tracklets_per_id, seed,
+                                   cfg.epoch_def, rank, world_size)
+    data = TrainClips(tracklets, cfg.seq_len, cfg.train_sampling, cfg.height, cfg.width, cfg.flip_prob)
+    return DataLoader(data, batch_sampler=EpochStream(sampler, start_epoch), **_loader_kwargs(cfg.num_workers))
+
+
 def make_test_loader(tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int,
                      batch_size: int, num_workers: int) -> DataLoader:
-    """Yields (clips [B', N, 3, H, W] float, owner [B'] long) in order; owner[i] indexes `tracklets`.
+    """Yields (clips [B', N, 3, H, W] uint8, owner [B'] long) in order; owner[i] indexes `tracklets`.
 
     B' <= batch_size clips ("dense" splits a tracklet into several clips, possibly across batches): the
     extractor averages the clip features of each owner.

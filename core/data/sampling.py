@@ -168,3 +168,26 @@ class IdentityBatchSampler(Sampler):
         share = self.P // self.world_size * self.K
         for batch in self._global(np.random.default_rng([self.seed, self.epoch])):
             yield batch[self.rank * share:(self.rank + 1) * share]
+
+
+class EpochStream(Sampler):
+    """The batches of epochs start, start + 1, ... of an IdentityBatchSampler as one endless stream.
+
+    A DataLoader over it is iterated once for the whole run, so its (persistent) workers keep prefetching across
+    epoch boundaries instead of refilling at every epoch start. Epoch e's batches are exactly those of
+    ``sampler.set_epoch(e); iter(sampler)``: the consumer takes ``batches_per_epoch`` of them per epoch.
+    """
+
+    def __init__(self, sampler: IdentityBatchSampler, start_epoch: int = 0):
+        self.sampler, self.start_epoch = sampler, start_epoch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.start_epoch
+        while True:
+            self.sampler.set_epoch(epoch)
+            yield from self.sampler
+            epoch += 1

@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.data import Tracklet, make_test_loader
+from core.data.normalize import normalize_clips
 from core.engine.device import autocast
 
 
@@ -37,7 +38,7 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
     bad_clips, clips_seen = 0, 0
     for clips, owner in tqdm(loader, desc=desc, leave=False, disable=not progress):
         with autocast(device, dtype):
-            out = model(clips.to(device, non_blocking=True))      # clips: (B', N, 3, H, W)
+            out = model(normalize_clips(clips.to(device, non_blocking=True)))  # clips: (B', N, 3, H, W) uint8
         feat = out["feat"].float().cpu()                          # (B', D)
         bad_clips += int((~torch.isfinite(feat).all(1)).sum())
         clips_seen += len(feat)

@@ -12,7 +12,7 @@ import torch
 from core.config import RunConfig, config_hash, to_dict
 from core.data import Tracklet, VideoDataset, load_dataset
 from core.engine.checkpoint import save_json
-from core.engine.device import amp_dtype, resolve_device
+from core.engine.device import amp_dtype, barrier, current_dist, resolve_device
 from core.engine.extract import extract_features
 from core.engine.training import TRAIN_SECTIONS, EpochCallback, EpochStats, train
 from core.evaluation import score_protocols
@@ -90,16 +90,25 @@ def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[
 
 def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback] = (),
         progress: bool = True, dataset: VideoDataset | None = None) -> RunResult:
-    """Train (or resume, or reuse) the model of `cfg`, evaluate it on the test split, write metrics.json."""
+    """Train (or resume, or reuse) the model of `cfg`, evaluate it on the test split, write metrics.json.
+
+    Under torchrun every rank trains; rank 0 alone evaluates and writes (the others wait at a barrier and get a
+    RunResult with empty metrics)."""
     dataset = dataset or load_dataset(cfg.data)
     run_dir = train_dir(cfg, work_dir)
     save_json({"config": to_dict(cfg), "provenance": provenance()}, run_dir / "config.json")
     model, history = train(cfg, dataset, run_dir, callbacks=callbacks, progress=progress)
-    device = resolve_device(cfg.train.device)
+    ddp = current_dist()
+    if not ddp.is_main:  # torchrun: rank 0 evaluates once (on its own GPU); the others wait for it
+        barrier(ddp)
+        return RunResult(metrics={}, cmc=np.zeros(0), history=history, run_dir=run_dir,
+                         dataset_name=dataset.name, synthetic=dataset.synthetic)
+    device = resolve_device(cfg.train.device, ddp)
     metrics, cmc, scores = evaluate_model(model, dataset.query, dataset.gallery, cfg, device,
                                           keep_scores_for=8, progress=progress)
     losses = last_epoch_losses(history, cfg)
     save_json({"metrics": metrics, "cmc": cmc.tolist(), "losses": losses, "dataset": dataset.name,
                "synthetic": dataset.synthetic, "config": to_dict(cfg)}, run_dir / f"eval-{config_hash(cfg)}.json")
+    barrier(ddp)
     return RunResult(metrics=metrics, cmc=cmc, history=history, run_dir=run_dir, scores=scores,
                      dataset_name=dataset.name, synthetic=dataset.synthetic, losses=losses)

@@ -1,20 +1,23 @@
 """Training loop: Adam + step schedule, P x K identity batches, CE + batch-hard triplet + lambda * Reg.
 
 One function, :func:`train`, turns a resolved :class:`~core.config.RunConfig` and a dataset into a trained model.
-It checkpoints atomically after every epoch (model, optimiser, scheduler, RNG and history) into
-``run_dir/last.pt`` and resumes from there when called again, so a run killed at any point ends with the same
-weights as an uninterrupted one: everything random in an epoch (batches, frame choice, flips, the Reg frame
-pairs) is a function of (seed, epoch), and the checkpoint holds all the state that carries across epochs.
+It checkpoints atomically (model, optimiser, scheduler, RNG and history) into ``run_dir/last.pt`` every
+``train.checkpoint_every_s`` seconds, after every lr milestone and after the last epoch, on a background thread
+(the loop pays for a copy to host memory only), and resumes from there when called again, so a run killed at any
+point ends with the same weights as an uninterrupted one: everything random in an epoch (batches, frame choice,
+flips, the Reg frame pairs) is a function of (seed, epoch), and the checkpoint holds all the state that carries
+across epochs.
 
-A checkpoint is written only when every loss of the epoch and every weight after its last optimiser step are
-finite, so the kept ``last.pt`` is always the last good epoch; it stores the training hash of its config and is
-loaded with ``weights_only=True``; a checkpoint of another config, or one that does not fit the model, is refused.
+No idle GPU: the loader streams batches across epochs, yields uint8 clips normalised on the device, and the loss
+terms are summed on the device and read once per epoch (or every LOG_EVERY iterations with a progress bar).
+Under torchrun the batch-hard triplet loss sees the whole P x K batch (embeddings gathered across ranks).
 
 Tracking, pruning and evaluation during training hang on the per-epoch ``callbacks``; nothing about MLflow or
 Optuna lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -26,14 +29,19 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from core.config import RunConfig, config_hash, to_dict
-from core.data import VideoDataset, make_train_loader
-from core.engine.checkpoint import load_torch, save_torch
-from core.engine.device import amp_dtype, autocast, init_distributed, resolve_device, seed_everything
+from core.data import VideoDataset
+from core.data.clips import make_train_stream
+from core.data.normalize import normalize_clips
+from core.engine.async_ckpt import CheckpointWriter, checkpoint_due
+from core.engine.checkpoint import load_torch
+from core.engine.device import amp_dtype, autocast, gather_rows, init_distributed, resolve_device, seed_everything
+from core.engine.meter import LossMeter, StepTimer
 from core.losses import compute_losses
 from core.models import build_model
 
 LOSS_TERMS = ("ce", "triplet", "reg", "total")
 TRAIN_SECTIONS = ("data", "model", "loss", "train")   # what a trained model depends on (its folder's hash)
+LOG_EVERY = 20  # iterations between progress-bar reads of the device sums (each read is one host-device sync)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,9 +54,11 @@ def train_hash(cfg: RunConfig) -> str:
 
 
 def non_finite(state: dict) -> list[str]:
-    """Names of the floating-point tensors of a state dict holding NaN or inf."""
-    return [k for k, v in state.items()
-            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    """Names of the floating-point tensors of a state dict holding NaN or inf (one host-device sync when none do)."""
+    floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+    if not floats or bool(torch.stack([torch.isfinite(v).all() for v in floats.values()]).all()):
+        return []
+    return [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,9 @@ class EpochStats:
     total: float            # Eq. 7 / 11
     train_acc: float        # classifier accuracy on the training samples
     lr: float               # learning rate used during this epoch
-    frames_per_s: float
-    seconds: float
+    frames_per_s: float     # frames (all ranks) / seconds: wall clock, data waits, checkpoint copy and logging included
+    seconds: float          # wall clock between the ends of the previous epoch and this one
+    compute_frames_per_s: float = float("nan")  # frames / time of the training steps alone (device time on CUDA)
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if k not in ("epoch",)}
@@ -72,9 +83,10 @@ class EpochStats:
 EpochCallback = Callable[[EpochStats, torch.nn.Module], None]
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """Generator for the Reg frame pairs of one epoch: a function of (seed, epoch) alone."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def _epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Generator for the Reg frame pairs of one epoch: a function of (seed, epoch) alone (and of the device type:
+    on a GPU the pairs are drawn there, so no index is copied from the host per iteration)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
 def _checkpoint_state(model, optimizer, scheduler, scaler, epoch, history, cfg) -> dict:
@@ -119,10 +131,12 @@ def _resume(path: Path, cfg: RunConfig, model, optimizer, scheduler, scaler) -> 
                            f"({' '.join(str(e).split())[:400]}); delete it to retrain") from e
 
 
-def _advice(cfg: RunConfig, ckpt_path: Path, epoch: int) -> str:
-    """What the error of a diverged epoch (0-based `epoch`) says is kept and what to change."""
-    kept = (f"the checkpoint of epoch {epoch} ({ckpt_path}) is kept, the last whose losses and weights are finite"
-            if ckpt_path.exists() else "no checkpoint is kept (no epoch ended with finite losses and weights)")
+def _advice(cfg: RunConfig, ckpt_path: Path, saved: int | None) -> str:
+    """What the error of a diverged run says is kept (`saved`: 0-based epoch of the checkpoint on disk) and what
+    to change."""
+    kept = (f"the checkpoint of epoch {saved + 1} ({ckpt_path}) is kept, the last written, whose losses and weights "
+            f"are finite" if saved is not None and ckpt_path.exists()
+            else "no checkpoint is kept (none was written with finite losses and weights)")
     return (f"{kept}. Training is deterministic, so this config diverges the same way on every rerun: lower "
             f"train.lr (now {cfg.train.lr:g}) or loss.reg_weight (now {cfg.loss.reg_weight:g})")
 
@@ -131,8 +145,9 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
           callbacks: Sequence[EpochCallback] = (), progress: bool = True) -> tuple[torch.nn.Module, list[EpochStats]]:
     """Train (or resume) the model of `cfg` on `dataset.train`; returns (model in eval mode, per-epoch stats).
 
-    ``run_dir/last.pt`` is the resumable checkpoint. Callbacks run on rank 0 after each epoch's checkpoint is
-    written; an exception raised by one (e.g. Optuna pruning) stops training with the checkpoint intact.
+    ``run_dir/last.pt`` is the resumable checkpoint (written when checkpoint_due says so). Callbacks run on rank 0
+    after each epoch, once its checkpoint (if due) is handed to the writer; an exception raised by one (e.g. Optuna
+    pruning) stops training with the last checkpoint intact. Every write is finished before train returns or raises.
     """
     run_dir = Path(run_dir)
     ddp = init_distributed(cfg.train.device)
@@ -155,72 +170,108 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
 
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if ddp.world_size > 1 else model
-    loader = make_train_loader(dataset.train, cfg.data, seed=cfg.train.seed, rank=ddp.rank,
-                               world_size=ddp.world_size)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    gather = gather_rows if ddp.world_size > 1 else None  # batch-hard mining over the whole P x K batch
+    writer = CheckpointWriter()
+    saved = start - 1 if start else None  # last epoch (0-based) on disk
     epochs = tqdm(range(start, cfg.train.epochs), desc="epochs", initial=start, total=cfg.train.epochs,
                   disable=not (progress and ddp.is_main))
-    for epoch in epochs:
-        try:
-            stats = _train_epoch(net, loader, optimizer, scaler, cfg, epoch, device, dtype, progress and ddp.is_main)
-        except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}; {_advice(cfg, ckpt_path, epoch)}") from None
-        bad = non_finite(model.state_dict())     # the epoch's last optimiser step is not covered by a loss
-        if bad:
-            raise NonFiniteLossError(f"non-finite weights after epoch {epoch + 1} ('{bad[0]}' and {len(bad) - 1} "
-                                     f"more tensors) although every loss of the epoch was finite; no checkpoint "
-                                     f"was written for it; {_advice(cfg, ckpt_path, epoch)}")
-        scheduler.step()
-        history.append(stats)
-        if ddp.is_main:
-            save_torch(_checkpoint_state(model, optimizer, scheduler, scaler, epoch, history, cfg), ckpt_path)
-        epochs.set_postfix(loss=f"{stats.total:.3f}", acc=f"{stats.train_acc:.2f}")
-        if ddp.is_main:
-            for callback in callbacks:
-                callback(stats, model)
+    batches = None
+    try:
+        if start < cfg.train.epochs:
+            loader = make_train_stream(dataset.train, cfg.data, seed=cfg.train.seed, start_epoch=start,
+                                       rank=ddp.rank, world_size=ddp.world_size)
+            per_epoch, batches = loader.batch_sampler.batches_per_epoch, iter(loader)
+        mark = last_save = time.perf_counter()
+        for epoch in epochs:
+            try:
+                done = _train_epoch(net, batches, per_epoch, optimizer, scaler, cfg, epoch, device, dtype,
+                                    progress and ddp.is_main, gather)
+            except NonFiniteLossError as e:
+                writer.join()
+                raise NonFiniteLossError(f"{e}; {_advice(cfg, ckpt_path, saved)}") from None
+            bad = non_finite(model.state_dict())     # the epoch's last optimiser step is not covered by a loss
+            if bad:
+                writer.join()
+                raise NonFiniteLossError(f"non-finite weights after epoch {epoch + 1} ('{bad[0]}' and {len(bad) - 1} "
+                                         f"more tensors) although every loss of the epoch was finite; no checkpoint "
+                                         f"was written for it; {_advice(cfg, ckpt_path, saved)}")
+            scheduler.step()
+            now = time.perf_counter()
+            done["compute_frames_per_s"] *= ddp.world_size  # all ranks' frames: 1 and G GPUs compare directly
+            stats = EpochStats(epoch=epoch, frames_per_s=done.pop("frames") * ddp.world_size / max(now - mark, 1e-9),
+                               seconds=now - mark, **done)
+            mark = now
+            history.append(stats)
+            if ddp.is_main and checkpoint_due(epoch, cfg.train.epochs, cfg.train.milestones, now - last_save,
+                                              cfg.train.checkpoint_every_s):
+                writer.submit(_checkpoint_state(model, optimizer, scheduler, scaler, epoch, history, cfg), ckpt_path)
+                saved, last_save = epoch, time.perf_counter()
+            epochs.set_postfix(loss=f"{stats.total:.3f}", acc=f"{stats.train_acc:.2f}")
+            if ddp.is_main:
+                for callback in callbacks:
+                    callback(stats, model)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the training error wins over a failed write
+            writer.join()
+        raise
+    writer.join()
+    del batches
     model.eval()
     return model, history
 
 
-def _train_epoch(net, loader, optimizer, scaler, cfg: RunConfig, epoch: int, device, dtype, progress: bool) -> EpochStats:
+def _train_epoch(net, batches, iterations: int, optimizer, scaler, cfg: RunConfig, epoch: int, device, dtype,
+                 progress: bool, gather=None) -> dict:
+    """`iterations` training steps on batches drawn from the iterator `batches`.
+
+    Returns {"iterations", "frames", "lr", "train_acc", "compute_frames_per_s", and the mean of every loss term}.
+    The loss terms stay on the device until the end of the epoch (and every LOG_EVERY iterations with a progress
+    bar); a non-finite term then raises NonFiniteLossError naming the epoch, iteration and term.
+    """
     net.train()
-    loader.batch_sampler.set_epoch(epoch)
-    generator = _epoch_generator(cfg.train.seed, epoch)
-    sums = dict.fromkeys(LOSS_TERMS, 0.0)
-    correct = seen = frames = 0
+    generator = _epoch_generator(cfg.train.seed, epoch, device)
+    meter, timer = LossMeter(LOSS_TERMS, device), StepTimer(device)
     lr = optimizer.param_groups[0]["lr"]
+    frames = 0
+    bar = tqdm(total=iterations, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not progress)
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not progress)
-    it = -1
-    for it, (clips, pids, _camids) in enumerate(bar):
-        clips = clips.to(device, non_blocking=True)              # (B, N, 3, H, W)
-        pids = pids.to(device, non_blocking=True)                # (B,)
+    for it in range(iterations):
+        clips, pids, _camids = next(batches)
+        timer.start()
+        clips = normalize_clips(clips.to(device, non_blocking=True))  # (B, N, 3, H, W) uint8 -> float32
+        pids = pids.to(device, non_blocking=True)                      # (B,)
         with autocast(device, dtype):
             out = net(clips)
         losses = compute_losses(out, pids, margin=cfg.loss.margin, use_triplet=cfg.loss.triplet,
                                 reg_weight=cfg.loss.reg_weight, reg_squared=cfg.loss.reg_squared,
-                                generator=generator)
-        values = {k: float(losses[k].detach()) for k in LOSS_TERMS}
-        bad = [k for k in LOSS_TERMS if not math.isfinite(values[k])]
-        if bad:
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch + 1}, iteration {it + 1}: term '{bad[0]}' = {values[bad[0]]} "
-                f"(all terms: {values})")
+                                generator=generator, gather=gather)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)
         scaler.update()
-
-        labels = pids.repeat_interleave(out["frames_per_clip"])
-        correct += int((out["logits"].detach().argmax(1) == labels).sum())
-        seen += labels.numel()
+        meter.add(it, losses, out["logits"], pids.repeat_interleave(out["frames_per_clip"]))
+        timer.stop()
         frames += clips.shape[0] * clips.shape[1]
-        for k in LOSS_TERMS:
-            sums[k] += values[k]
-        elapsed = time.perf_counter() - t0
-        bar.set_postfix(ce=f"{sums['ce'] / (it + 1):.3f}", tri=f"{sums['triplet'] / (it + 1):.3f}",
-                        reg=f"{sums['reg'] / (it + 1):.4f}", fps=f"{frames / max(elapsed, 1e-9):.0f}")
-    n = max(it + 1, 1)
-    elapsed = time.perf_counter() - t0
-    return EpochStats(epoch=epoch, iterations=it + 1, **{k: sums[k] / n for k in LOSS_TERMS},
-                      train_acc=correct / max(seen, 1), lr=lr, frames_per_s=frames / max(elapsed, 1e-9),
-                      seconds=elapsed)
+        bar.update()
+        if progress and (it + 1) % LOG_EVERY == 0:
+            read = _read(meter, epoch)
+            bar.set_postfix(ce=f"{read['means']['ce']:.3f}", tri=f"{read['means']['triplet']:.3f}",
+                            reg=f"{read['means']['reg']:.4f}", fps=f"{frames / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    read = _read(meter, epoch)
+    return {"iterations": iterations, "frames": frames, "lr": lr, **read["means"], "train_acc": read["train_acc"],
+            "compute_frames_per_s": frames / max(timer.seconds(), 1e-9)}
+
+
+def _read(meter: LossMeter, epoch: int) -> dict:
+    """The meter's figures on the host; NonFiniteLossError at the first non-finite iteration seen."""
+    read = meter.read()
+    if read["first_bad"] is not None:
+        it, values = read["first_bad"]
+        term = next(k for k in LOSS_TERMS if not math.isfinite(values[k]))
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch + 1}, iteration {it + 1}: term '{term}' = {values[term]} "
+            f"(all terms: {values})")
+    return read
