@@ -113,9 +113,9 @@ def test_non_finite_weights_after_the_last_step_write_no_checkpoint(tiny_synthet
     cfg = tiny_cfg(tiny_synthetic_root)
     real = train_mod._train_epoch
 
-    def last_step_explodes(net, *args, **kwargs):
-        stats = real(net, *args, **kwargs)
-        if stats.epoch == 1:
+    def last_step_explodes(net, batches, iterations, optimizer, scaler, cfg, epoch, *args, **kwargs):
+        stats = real(net, batches, iterations, optimizer, scaler, cfg, epoch, *args, **kwargs)
+        if epoch == 1:
             with torch.no_grad():
                 next(net.parameters()).fill_(float("nan"))
         return stats
