@@ -85,8 +85,12 @@ def main(table: str, argv: Sequence[str] | None = None) -> int:
         return 2
     from core.tables import run_table
     t0 = time.perf_counter()
-    out = run_table(spec, seeds=args.seeds, work_dir=args.work_dir, force=args.force,
-                    tracking_uri=args.tracking_uri, reports_dir=args.reports_dir, progress=not args.quiet)
+    try:
+        out = run_table(spec, seeds=args.seeds, work_dir=args.work_dir, force=args.force,
+                        tracking_uri=args.tracking_uri, reports_dir=args.reports_dir, progress=not args.quiet)
+    except ConfigError as e:     # e.g. an unreachable --tracking-uri (checked before any training)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if out.report is None:       # a non-zero torchrun rank
         return 0
     print(f"{table}: {len(out.trained)} run(s) trained/evaluated, {len(out.reused)} reused, "

@@ -24,6 +24,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from core import endpoints
 from core.config import RunConfig, to_dict, to_flat_dict
 from core.provenance import provenance
 from core.specs import METRICS
@@ -37,8 +38,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def configure(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); returns the URI used."""
+    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); returns the URI used.
+
+    A tracking server or database store must answer within seconds (core.endpoints), else a one-line ConfigError.
+    """
+    source = "--tracking-uri" if uri else "$MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    endpoints.check(uri, source)
     mlflow.set_tracking_uri(uri)
     return uri
 

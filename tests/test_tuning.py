@@ -248,3 +248,16 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
     assert "unknown URL scheme 'redis://'" in capsys.readouterr().err
     assert main(["--set", "loss.margin=0.2", "--work-dir", str(tmp_path)]) == 2
     assert "key 'loss.margin' is what the study searches" in capsys.readouterr().err
+
+
+def test_trial_asked_past_the_budget_is_failed_unrun_and_not_counted(make_plan):
+    from core.tuning import Objective, StopAtBudget, SurplusTrial
+    plan = make_plan("b", n_trials=1)
+    study, _ = open_study(plan)
+    first = study.ask()                  # the baseline, running in one worker; a second worker asked at that moment
+    second = study.ask()
+    with pytest.raises(SurplusTrial, match=r"not run: surplus \(1 trials ahead of it, budget 1\)"):
+        Objective(plan, split=None, progress=False)(second)          # fails before it trains anything
+    study.tell(second, state=TrialState.FAIL)
+    assert second.user_attrs["surplus"] and "lambda" not in second.user_attrs and not second.params
+    assert StopAtBudget(1).count(study) == 1 and StopAtBudget(1).count(study, before=first.number) == 0

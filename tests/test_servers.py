@@ -1,0 +1,251 @@
+"""Real servers, as a group runs them (fixtures in tests/conftest.py start PostgreSQL and an MLflow tracking server
+on 127.0.0.1): tuning workers in separate processes share a PostgreSQL study, one of them SIGKILLed mid-trial; a
+table row is logged to the MLflow server over HTTP and report.py rebuilds the same report from the server as from
+a local store; an unreachable server or database, a wrong password or a missing driver is one line in seconds."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from core import endpoints, tuning
+from core.config import ConfigError
+from tests.test_tuning import REPO, write_spec
+
+pytestmark = pytest.mark.servers
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def tune_cmd(spec: Path, root: Path, storage: str, tracking: str, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--spec", str(spec), "--study-name", "pg", "--storage", storage, "--data-root", str(root),
+            "--tracking-uri", tracking, "--work-dir", str(tmp_path / "runs"), "--reports-dir",
+            str(tmp_path / "reports"), "--set", "train.epochs=1", "--quiet", *extra]
+
+
+def load(storage: str, name: str = "pg") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def wait_running_trial(storage: str, worker: str, proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    """Number of the first trial seen RUNNING in `worker` (host:pid)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            for t in load(storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if t.user_attrs.get("worker") == worker:
+                    return t.number
+        except KeyError:                   # the study is not created yet
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"worker {worker} ran no trial (exit code {proc.poll()})")
+
+
+def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, mlflow_server, tiny_synthetic_root,
+                                                            tmp_path):
+    storage = postgres_server.create_database("optuna_workers")
+    server, _ = mlflow_server
+    spec = write_spec(tmp_path)
+    argv = tune_cmd(spec, tiny_synthetic_root, storage, server, tmp_path, "--n-trials", "4")
+    cmd = [sys.executable, str(REPO / "reproduce" / "tune.py"), *argv, "--no-test"]
+    # two workers started at the same moment on an empty database (schema, study and queue created by one of them)
+    victim, other = (subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True) for _ in range(2))
+    killed = wait_running_trial(storage, f"{socket.gethostname()}:{victim.pid}", victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    out = other.communicate(timeout=240)[0]
+    assert other.returncode == 0, out
+
+    study = load(storage)
+    assert study.trials[killed].state == TrialState.RUNNING            # nobody has noticed yet
+    assert tuning.StopAtBudget(4).count(study) == 4                    # the dead worker's trial still counts
+    # the same command again (this host): the killed trial is failed with its reason and its parameters run again
+    assert tuning.main([*argv, "--no-test"]) == 0
+    study = load(storage)
+    trials = study.trials
+    assert [t.number for t in trials] == list(range(len(trials)))      # continuous, none lost
+    dead = trials[killed]
+    assert dead.state == TrialState.FAIL
+    assert f"worker {socket.gethostname()}:{victim.pid} stopped during the trial (killed)" in dead.user_attrs["reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed]
+    assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry[0].params == dead.params
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 4 and tuning.StopAtBudget(4).count(study) == 4     # exactly the requested count
+    surplus = [t for t in trials if t.user_attrs.get("surplus")]
+    assert len(trials) == 5 + len(surplus) and all(not t.params for t in surplus)
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 4    # no parameters run twice
+    assert sum(t.user_attrs.get("role") == "baseline" for t in done) == 1
+
+    # MLflow server: one parent run for the study, one nested run per trial that ran (never two)
+    mlflow.set_tracking_uri(server)
+    runs = mlflow.search_runs(experiment_names=["STA tiny"], filter_string="tags.study = 'pg'")
+    parent = runs[runs["tags.kind"] == "study"]
+    trial_runs = runs[runs["tags.kind"] == "trial"]
+    assert len(parent) == 1 and set(trial_runs["tags.mlflow.parentRunId"]) == set(parent["run_id"])
+    assert sorted(trial_runs["tags.trial"].astype(int)) == sorted([t.number for t in done] + [killed])
+
+    # once, afterwards: evaluate on the test split and write the report from the database
+    assert tuning.main(argv[:-2] + ["--n-trials", "0"]) == 0
+    study = load(storage)
+    assert [k for k in study.user_attrs if k.startswith("test:")]
+    assert len(study.trials) == len(trials)                               # no new trial
+    text = (tmp_path / "reports" / "pg.md").read_text()
+    assert f"from the Optuna study `pg` in `{endpoints.shown(storage)}`" in text
+    assert postgres_server.password not in text
+    assert f"| {killed} | fail |" in text and "stopped during the trial (killed)" in text
+    assert "Trials: " in text and re.search(r"\| chosen \(trial \d+\) \| [\d.]+ \| [\d.]+ \| \d", text)
+
+
+def test_heartbeat_fails_a_silent_worker_of_another_machine_and_queues_it_again(postgres_server, tmp_path,
+                                                                               tiny_synthetic_root, monkeypatch):
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_S", 1)
+    plan = tuning.plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="hb",
+                             storage=postgres_server.create_database("optuna_heartbeat"), work_dir=tmp_path)
+    study, _ = tuning.open_study(plan)
+    trial = study.ask()
+    tuning.suggest(trial, plan.spec)
+    trial.set_user_attr("worker", "gpu-node-7:4242")                   # another machine: no pid to look at
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)                           # what every worker does before a trial
+    trials = study.trials
+    assert trials[0].state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].user_attrs["role"] == "baseline"
+    text = tuning.write_report(study, plan, tmp_path / "reports").read_text()
+    assert "| 0 | fail | baseline |" in text and "worker gpu-node-7:4242 sent no heartbeat for 1 s" in text
+
+
+# ---- MLflow tracking server --------------------------------------------------------------------------------
+
+def table_argv(root: Path, tracking: str, reports: Path, work: Path) -> list[str]:
+    tiny = {"data.synthetic_size": "tiny", "data.height": 32, "data.width": 16, "data.ids_per_batch": 4,
+            "data.tracklets_per_id": 2, "data.num_workers": 0, "model.feat_dim": 32, "model.num_regions": 2,
+            "train.milestones": "[1]", "eval.batch_size": 16}
+    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    return ["--rows", "6", "--epochs", "1", "--device", "cpu", "--quiet", "--data-root", str(root),
+            "--tracking-uri", tracking, "--work-dir", str(work), "--reports-dir", str(reports), *sets]
+
+
+def comparable(report: str) -> str:
+    """A report less what legitimately differs between two stores: run ids and measured seconds."""
+    report = re.sub(r"\b[0-9a-f]{32}\b", "RUN", report)
+    return re.sub(r"\| [\d.]+ \| cpu \|", "| S | cpu |", report)
+
+
+def test_table_row_logged_to_the_server_and_report_rebuilt_from_it(mlflow_server, tiny_synthetic_root, tmp_path,
+                                                                   monkeypatch):
+    from core.cli import main
+    server, artifacts = mlflow_server
+    monkeypatch.chdir(tmp_path)
+    assert main("table1", table_argv(tiny_synthetic_root, server, tmp_path / "r_server", tmp_path / "w1")) == 0
+    local = f"sqlite:///{tmp_path / 'local.db'}"
+    assert main("table1", table_argv(tiny_synthetic_root, local, tmp_path / "r_local", tmp_path / "w2")) == 0
+
+    mlflow.set_tracking_uri(server)
+    runs = mlflow.search_runs(experiment_names=["STA table1"])
+    row = runs[runs["tags.kind"] == "row"]
+    assert len(row) == 1 and row["status"].iloc[0] == "FINISHED"
+    row = row.iloc[0]
+    assert row["tags.mlflow.parentRunId"] == runs[runs["tags.kind"] == "table"]["run_id"].iloc[0]   # nested
+    assert row["params.model.aggregation"] == "sta" and row["params.loss.reg_weight"] is not None   # params
+    assert 0 <= row["metrics.R1"] <= 100 and 0 <= row["metrics.mAP"] <= 100                        # metrics
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(row.run_id, "ce")] == [0]
+    logged = {a.path for a in client.list_artifacts(row.run_id)}
+    assert {"config.json", "spec_row.json", "cmc.json", "cmc.png", "scores.json", "attention.png"} <= logged
+    assert client.get_run(row.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+    stored = {p.name for p in artifacts.rglob("*") if row.run_id in p.parts}   # uploaded into the server's store
+    assert {"cmc.json", "scores.json", "attention.png"} <= stored
+
+    done = subprocess.run([sys.executable, str(REPO / "reproduce" / "report.py"), "table1", "--tracking-uri", server,
+                           "--reports-dir", str(tmp_path / "rebuilt")], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rebuilt = (tmp_path / "rebuilt" / "table1.md").read_text()
+    assert row.run_id in rebuilt and f"{row['metrics.R1']:.1f}" in rebuilt
+    assert comparable(rebuilt) == comparable((tmp_path / "r_local" / "table1.md").read_text())
+    figures = sorted(p.name for p in (tmp_path / "rebuilt" / "figures").iterdir())
+    assert figures == sorted(p.name for p in (tmp_path / "r_local" / "figures").iterdir())
+    assert "table1_cpu_synthetic_attention.png" in figures
+
+
+# ---- unreachable servers, wrong password, missing driver ------------------------------------------------------
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]                                      # nothing listens once it is closed
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts TCP connections (kernel backlog) and never answers: a hung server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield s.getsockname()[1]
+
+
+def test_unreachable_server_or_database_is_one_line(tmp_path, capsys, monkeypatch):
+    from core.cli import main, report_main
+    port = closed_port()
+    done = subprocess.run([sys.executable, str(REPO / "reproduce" / "tune.py"), "--storage",
+                           f"postgresql://u:secret@127.0.0.1:{port}/db", "--tracking-uri",
+                           f"sqlite:///{tmp_path / 'm.db'}", "--work-dir", str(tmp_path)],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: --storage postgresql://u:***@127.0.0.1:{port}/db: cannot connect ("
+                                  f"OperationalError: ") and "Connection refused" in done.stderr
+    assert "secret" not in done.stderr and "; timeout 5 s)" in done.stderr
+    assert main("table1", ["--tracking-uri", f"http://127.0.0.1:{port}", "--work-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --tracking-uri http://127.0.0.1:{port}: no answer (") and "\n" not in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}/")
+    assert report_main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: $MLFLOW_TRACKING_URI http://127.0.0.1:{port}/: no answer (") and "\n" not in err
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*.journal"))
+
+
+def test_hung_server_or_database_times_out(silent_port, monkeypatch):
+    monkeypatch.setattr(endpoints, "TIMEOUT_S", 1.0)
+    with pytest.raises(ConfigError, match=rf"^--tracking-uri http://127.0.0.1:{silent_port}: no answer "
+                                          r"\(.*timed out; timeout 1 s\); is the MLflow server running"):
+        endpoints.check(f"http://127.0.0.1:{silent_port}", "--tracking-uri")
+    with pytest.raises(ConfigError, match=rf"^--storage postgresql://u:\*\*\*@127.0.0.1:{silent_port}/db: cannot "
+                                          r"connect \(ConnectionTimeout: connection timeout expired; timeout 2 s\)$"):
+        endpoints.check(f"postgresql://u:pw@127.0.0.1:{silent_port}/db", "--storage")
+
+
+def test_missing_driver_is_one_line_naming_the_package(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "psycopg", None)                   # as if the [postgres] extra were missing
+    assert tuning.main(["--storage", "postgresql://u:pw@127.0.0.1:1/db", "--work-dir", str(tmp_path),
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --storage postgresql://u:***@127.0.0.1:1/db: its database driver 'psycopg' is not "
+                   "installed; install 'psycopg[binary]' (pip install -e \".[postgres]\")")
+    with pytest.raises(ConfigError, match=r"^--tracking-uri mysql\+pymysql://u@h/db: its database driver 'pymysql' "
+                                          r"is not installed; install PyMySQL$"):
+        monkeypatch.setitem(sys.modules, "pymysql", None)
+        endpoints.check("mysql+pymysql://u@h/db", "--tracking-uri")
+
+
+def test_wrong_password_is_one_line(postgres_server):
+    url = postgres_server.url("postgres").replace(postgres_server.password, "wrong")
+    with pytest.raises(ConfigError, match=r"^--storage postgresql://sta:\*\*\*@127.0.0.1:\d+/postgres: cannot "
+                                          r"connect \(.*password authentication failed.*; timeout 5 s\)$"):
+        endpoints.check(url, "--storage")
+    endpoints.check(postgres_server.url("postgres"), "--storage")       # the right one connects
