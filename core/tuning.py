@@ -102,7 +102,7 @@ def _requeue_stale(study: optuna.Study, trial) -> None:
     user attr, so its reason rides on the retry ("retry_reason"; the report shows it on the failed trial)."""
     reason = (f"worker {trial.user_attrs.get('worker', '?')} sent no heartbeat for {GRACE_S} s (killed or cut "
               f"off); its parameters were queued again")
-    study.enqueue_trial(trial.params, user_attrs={"role": trial.user_attrs.get("role", "search"),
+    study.enqueue_trial(_params(trial), user_attrs={"role": trial.user_attrs.get("role", "search"),
                                                   "retry_of": trial.number, "retry_reason": reason})
 
 
@@ -363,7 +363,13 @@ def _recover_killed(study: optuna.Study) -> None:
             study._storage.set_trial_user_attr(t._trial_id, "reason", f"worker {worker} stopped during the trial "
                                                                       f"(killed); its parameters were queued again")
             study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"role": t.user_attrs.get("role", "search"), "retry_of": t.number})
+        study.enqueue_trial(_params(t), user_attrs={"role": t.user_attrs.get("role", "search"), "retry_of": t.number})
+
+
+def _params(trial) -> dict[str, Any]:
+    """What a killed trial had to run: its params, or, killed before suggesting them, its queued ones (Optuna keeps
+    an enqueued trial's values in the system attr 'fixed_params'; empty for a plain search trial)."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
 
 
 def _retried(trials) -> set[int]:

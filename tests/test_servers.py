@@ -37,12 +37,12 @@ def load(storage: str, name: str = "pg") -> optuna.Study:
 
 
 def wait_running_trial(storage: str, worker: str, proc: subprocess.Popen, timeout: float = 120.0) -> int:
-    """Number of the first trial seen RUNNING in `worker` (host:pid)."""
+    """Number of the first trial seen RUNNING in `worker` (host:pid) with its values chosen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             for t in load(storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if t.user_attrs.get("worker") == worker:
+                if t.user_attrs.get("worker") == worker and "lambda" in t.user_attrs:    # suggested: training
                     return t.number
         except KeyError:                   # the study is not created yet
             pass
@@ -55,7 +55,7 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
     storage = postgres_server.create_database("optuna_workers")
     server, _ = mlflow_server
     spec = write_spec(tmp_path)
-    argv = tune_cmd(spec, tiny_synthetic_root, storage, server, tmp_path, "--n-trials", "4")
+    argv = tune_cmd(spec, tiny_synthetic_root, storage, server, tmp_path, "--n-trials", "3")
     cmd = [sys.executable, str(REPO / "reproduce" / "tune.py"), *argv, "--no-test"]
     # two workers started at the same moment on an empty database (schema, study and queue created by one of them)
     victim, other = (subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -68,7 +68,7 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
 
     study = load(storage)
     assert study.trials[killed].state == TrialState.RUNNING            # nobody has noticed yet
-    assert tuning.StopAtBudget(4).count(study) == 4                    # the dead worker's trial still counts
+    assert tuning.StopAtBudget(3).count(study) == 3                    # the dead worker's trial still counts
     # the same command again (this host): the killed trial is failed with its reason and its parameters run again
     assert tuning.main([*argv, "--no-test"]) == 0
     study = load(storage)
@@ -81,10 +81,10 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
     assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retry[0].params == dead.params
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(done) == 4 and tuning.StopAtBudget(4).count(study) == 4     # exactly the requested count
+    assert len(done) == 3 and tuning.StopAtBudget(3).count(study) == 3     # exactly the requested count
     surplus = [t for t in trials if t.user_attrs.get("surplus")]
-    assert len(trials) == 5 + len(surplus) and all(not t.params for t in surplus)
-    assert len({tuple(sorted(t.params.items())) for t in done}) == 4    # no parameters run twice
+    assert len(trials) == 4 + len(surplus) and all(not t.params for t in surplus)
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 3    # no parameters run twice
     assert sum(t.user_attrs.get("role") == "baseline" for t in done) == 1
 
     # MLflow server: one parent run for the study, one nested run per trial that ran (never two)
@@ -93,7 +93,9 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
     parent = runs[runs["tags.kind"] == "study"]
     trial_runs = runs[runs["tags.kind"] == "trial"]
     assert len(parent) == 1 and set(trial_runs["tags.mlflow.parentRunId"]) == set(parent["run_id"])
-    assert sorted(trial_runs["tags.trial"].astype(int)) == sorted([t.number for t in done] + [killed])
+    numbers = list(trial_runs["tags.trial"].astype(int))       # the killed trial has one if it got that far
+    ran = {t.number for t in done}
+    assert len(numbers) == len(set(numbers)) and ran <= set(numbers) <= ran | {killed}
 
     # once, afterwards: evaluate on the test split and write the report from the database
     assert tuning.main(argv[:-2] + ["--n-trials", "0"]) == 0
@@ -142,7 +144,7 @@ def table_argv(root: Path, tracking: str, reports: Path, work: Path) -> list[str
 def comparable(report: str) -> str:
     """A report less what legitimately differs between two stores: run ids and measured seconds."""
     report = re.sub(r"\b[0-9a-f]{32}\b", "RUN", report)
-    return re.sub(r"\| [\d.]+ \| cpu \|", "| S | cpu |", report)
+    return re.sub(r"\| [\d.]+ +\| cpu", "| S | cpu", report)
 
 
 def test_table_row_logged_to_the_server_and_report_rebuilt_from_it(mlflow_server, tiny_synthetic_root, tmp_path,
@@ -177,9 +179,9 @@ def test_table_row_logged_to_the_server_and_report_rebuilt_from_it(mlflow_server
     rebuilt = (tmp_path / "rebuilt" / "table1.md").read_text()
     assert row.run_id in rebuilt and f"{row['metrics.R1']:.1f}" in rebuilt
     assert comparable(rebuilt) == comparable((tmp_path / "r_local" / "table1.md").read_text())
-    figures = sorted(p.name for p in (tmp_path / "rebuilt" / "figures").iterdir())
-    assert figures == sorted(p.name for p in (tmp_path / "r_local" / "figures").iterdir())
-    assert "table1_cpu_synthetic_attention.png" in figures
+    figures = {p.name: p.read_bytes() for p in (tmp_path / "rebuilt" / "figures").iterdir()}
+    assert figures == {p.name: p.read_bytes() for p in (tmp_path / "r_local" / "figures").iterdir()}
+    assert {"table1_cpu_synthetic_attention.png", "table1_cpu_synthetic_cmc.png"} <= set(figures)
 
 
 # ---- unreachable servers, wrong password, missing driver ------------------------------------------------------

@@ -261,3 +261,16 @@ def test_trial_asked_past_the_budget_is_failed_unrun_and_not_counted(make_plan):
     study.tell(second, state=TrialState.FAIL)
     assert second.user_attrs["surplus"] and "lambda" not in second.user_attrs and not second.params
     assert StopAtBudget(1).count(study) == 1 and StopAtBudget(1).count(study, before=first.number) == 0
+
+
+def test_queued_trial_killed_before_suggesting_is_queued_again_with_its_values(make_plan):
+    plan = make_plan("q")
+    study, _ = open_study(plan)
+    trial = study.ask()                                    # the baseline, killed before it suggested its values
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    study, _ = open_study(plan)
+    assert study.trials[0].state == TrialState.FAIL and not study.trials[0].params
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].system_attrs["fixed_params"] == plan.baseline

@@ -82,8 +82,9 @@ def postgres(durable: bool = True, bin_dir: Path | None = None) -> Iterator[Post
         for path in (root, root / "pw"):
             shutil.chown(path, "postgres", "postgres")
     data, port = root / "data", free_port()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}" + ("" if durable else " -c fsync=off "
-                                                                     "-c synchronous_commit=off -c full_page_writes=off")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     try:
         _run(as_user + [str(bin_dir / "initdb"), "-D", str(data), "-U", ROLE, f"--pwfile={root / 'pw'}",
                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"], cwd=root)
@@ -128,7 +129,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 120.0) -> 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)          # the server and its uvicorn worker
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
