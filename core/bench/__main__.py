@@ -1,4 +1,4 @@
-"""python -m core.bench NAME [args]: run one benchmark (NAME: data, model, eval)."""
+"""python -m core.bench NAME [args]: run one benchmark (NAME: data, model, eval, storage)."""
 import sys
 
 
@@ -17,7 +17,12 @@ def _eval(argv):
     return eval_bench.main(argv)
 
 
-BENCHMARKS = {"data": _data, "model": _model, "eval": _eval}
+def _storage(argv):
+    from core.bench import storage
+    return storage.main(argv)
+
+
+BENCHMARKS = {"data": _data, "model": _model, "eval": _eval, "storage": _storage}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
