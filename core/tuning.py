@@ -88,13 +88,17 @@ def open_storage(location: str) -> optuna.storages.BaseStorage:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
     endpoints.check(location, "--storage")
-    try:
-        callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
-                    inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")  # < 4.9
-        return optuna.storages.RDBStorage(location, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          **{callback: _requeue_stale})
-    except Exception as e:  # noqa: BLE001 - drivers raise their own types (OperationalError, ProgrammingError)
-        raise ConfigError(f"--storage {endpoints.shown(location)}: cannot open ({endpoints.one_line(e)})") from e
+    callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
+                inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")  # < 4.9
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(location, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              **{callback: _requeue_stale})
+        except Exception as e:  # noqa: BLE001 - drivers raise their own types (IntegrityError, ProgrammingError)
+            if attempt == 2:
+                raise ConfigError(f"--storage {endpoints.shown(location)}: cannot open ({endpoints.one_line(e)})") \
+                    from e
+            time.sleep(1 + attempt)     # workers started at once on an empty database race to create its tables
 
 
 def _requeue_stale(study: optuna.Study, trial) -> None:

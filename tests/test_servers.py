@@ -109,6 +109,17 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
     assert "Trials: " in text and re.search(r"\| chosen \(trial \d+\) \| [\d.]+ \| [\d.]+ \| \d", text)
 
 
+def test_workers_started_at_once_on_an_empty_database_all_open_it(postgres_server):
+    url = postgres_server.create_database("optuna_race")
+    start = time.time() + 5             # after every process has imported core.tuning
+    code = ("import sys, time, warnings; warnings.simplefilter('ignore'); from core.tuning import open_storage; "
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); open_storage(sys.argv[1]); print('opened')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(start)], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [o.strip().splitlines()[-1] for o in outs] == ["opened"] * 4, outs    # they race to create the tables
+
+
 def test_heartbeat_fails_a_silent_worker_of_another_machine_and_queues_it_again(postgres_server, tmp_path,
                                                                                tiny_synthetic_root, monkeypatch):
     monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
@@ -149,7 +160,7 @@ def comparable(report: str) -> str:
 
 def test_table_row_logged_to_the_server_and_report_rebuilt_from_it(mlflow_server, tiny_synthetic_root, tmp_path,
                                                                    monkeypatch):
-    from core.cli import main
+    from core.cli import main, report_main     # reproduce/table1.py and reproduce/report.py
     server, artifacts = mlflow_server
     monkeypatch.chdir(tmp_path)
     assert main("table1", table_argv(tiny_synthetic_root, server, tmp_path / "r_server", tmp_path / "w1")) == 0
@@ -172,10 +183,7 @@ def test_table_row_logged_to_the_server_and_report_rebuilt_from_it(mlflow_server
     stored = {p.name for p in artifacts.rglob("*") if row.run_id in p.parts}   # uploaded into the server's store
     assert {"cmc.json", "scores.json", "attention.png"} <= stored
 
-    done = subprocess.run([sys.executable, str(REPO / "reproduce" / "report.py"), "table1", "--tracking-uri", server,
-                           "--reports-dir", str(tmp_path / "rebuilt")], cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
+    assert report_main(["table1", "--tracking-uri", server, "--reports-dir", str(tmp_path / "rebuilt")]) == 0
     rebuilt = (tmp_path / "rebuilt" / "table1.md").read_text()
     assert row.run_id in rebuilt and f"{row['metrics.R1']:.1f}" in rebuilt
     assert comparable(rebuilt) == comparable((tmp_path / "r_local" / "table1.md").read_text())
