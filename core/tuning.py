@@ -18,8 +18,10 @@ user attrs, so a resumed study re-evaluates only a new best).
 Storage: a journal file ``<work-dir>/optuna/<study>.journal`` by default (several local processes can share it),
 or ``sqlite:///...``, ``postgresql[+driver]://...``, ``mysql[+driver]://...`` for several machines. Each worker
 stops once the study holds n_trials trials finished or running (StopAtBudget: unlike Optuna's MaxTrialsCallback
-it counts the running trials of other workers too). A trial killed with its worker is marked failed by the next invocation on
-that host and its parameters are queued again; its training resumes from its checkpoint.
+it counts the running trials of other workers too; a surplus trial asked at the same moment is failed unrun). A trial
+killed with its worker is marked failed by the next invocation on that host, or on a database by any worker once it
+has sent no heartbeat for GRACE_S, and its parameters are queued again; on that host its training resumes from its
+checkpoint.
 
 MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>),
 one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report step, final value) and
