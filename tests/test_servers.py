@@ -64,10 +64,16 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
     # two workers started at the same moment on an empty database (schema, study and queue created by one of them)
     victim, other = (subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True) for _ in range(2))
-    killed = wait_running_trial(storage, f"{socket.gethostname()}:{victim.pid}", victim)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    out = other.communicate(timeout=240)[0]
+    try:
+        killed = wait_running_trial(storage, f"{socket.gethostname()}:{victim.pid}", victim)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        out = other.communicate(timeout=240)[0]
+    finally:
+        for proc in (victim, other):       # nothing left running when the test fails
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert other.returncode == 0, out
 
     study = load(storage)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -66,6 +67,14 @@ def _run(cmd: list[str], **kwargs) -> None:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stdout.strip()[-2000:]}")
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def postgres(durable: bool = True, bin_dir: Path | None = None) -> Iterator[Postgres]:
     """A fresh PostgreSQL cluster; ``durable=False`` turns fsync off (tests), True keeps a real server's settings
@@ -74,8 +83,10 @@ def postgres(durable: bool = True, bin_dir: Path | None = None) -> Iterator[Post
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl, no pg_ctl on PATH); "
                            "on Debian/Ubuntu: apt-get install postgresql")
-    root = Path(tempfile.mkdtemp(prefix="sta-pg-"))
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user and not _user_exists("postgres"):
+        raise RuntimeError("PostgreSQL refuses to run as root and there is no 'postgres' system user to run it as")
+    root = Path(tempfile.mkdtemp(prefix="sta-pg-"))
     password = secrets.token_hex(12)
     (root / "pw").write_text(password + "\n")
     if as_user:
