@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,13 +122,22 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
 
 def test_workers_started_at_once_on_an_empty_database_all_open_it(postgres_server):
     url = postgres_server.create_database("optuna_race")
-    start = time.time() + 5             # after every process has imported core.tuning
-    code = ("import sys, time, warnings; warnings.simplefilter('ignore'); from core.tuning import open_storage; "
-            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); open_storage(sys.argv[1]); print('opened')")
-    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(start)], env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(4)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [o.strip().splitlines()[-1] for o in outs] == ["opened"] * 4, outs    # they race to create the tables
+    barrier, opened = threading.Barrier(4), []
+
+    def worker() -> None:               # one connection each, as separate processes have: they race to create tables
+        barrier.wait()
+        try:
+            tuning.open_storage(url)
+            opened.append("opened")
+        except Exception as e:  # noqa: BLE001 - reported below
+            opened.append(repr(e))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert opened == ["opened"] * 4
 
 
 def test_heartbeat_fails_a_silent_worker_of_another_machine_and_queues_it_again(postgres_server, tmp_path,
