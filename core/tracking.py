@@ -72,13 +72,24 @@ def _system_metrics(enabled: bool) -> bool:
     return True
 
 
+def use_experiment(name: str) -> str:
+    """Make experiment `name` (created if missing) the active one; returns its id.
+
+    Safe for workers that create it at the same moment: when another process wins the creation, MLflow's
+    set_experiment returns it without activating it, and nested runs then land in the 'Default' experiment.
+    """
+    exp = mlflow.set_experiment(name)
+    mlflow.set_experiment(experiment_id=exp.experiment_id)
+    return exp.experiment_id
+
+
 @contextlib.contextmanager
 def parent_run(experiment: str, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
     """Start the invocation's run in `experiment` (created if missing); yields its run id.
 
     The status is FINISHED on a normal exit, FAILED when the body raises, KILLED on Ctrl-C.
     """
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     with _run(run_name=name, tags={"kind": TABLE_KIND, **(tags or {})}) as run_id:
         yield run_id
 
@@ -102,7 +113,7 @@ def study_run(experiment: str, study: str, name: str, tags: Mapping[str, str] | 
     invocation of one study hangs its trials under the same run. When two workers create one at the same moment,
     both keep the older and the newer is deleted. Yields the run id.
     """
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     run_id = _study_run_id(experiment, study, name)
     with _run(tags={"kind": STUDY_KIND, "study": study, **(tags or {})}, run_id=run_id) as rid:
         yield rid
