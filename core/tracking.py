@@ -32,6 +32,7 @@ from core.specs import METRICS
 DEFAULT_URI = "sqlite:///mlflow.db"
 ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
 STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
+SETTLE_S = 1.0                               # wait before workers that created a study's parent run pick one
 
 logging.getLogger("alembic").setLevel(logging.WARNING)   # the SQLite store's schema migrations are chatty
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -134,6 +135,7 @@ def _study_run_id(experiment: str, study: str, name: str) -> str:
     if found:
         return found
     mine = client.create_run(exp_id, tags={"kind": STUDY_KIND, "study": study}, run_name=name).info.run_id
+    time.sleep(SETTLE_S)    # a worker that looked just before this one created its run: both now see both runs
     winner = oldest() or mine
     if winner != mine:
         client.delete_run(mine)
