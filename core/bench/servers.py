@@ -140,7 +140,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, timeout: float = 120.0) -> 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)          # the server and its uvicorn worker
         try:
-            proc.wait(timeout=3)
+            proc.wait(timeout=1)       # a throwaway server: no need to wait for idle keep-alive clients
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
