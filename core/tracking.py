@@ -33,7 +33,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from core import leftovers  # noqa: E402
+from core import endpoints, leftovers  # noqa: E402
 from core.config import ConfigError, RunConfig, to_dict, to_flat_dict  # noqa: E402
 from core.provenance import provenance  # noqa: E402
 from core.specs import METRICS  # noqa: E402
@@ -51,15 +51,21 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc", "uc")
 ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
 STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
+SETTLE_S = 1.0                               # wait before workers that created a study's parent run pick one
 
 logging.getLogger("alembic").setLevel(logging.WARNING)   # the SQLite store's schema migrations are chatty
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def configure(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db) after check_uri; returns it."""
+    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); returns the URI used.
+
+    A tracking server or database store must answer within seconds (core.endpoints), else a one-line ConfigError.
+    """
+    source = "--tracking-uri" if uri else "$MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     check_uri(uri)
+    endpoints.check(uri, source)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -96,13 +102,24 @@ def _system_metrics(enabled: bool) -> bool:
     return True
 
 
+def use_experiment(name: str) -> str:
+    """Make experiment `name` (created if missing) the active one; returns its id.
+
+    Safe for workers that create it at the same moment: when another process wins the creation, MLflow's
+    set_experiment returns it without activating it, and nested runs then land in the 'Default' experiment.
+    """
+    exp = mlflow.set_experiment(name)
+    mlflow.set_experiment(experiment_id=exp.experiment_id)
+    return exp.experiment_id
+
+
 @contextlib.contextmanager
 def parent_run(experiment: str, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
     """Start the invocation's run in `experiment` (created if missing); yields its run id.
 
     The status is FINISHED on a normal exit, FAILED when the body raises, KILLED on Ctrl-C.
     """
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     with _run(run_name=name, tags={"kind": TABLE_KIND, "worker": leftovers.worker(), **(tags or {})}) as run_id:
         yield run_id
 
@@ -126,7 +143,7 @@ def study_run(experiment: str, study: str, name: str, tags: Mapping[str, str] | 
     invocation of one study hangs its trials under the same run. When two workers create one at the same moment,
     both keep the older and the newer is deleted. Yields the run id.
     """
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     run_id = _study_run_id(experiment, study, name)
     with _run(tags={"kind": STUDY_KIND, "study": study, **(tags or {})}, run_id=run_id) as rid:
         yield rid
@@ -147,6 +164,7 @@ def _study_run_id(experiment: str, study: str, name: str) -> str:
     if found:
         return found
     mine = client.create_run(exp_id, tags={"kind": STUDY_KIND, "study": study}, run_name=name).info.run_id
+    time.sleep(SETTLE_S)    # a worker that looked just before this one created its run: both now see both runs
     winner = oldest() or mine
     if winner != mine:
         client.delete_run(mine)

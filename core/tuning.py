@@ -18,10 +18,11 @@ user attrs, so a resumed study re-evaluates only a new best).
 Storage: a journal file ``<work-dir>/optuna/<study>.journal`` by default (several local processes can share it),
 or ``sqlite:///...``, ``postgresql[+driver]://...``, ``mysql[+driver]://...`` for several machines. Each worker
 stops once the study holds n_trials trials finished or running (StopAtBudget: unlike Optuna's MaxTrialsCallback
-it counts the running trials of other workers too). A trial killed with its worker is marked failed by the next invocation on
-that host and its parameters are queued again; its training resumes from its checkpoint; its MLflow run is marked
-KILLED (core.tracking.end_orphaned_runs). A trial whose model diverges (NaN/inf loss, weights or features) fails with
-that reason in its user attrs; it is never scored.
+it counts the running trials of other workers too; a surplus trial asked at the same moment is failed unrun). A trial
+killed with its worker is marked failed by the next invocation on that host, or on a database by any worker once it
+has sent no heartbeat for GRACE_S, and its parameters are queued again; on that host its training resumes from its
+checkpoint; its MLflow run is marked KILLED (core.tracking.end_orphaned_runs). A trial whose model diverges (NaN/inf
+loss, weights or features) fails with that reason in its user attrs; it is never scored.
 
 MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>),
 one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report step, final value) and
@@ -30,6 +31,7 @@ per test run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import shutil
@@ -45,7 +47,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from core import leftovers
+from core import endpoints, leftovers
 from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten_overrides, to_flat_dict
 from core.specs import DATASET_NAMES, EXPERIMENTS, METRICS, load_profiles, load_spec, select_rows, spec_path
 from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
@@ -54,6 +56,7 @@ RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+
 # keys that may differ between the workers of one study (paths, devices, loader settings)
 MACHINE_KEYS = ("data.root", "data.num_workers", "train.device", "eval.batch_size")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+HEARTBEAT_S, GRACE_S = 60, 600          # RDB storages: heartbeat interval, silence after which a trial is failed
 
 
 # ---- storage -------------------------------------------------------------------------------------------------
@@ -79,15 +82,33 @@ def storage_location(storage: str | None, study_name: str, work_dir: str | Path 
 
 
 def open_storage(location: str) -> optuna.storages.BaseStorage:
-    """JournalStorage on a file (several local processes), else RDBStorage with a heartbeat (stale trials of dead
-    workers on other machines are failed after 10 minutes)."""
+    """JournalStorage on a file (several local processes), else RDBStorage with a heartbeat: a trial whose worker
+    (on any machine) sent none for GRACE_S is failed with a reason and its parameters are queued again. A database
+    that does not answer within seconds, or a missing driver, is one ConfigError line (core.endpoints)."""
     if "://" not in location:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
-    try:
-        return optuna.storages.RDBStorage(location, heartbeat_interval=60, grace_period=600)
-    except Exception as e:  # noqa: BLE001 - drivers raise their own types (ModuleNotFoundError, OperationalError)
-        raise ConfigError(f"--storage {location!r}: cannot open ({type(e).__name__}: {e})") from e
+    endpoints.check(location, "--storage")
+    callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
+                inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")  # < 4.9
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(location, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              **{callback: _requeue_stale})
+        except Exception as e:  # noqa: BLE001 - drivers raise their own types (IntegrityError, ProgrammingError)
+            if attempt == 2:
+                raise ConfigError(f"--storage {endpoints.shown(location)}: cannot open ({endpoints.one_line(e)})") \
+                    from e
+            time.sleep(1 + attempt)     # workers started at once on an empty database race to create its tables
+
+
+def _requeue_stale(study: optuna.Study, trial) -> None:
+    """RDBStorage heartbeat callback (any machine): Optuna has just failed the stale trial, which then takes no
+    user attr, so its reason rides on the retry ("retry_reason"; the report shows it on the failed trial)."""
+    reason = (f"worker {trial.user_attrs.get('worker', '?')} sent no heartbeat for {GRACE_S} s (killed or cut "
+              f"off); its parameters were queued again")
+    study.enqueue_trial(_params(trial), user_attrs={"role": trial.user_attrs.get("role", "search"),
+                                                  "retry_of": trial.number, "retry_reason": reason})
 
 
 # ---- what a study runs ---------------------------------------------------------------------------------------
@@ -113,6 +134,11 @@ class Plan:
     @property
     def baseline_values(self) -> tuple[float, float]:
         return values(self.baseline)
+
+    @property
+    def storage_shown(self) -> str:
+        """The storage without its password (reports, tags, messages)."""
+        return endpoints.shown(self.storage)
 
 
 def default_study_name(spec: TuneSpec, dataset: str, profile: str) -> str:
@@ -225,15 +251,20 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
 class StopAtBudget:
     """Stops this worker once the study holds `n_trials` trials finished or running in any worker (like
     optuna.study.MaxTrialsCallback, but counting other workers' running trials so N workers do not overshoot,
-    and not counting a killed trial whose parameters were queued again)."""
+    and not counting a killed trial whose parameters were queued again). Two workers checking at the same moment
+    can both ask for one more trial: the objective then fails the higher-numbered one as surplus, unrun."""
 
     def __init__(self, n_trials: int):
         self.n_trials = n_trials
 
-    def count(self, study: optuna.Study) -> int:
+    def count(self, study: optuna.Study, before: int | None = None) -> int:
+        """Trials finished or running, less retried and surplus ones; with `before`, those numbered below it,
+        queued ones included (a worker is about to run them)."""
         trials = study.get_trials(deepcopy=False)
         retried = _retried(trials)
-        return sum(t.state in (*FINISHED, TrialState.RUNNING) and t.number not in retried for t in trials)
+        states = (*FINISHED, TrialState.RUNNING) + ((TrialState.WAITING,) if before is not None else ())
+        return sum(t.state in states and t.number not in retried and not t.user_attrs.get("surplus")
+                   and (before is None or t.number < before) for t in trials)
 
     def __call__(self, study: optuna.Study, trial) -> None:
         if self.count(study) >= self.n_trials:
@@ -278,7 +309,7 @@ def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
 
 
 def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wait_s: float) -> None:
-    where = f"study '{plan.study_name}' in {plan.storage}"
+    where = f"study '{plan.study_name}' in {plan.storage_shown}"
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"{where} minimises; this objective (validation mAP) is maximised: use another "
                           f"--study-name")
@@ -321,7 +352,13 @@ def _recover_killed(study: optuna.Study) -> None:
             study._storage.set_trial_user_attr(t._trial_id, "reason", f"worker {worker} stopped during the trial "
                                                                       f"(killed); its parameters were queued again")
             study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"role": t.user_attrs.get("role", "search"), "retry_of": t.number})
+        study.enqueue_trial(_params(t), user_attrs={"role": t.user_attrs.get("role", "search"), "retry_of": t.number})
+
+
+def _params(trial) -> dict[str, Any]:
+    """What a killed trial had to run: its params, or, killed before suggesting them, its queued ones (Optuna keeps
+    an enqueued trial's values in the system attr 'fixed_params'; empty for a plain search trial)."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
 
 
 def _retried(trials) -> set[int]:
@@ -373,6 +410,10 @@ class ValidationReporter:
                 f"{len(others)} completed trial(s) at that epoch")
 
 
+class SurplusTrial(Exception):
+    """A trial asked for after the study's budget was reached by other workers; failed unrun, never counted."""
+
+
 class Objective:
     """Train on the validation split's training identities with a trial's (lambda, margin); return val mAP (%)."""
 
@@ -382,6 +423,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", leftovers.worker())
+        ahead = StopAtBudget(self.plan.n_trials).count(trial.study, before=trial.number)
+        if ahead >= self.plan.n_trials:              # the budget was reached while this worker asked (StopAtBudget)
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("reason", f"not run: surplus ({ahead} trials ahead of it, budget {self.plan.n_trials})")
+            raise SurplusTrial(trial.user_attrs["reason"])
         trial.set_user_attr("invocation", self.invocation)
         try:
             lam, margin = suggest(trial, self.plan.spec)
@@ -487,7 +533,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
 
 
 def _study_tags(plan: Plan, split) -> dict[str, str]:
-    return {"dataset": plan.dataset, "profile": plan.profile, "storage": plan.storage,
+    return {"dataset": plan.dataset, "profile": plan.profile, "storage": plan.storage_shown,
             "spec": str(plan.spec.path), "n_trials": str(plan.n_trials),
             "search_space": json.dumps(plan.spec.search_space()), "validation": split.describe()}
 
@@ -605,7 +651,7 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     best = _best(study)
     ds = _dataset_label(plan)
     lines = [f"# Tuning λ (loss.reg_weight) and the triplet margin (loss.margin) — study `{stem}`", "",
-             f"Generated by `python reproduce/tune.py` from the Optuna study `{stem}` in `{plan.storage}` "
+             f"Generated by `python reproduce/tune.py` from the Optuna study `{stem}` in `{plan.storage_shown}` "
              f"(spec `{_rel(spec.path)}`); rebuild with the same command and `--n-trials 0`. Do not edit.", "",
              f"**Dataset: {ds}.**" + (" These numbers check the pipeline on generated data; they say nothing about "
                                       "λ or the margin on MARS." if plan.dataset == "synthetic" else ""), "",
@@ -652,6 +698,8 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
               + (f", {plan.timeout:g} s per invocation" if plan.timeout else "") + ").", ""]
     lines += ["## Trials", "", "| # | state | role | reg | λ | margin | val mAP (%) per epoch | final val mAP (%) "
               "| seconds | reason |", "|---|---|---|---|---|---|---|---|---|---|"]
+    retry_reasons = {t.user_attrs["retry_of"]: t.user_attrs.get("retry_reason", "") for t in trials
+                     if "retry_of" in t.user_attrs}
     for t in trials:
         if t.state == TrialState.WAITING:
             continue
@@ -659,7 +707,8 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
         inter = ", ".join(f"{s}: {v:.1f}" for s, v in sorted(t.intermediate_values.items()))
         secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else None
-        reason = (t.user_attrs.get("reason") or "").replace("|", "\\|").replace("\n", " ")
+        reason = t.user_attrs.get("reason") or retry_reasons.get(t.number, "")
+        reason = reason.replace("|", "\\|").replace("\n", " ")
         role = t.user_attrs.get("role", "search") + (f", retry of {t.user_attrs['retry_of']}"
                                                       if "retry_of" in t.user_attrs else "")
         lines.append(f"| {t.number} | {t.state.name.lower()} | {role} | "
@@ -783,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     best = _best(out.study)
-    print(f"study {plan.study_name} ({plan.storage}): {out.new_trials} new trial(s), {len(out.study.trials)} in all, "
+    print(f"study {plan.study_name} ({plan.storage_shown}): {out.new_trials} new trial(s), {len(out.study.trials)} in all, "
           f"in {time.perf_counter() - t0:.0f} s")
     if best is not None:
         lam, margin = values(best.params)

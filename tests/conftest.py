@@ -9,3 +9,36 @@ def tiny_synthetic_root(tmp_path_factory):
     """Path of the "tiny" synthetic dataset (MARS layout, seed 0), generated once per test session (~1 s)."""
     from core.data.synthetic import generate
     return generate(tmp_path_factory.mktemp("synthetic") / "tiny_seed0", "tiny", seed=0, progress=False)
+
+
+def _unavailable(reason: str):
+    """Skip with the reason; under CI (which installs PostgreSQL and the [postgres] extra) fail instead."""
+    import os
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must provide it: see .ci/run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL on 127.0.0.1 (core.bench.servers), one per session; Postgres.create_database(name)
+    gives each test its own database. Skipped (with the reason) where PostgreSQL or its driver is missing."""
+    from core.bench.servers import postgres, postgres_bin
+    if postgres_bin() is None:
+        _unavailable("PostgreSQL binaries not found (/usr/lib/postgresql/*/bin): apt-get install postgresql")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("PostgreSQL driver not installed: pip install -e \".[postgres]\"")
+    with postgres(durable=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_server, tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 with the PostgreSQL database 'mlflow' as backend store and artifacts served
+    over HTTP into <tmp>/artifacts; yields (url, artifacts folder)."""
+    from core.bench.servers import mlflow_server as serve
+    artifacts = tmp_path_factory.mktemp("mlflow-server") / "artifacts"
+    with serve(postgres_server.create_database("mlflow"), artifacts) as url:
+        yield url, artifacts

@@ -270,3 +270,29 @@ def test_bad_tracking_uri_and_output_folder_are_refused_before_the_study_is_save
     (tmp_path / "afile").write_text("x")
     assert main(["--work-dir", "afile"]) == 2
     assert "--work-dir 'afile' is not a folder" in capsys.readouterr().err
+
+
+def test_trial_asked_past_the_budget_is_failed_unrun_and_not_counted(make_plan):
+    from core.tuning import Objective, StopAtBudget, SurplusTrial
+    plan = make_plan("b", n_trials=1)
+    study, _ = open_study(plan)
+    first = study.ask()                  # the baseline, running in one worker; a second worker asked at that moment
+    second = study.ask()
+    with pytest.raises(SurplusTrial, match=r"not run: surplus \(1 trials ahead of it, budget 1\)"):
+        Objective(plan, split=None, progress=False)(second)          # fails before it trains anything
+    study.tell(second, state=TrialState.FAIL)
+    assert second.user_attrs["surplus"] and "lambda" not in second.user_attrs and not second.params
+    assert StopAtBudget(1).count(study) == 1 and StopAtBudget(1).count(study, before=first.number) == 0
+
+
+def test_queued_trial_killed_before_suggesting_is_queued_again_with_its_values(make_plan):
+    plan = make_plan("q")
+    study, _ = open_study(plan)
+    trial = study.ask()                                    # the baseline, killed before it suggested its values
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    study, _ = open_study(plan)
+    assert study.trials[0].state == TrialState.FAIL and not study.trials[0].params
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].system_attrs["fixed_params"] == plan.baseline

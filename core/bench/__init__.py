@@ -1,1 +1,2 @@
-"""Benchmarks: `python -m core.bench {data,model,eval}`; each reports ratios against a baseline measured in the same run."""
+"""Benchmarks: `python -m core.bench {data,model,eval,storage}`; each reports ratios against a baseline measured in the
+same run. `servers.py`: throwaway PostgreSQL and MLflow servers (the storage benchmark and tests/test_servers.py)."""

@@ -1,4 +1,4 @@
-"""python -m core.bench NAME [args]: run one benchmark (NAME: data, model, eval, train, smoke)."""
+"""python -m core.bench NAME [args]: run one benchmark (NAME: data, model, eval, train, smoke, storage)."""
 import sys
 
 
@@ -27,7 +27,12 @@ def _eval(argv):
     return eval_bench.main(argv)
 
 
-BENCHMARKS = {"data": _data, "model": _model, "eval": _eval, "train": _train, "smoke": _smoke}
+def _storage(argv):
+    from core.bench import storage
+    return storage.main(argv)
+
+
+BENCHMARKS = {"data": _data, "model": _model, "eval": _eval, "train": _train, "smoke": _smoke, "storage": _storage}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
