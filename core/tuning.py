@@ -501,7 +501,9 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # everything that can refuse the input comes before open_study saves the study to its storage
     check_device(plan.config.train.device)
-    tracking_uri = tracking.configure(tracking_uri)
+    tracking_uri = tracking.configure(tracking_uri)      # an unreachable server fails here, before the study opens
+    if "://" in plan.storage:
+        endpoints.check(plan.storage, "--storage")       # likewise the database, before the dataset is loaded
     dataset = load_dataset(plan.config.data)
     split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed)
     if split.dataset.num_train_pids < plan.config.data.ids_per_batch:
