@@ -175,17 +175,23 @@ def _paper_numbers(paper: Any, metrics: tuple[str, ...], where: str) -> dict[str
 
 def load_presets(path: str | Path = PRESETS_PATH) -> dict[str, Preset]:
     """{'full_sta': Preset, ...} from experiments/presets.yaml, keys checked."""
+    return {name: Preset(name, _flat_overrides(raw["overrides"], where),
+                         deviation=" ".join((raw.get("deviation") or "").split()),
+                         description=" ".join((raw.get("description") or "").split()))
+            for name, (raw, where) in _named_blocks(path, "preset", PRESET_KEYS).items()}
+
+
+def _named_blocks(path: str | Path, kind: str, keys) -> dict[str, tuple[dict, str]]:
+    """{name: (block, where)} of a YAML file mapping names to blocks with `keys` (overrides required)."""
     path = Path(path)
     tree = read_yaml(path)
     if not isinstance(tree, dict) or not tree:
-        raise ConfigError(f"{path}: must map preset names to {{description, overrides, deviation}}")
+        raise ConfigError(f"{path}: must map {kind} names to {{{', '.join(keys)}}}")
     out = {}
     for name, raw in tree.items():
-        where = f"{path}, preset '{name}'"
-        check_keys(raw, PRESET_KEYS, where, required=("overrides",))
-        out[name] = Preset(name, _flat_overrides(raw["overrides"], where),
-                           deviation=" ".join((raw.get("deviation") or "").split()),
-                           description=" ".join((raw.get("description") or "").split()))
+        where = f"{path}, {kind} '{name}'"
+        check_keys(raw, keys, where, required=("overrides",))
+        out[name] = (raw, where)
     return out
 
 
@@ -233,15 +239,8 @@ def read_spec(path: str | Path, presets_path: str | Path = PRESETS_PATH) -> Spec
 
 def load_profiles(path: str | Path = PROFILES_PATH) -> dict[str, dict[str, Any]]:
     """{'paper': {dotted key: value}, 'cpu': {...}} from experiments/profiles.yaml, keys checked."""
-    path = Path(path)
-    tree = read_yaml(path)
-    if not isinstance(tree, dict) or not tree:
-        raise ConfigError(f"{path}: must map profile names to {{description, overrides}}")
-    out = {}
-    for name, prof in tree.items():
-        check_keys(prof, PROFILE_KEYS, f"{path}, profile '{name}'", required=("overrides",))
-        out[name] = _flat_overrides(prof["overrides"], f"{path}, profile '{name}'")
-    return out
+    return {name: _flat_overrides(raw["overrides"], where)
+            for name, (raw, where) in _named_blocks(path, "profile", PROFILE_KEYS).items()}
 
 
 def profile_descriptions(path: str | Path = PROFILES_PATH) -> dict[str, str]:
