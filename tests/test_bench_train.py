@@ -18,7 +18,8 @@ rc = train.main(["--device", "cpu", "--backbone", "resnet18", "--height", "32", 
                  "--iters", "1", "--warmup", "1", "--workers", "0", "--data-size", "tiny", "--data-root", root,
                  "--variants", "sta"])
 rc |= smoke.main(["--device", "cpu", "--epochs", "1", "--data-size", "tiny", "--data-root", root, "--workers", "0",
-                  "--set", "data.ids_per_batch=4", "--set", "data.tracklets_per_id=2", "--set", "model.backbone=resnet18",
+                  "--set", "data.ids_per_batch=4", "--set", "data.tracklets_per_id=2",
+                  "--set", "model.backbone=resnet18",
                   "--set", "data.height=32", "--set", "data.width=16", "--set", "model.num_regions=2",
                   "--set", "model.feat_dim=16", "--set", "eval.batch_size=8"])
 print("IMPORTED", sorted(m for m in ("mlflow", "optuna") if m in sys.modules))
