@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     batch_frames = cfg.data.ids_per_batch * cfg.data.tracklets_per_id * cfg.data.seq_len  # 256 in the paper
     eta_h = MARS_ITERATIONS * batch_frames / last.frames_per_s / 3600
     print(f"whole run {seconds:.1f} s (training {train_s:.1f} s, evaluation + set-up {seconds - train_s:.1f} s); "
-          f"R1 {100 * result.metrics['R1']:.1f} mAP {100 * result.metrics['mAP']:.1f} (synthetic, {len(result.history)} "
-          f"epoch(s): a pipeline check, not a result); at the last epoch's wall-clock rate a MARS row of {MARS_ITERATIONS:,} "
-          f"iterations would train in {eta_h:.2f} h (evaluation not included)")
+          f"R1 {100 * result.metrics['R1']:.1f} mAP {100 * result.metrics['mAP']:.1f} (synthetic, "
+          f"{len(result.history)} epoch(s): a pipeline check, not a result); at the last epoch's wall-clock rate a "
+          f"MARS row of {MARS_ITERATIONS:,} iterations would train in {eta_h:.2f} h (evaluation not included)")
     print(json.dumps({"bench": "smoke", "device": device_description(device), "world_size": ddp.world_size,
                       "torch": torch.__version__, "seconds": seconds, "train_seconds": train_s,
                       "epochs": [h.metrics() for h in result.history], "metrics": result.metrics,

@@ -90,11 +90,11 @@ def bench_variant(cfg: RunConfig, device: torch.device, iters: int, warmup: int,
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
 
     # 2. the DataLoader alone, on a fresh stream: warm-up batches, then enough timed ones that the prefetched
-    #    queue (2 batches a worker) does not decide the figure
+    #    queue (2 batches a worker) barely moves the figure
     batches = iter(make_train_stream(dataset.train, cfg.data, seed=0))
     for _ in range(warmup):
         next(batches)
-    n = max(iters, 4 * cfg.data.num_workers)
+    n = max(iters, 20 * cfg.data.num_workers)
     t0 = time.perf_counter()
     for _ in range(n):
         next(batches)
