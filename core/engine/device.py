@@ -44,12 +44,16 @@ def init_distributed(device_name: str) -> Dist:
 
 def check_device(name: str) -> None:
     """Refuse (ConfigError) a train.device naming a CUDA device this machine lacks: callers check before any run."""
-    if not name.startswith("cuda"):
-        return
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if (int(name[5:]) if name.startswith("cuda:") else 0) >= count:
+    count = _cuda_count()
+    try:
+        pick_device(name, Dist(), count)
+    except (RuntimeError, ValueError):
         have = f"{count} CUDA device(s), cuda:0..cuda:{count - 1}" if count else "no CUDA device"
-        raise ConfigError(f"key 'train.device' is '{name}' but this machine has {have}; use 'cpu' or 'auto'")
+        raise ConfigError(f"key 'train.device' is '{name}' but this machine has {have}; use 'cpu' or 'auto'") from None
+
+
+def _cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def current_dist() -> Dist:
@@ -95,7 +99,7 @@ def pick_device(name: str, ddp: Dist, cuda_count: int) -> torch.device:
 
 def resolve_device(name: str, ddp: Dist = Dist()) -> torch.device:
     """pick_device for this machine; on CUDA also makes it the current device and enables cuDNN autotuning."""
-    device = pick_device(name, ddp, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    device = pick_device(name, ddp, _cuda_count())
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # autotune convolutions (input sizes are fixed)
