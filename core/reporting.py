@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from core import figures, protocols
-from core.config import allowed_keys
+from core.config import RESULT_NEUTRAL_KEYS, allowed_keys
 from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
 
 LoadJson = Callable[[str, str], object]
@@ -33,9 +33,9 @@ PLOTS: dict[str, tuple[str, str, str]] = {
     "table2": ("lines", "eval.seq_len", "test sequence length N"),
     "table3": ("lines", "model.num_regions", "number of regions K"),
 }
-# keys in which the seeds of one report row may differ: the seed itself and data.num_workers (no effect on results,
-# left out of core.config.config_hash too)
-SEED_KEYS = ("train.seed", "data.num_workers")
+# keys in which the seeds of one report row may differ: the seed itself and the keys that cannot change a result
+# (the same list core.config.config_hash leaves out)
+SEED_KEYS = ("train.seed", *RESULT_NEUTRAL_KEYS)
 PROTOCOL_KEYS = ("eval.ap_rule", "data.gallery_with_queries", "eval.sampling", "eval.distance", "data.epoch_def",
                  "train.epochs", "model.backbone", "data.height", "data.width")
 
