@@ -48,8 +48,8 @@ def test_one_flip_decision_per_clip(asymmetric):
 def test_each_frame_flipped_independently_by_default(asymmetric):
     # [A17] the paper: "each frame is augmented by random horizontal flipping" (data.flip_per = frame, default)
     assert DataConfig().flip_per == "frame"
-    plain = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.0)[(0, 0)][0]
-    data = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.5)
+    plain = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.0, flip_per="frame")[(0, 0)][0]
+    data = TrainClips([asymmetric], 4, "restricted", 16, 8, flip_prob=0.5, flip_per="frame")
     mixed = 0
     for seed in range(40):
         clip = data[(0, seed)][0]
@@ -64,6 +64,16 @@ def test_each_frame_flipped_independently_by_default(asymmetric):
     assert mixed > 10  # a clip-level decision would never mix (P(mixed) = 14/16 per clip)
 
 
+@pytest.mark.parametrize("make", [make_train_loader, make_train_stream])
+def test_both_train_loaders_carry_every_clip_setting(tiny, make):
+    # make_train_stream (the one training uses) once built its clips without data.flip_per: "clip" was ignored
+    cfg = DataConfig(seq_len=3, train_sampling="random", height=24, width=12, flip_prob=0.25, flip_per="clip",
+                     ids_per_batch=2, tracklets_per_id=2, num_workers=0)
+    data = make(tiny.train, cfg, seed=0).dataset
+    assert (data.seq_len, data.sampling, data.flip_prob, data.flip_per) == (3, "random", 0.25, "clip")
+    assert data[(0, 0)][0].shape == (3, 3, 24, 12)
+
+
 def test_flip_decisions_by_hand():
     # default_rng(0).random(3) = [0.637, 0.270, 0.041]: with prob 0.5 -> [no, yes, yes]; one per clip: 0.637 -> no
     assert flip_decisions(3, 0.5, "frame", np.random.default_rng(0)) == [False, True, True]
@@ -74,7 +84,7 @@ def test_flip_decisions_by_hand():
 
 
 def test_normalisation_and_resize(asymmetric):
-    clip, pid, camid = TrainClips([asymmetric], 4, "restricted", 32, 16, 0.0)[(0, 1)]
+    clip, pid, camid = TrainClips([asymmetric], 4, "restricted", 32, 16, 0.0, "frame")[(0, 1)]
     assert clip.shape == (4, 3, 32, 16) and clip.dtype == torch.uint8 and (pid, camid) == (0, 1)
     assert clip[0, :, 0, 7].tolist() == [0, 0, 0] and clip[0, :, 0, 0].tolist() == [40, 40, 40]
     black = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)

@@ -84,7 +84,7 @@ class TrainClips(Dataset):
     """
 
     def __init__(self, tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int,
-                 flip_prob: float, flip_per: str = "frame"):
+                 flip_prob: float, flip_per: str):
         self.tracklets, self.seq_len, self.sampling, self.flip_prob = tracklets, seq_len, sampling, flip_prob
         self.flip_per = flip_per
         self.transform = ClipTransform(height, width)
@@ -133,6 +133,11 @@ def _loader_kwargs(num_workers: int) -> dict:
             "pin_memory": torch.cuda.is_available()}
 
 
+def _train_clips(tracklets: Sequence[Tracklet], cfg: DataConfig) -> TrainClips:
+    """The training clips of cfg, one place for both loaders (the stream once dropped data.flip_per)."""
+    return TrainClips(tracklets, cfg.seq_len, cfg.train_sampling, cfg.height, cfg.width, cfg.flip_prob, cfg.flip_per)
+
+
 def make_train_loader(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int, rank: int = 0,
                       world_size: int = 1) -> DataLoader:
     """Yields (clips [B, N, 3, H, W] uint8, pids [B] long, camids [B] long), B = P*K / world_size.
@@ -141,9 +146,7 @@ def make_train_loader(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int,
     """
     sampler = IdentityBatchSampler([t.pid for t in tracklets], cfg.ids_per_batch, cfg.tracklets_per_id, seed,
                                    cfg.epoch_def, rank, world_size)
-    data = TrainClips(tracklets, cfg.seq_len, cfg.train_sampling, cfg.height, cfg.width, cfg.flip_prob,
-                      cfg.flip_per)
-    return DataLoader(data, batch_sampler=sampler, **_loader_kwargs(cfg.num_workers))
+    return DataLoader(_train_clips(tracklets, cfg), batch_sampler=sampler, **_loader_kwargs(cfg.num_workers))
 
 
 def make_train_stream(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int, start_epoch: int = 0, rank: int = 0,
@@ -152,8 +155,8 @@ def make_train_stream(tracklets: Sequence[Tracklet], cfg: DataConfig, seed: int,
     once; ``loader.batch_sampler.batches_per_epoch`` batches make an epoch): no refill at epoch boundaries."""
     sampler = IdentityBatchSampler([t.pid for t in tracklets], cfg.ids_per_batch, cfg.tracklets_per_id, seed,
                                    cfg.epoch_def, rank, world_size)
-    data = TrainClips(tracklets, cfg.seq_len, cfg.train_sampling, cfg.height, cfg.width, cfg.flip_prob)
-    return DataLoader(data, batch_sampler=EpochStream(sampler, start_epoch), **_loader_kwargs(cfg.num_workers))
+    return DataLoader(_train_clips(tracklets, cfg), batch_sampler=EpochStream(sampler, start_epoch),
+                      **_loader_kwargs(cfg.num_workers))
 
 
 def make_test_loader(tracklets: Sequence[Tracklet], seq_len: int, sampling: str, height: int, width: int,
