@@ -21,6 +21,7 @@ import argparse
 import functools
 import multiprocessing as mp
 import os
+from queue import Empty
 import tempfile
 import time
 
@@ -136,7 +137,14 @@ def run_child(name: str, q, g, k: tuple, threads: int, out_path: str, warm: bool
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(name, q, g, k, threads, out_path, queue, warm))
     proc.start()
-    result = queue.get()
+    while True:                                         # a child that dies (an exception) never puts a result
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"re-ranker {name}: its process ended with exit code {proc.exitcode} "
+                                   "before reporting (its traceback is above)") from None
     proc.join()
     return result
 

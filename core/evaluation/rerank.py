@@ -79,7 +79,7 @@ def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_valu
     nearest_k2 = ranked[:, :k2].clone()
     rows, cols = _expanded_sets(ranked[:, :k1 + 1], ranked[:, :half + 1], chunk)  # steps 3-4
     vals = torch.exp(-orig[rows, cols])                                 # step 5
-    vals = vals / torch.zeros(num, device=dev).index_add_(0, rows, vals)[rows]
+    vals = vals / _add_at(torch.zeros(num, device=dev), rows, vals)[rows]
     first = 0 if include_queries else m                                 # first returned column
     base = orig[:m, first:].clone()                                     # the only part still needed
     del orig, ranked
@@ -173,8 +173,25 @@ def _query_expansion(rows, cols, vals, nearest_k2: torch.Tensor):
     dst = torch.arange(num, device=rows.device).repeat_interleave(k2).repeat_interleave(count)
     keys, order = torch.sort(dst * num + cols[pos], stable=True)       # by (row, col), then source order
     keys, inv = torch.unique_consecutive(keys, return_inverse=True)
-    summed = torch.zeros(len(keys), dtype=vals.dtype, device=vals.device).index_add_(0, inv, vals[pos][order])
+    summed = _add_at(torch.zeros(len(keys), dtype=vals.dtype, device=vals.device), inv, vals[pos][order])
     return keys // num, keys % num, summed / k2
+
+
+def _add_at(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """out[index[i]] += values[i], in place, summed in the same order on every call and device.
+
+    CUDA's plain index_add_ adds with atomics, so float sums came out in a different order from one call to the
+    next (the GPU bench saw two calls on the same features differ); torch's deterministic mode switches it to a
+    sorted accumulation. The mode is set only around this call and restored after.
+    """
+    if out.device.type != "cuda":
+        return out.index_add_(0, index, values)
+    was_on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return out.index_add_(0, index, values)
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=warn_only)
 
 
 def _ranges(start: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -206,5 +223,5 @@ def _min_sums(rows, cols, vals, m: int, num: int, first: int, chunk: int = 256) 
         pos = torch.arange(len(src), device=src.device).add_(first.index_select(0, src))  # gallery entry
         flat = (qi * n).index_select(0, src).add_(g_rows.index_select(0, pos))
         pair_min = torch.minimum(qv.index_select(0, src), g_vals.index_select(0, pos))
-        t.view(-1).index_add_(0, flat, pair_min)
+        _add_at(t.view(-1), flat, pair_min)
     return t
