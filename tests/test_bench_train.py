@@ -1,4 +1,4 @@
-"""python -m core.bench train and smoke, shrunk to the tiny preset: they run, print their JSON line, and import
+"""python -m core.bench train and smoke (and eval's child processes), shrunk to the tiny preset: they run, print their JSON line, and import
 neither mlflow nor optuna (the GPU machines they are meant for have neither)."""
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,3 +47,11 @@ def test_train_and_smoke_benchmarks_run_without_tracking_packages(tiny_synthetic
     assert smoke["world_size"] == 1 and len(smoke["epochs"]) == 1 and 0 <= smoke["metrics"]["R1"] <= 1
     assert "IMPORTED []" in lines
     assert not list(tmp_path.glob("sta_smoke*"))  # the smoke run leaves nothing behind
+
+
+def test_eval_bench_reports_a_dead_rerank_process_instead_of_waiting_forever(tmp_path):
+    # the GPU run's re-ranker raised in its child process and the bench then waited on its queue until killed
+    from core.bench.eval import run_child
+    q = np.zeros((2, 3), np.float32)
+    with pytest.raises(RuntimeError, match="re-ranker no-such-reranker: its process ended with exit code 1"):
+        run_child("no-such-reranker", q, q, (1, 1, 0.3), 1, str(tmp_path / "out.npy"))
