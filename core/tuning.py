@@ -55,8 +55,11 @@ from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
 # keys that may differ between the workers of one study (paths, devices, loader settings)
 MACHINE_KEYS = ("data.root", "data.num_workers", "train.device", "eval.batch_size")
+# keys that only change how the report states its intervals, never a trial: a study may be resumed with others
+REPORT_KEYS = ("eval.bootstrap_resamples", "eval.bootstrap_seed")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S, GRACE_S = 60, 600          # RDB storages: heartbeat interval, silence after which a trial is failed
+VAL_PER_QUERY = "val_per_query.parquet"  # artifact of a trial run: its last validation's per-query outcomes
 
 
 # ---- storage -------------------------------------------------------------------------------------------------
@@ -276,7 +279,7 @@ class StopAtBudget:
 def _comparable_config(cfg: RunConfig) -> dict[str, Any]:
     flat = to_flat_dict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()
-            if k not in MACHINE_KEYS and k not in ("loss.reg_weight", "loss.margin")}
+            if k not in MACHINE_KEYS + REPORT_KEYS and k not in ("loss.reg_weight", "loss.margin")}
 
 
 def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
@@ -303,7 +306,7 @@ def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
                             user_attrs={"role": "reference (lambda = 0)"})
     study.set_user_attr("base_config", base)
     study.set_user_attr("spec", str(spec.path))
-    study.set_user_attr("validation", {"fraction": spec.val_fraction, "seed": spec.val_seed})
+    study.set_user_attr("validation", _validation_key(spec))
     study.set_user_attr("search_space", space)   # last: other workers wait for it, so the queue is complete
     return study, True
 
@@ -323,15 +326,22 @@ def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wa
     if stored != json.loads(json.dumps(space)):
         raise ConfigError(f"{where} exists with another search space: stored {stored}, {plan.spec.path} gives "
                           f"{space}; use another --study-name or the spec the study was created with")
-    if study.user_attrs.get("validation") != {"fraction": plan.spec.val_fraction, "seed": plan.spec.val_seed}:
-        raise ConfigError(f"{where} exists with another validation split {study.user_attrs.get('validation')}; "
-                          f"{plan.spec.path} gives fraction {plan.spec.val_fraction}, seed {plan.spec.val_seed}")
+    stored = {"queries": "one", **study.user_attrs.get("validation", {})}    # studies before issue 11: one
+    if stored != _validation_key(plan.spec):
+        raise ConfigError(f"{where} exists with another validation split {stored}; {plan.spec.path} gives "
+                          f"{_validation_key(plan.spec)}; use another --study-name or the spec's validation keys "
+                          f"the study was created with")
     old = study.user_attrs.get("base_config", {})
     diff = sorted(k for k in set(old) | set(base) if old.get(k) != base.get(k))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {base.get(k)!r}" for k in diff[:8])
         raise ConfigError(f"{where} exists with another base config ({shown}); use another --study-name or the "
                           f"dataset/profile/--set it was created with")
+
+
+def _validation_key(spec: TuneSpec) -> dict[str, Any]:
+    """What defines a study's validation split (user attr "validation", compared when it is resumed)."""
+    return {"fraction": spec.val_fraction, "seed": spec.val_seed, "queries": spec.val_queries}
 
 
 def _recover_killed(study: optuna.Study) -> None:
@@ -452,7 +462,8 @@ class Objective:
                 "role": trial.user_attrs.get("role", "search"), "dataset": self.plan.dataset,
                 "profile": self.plan.profile, **tracking.provenance_tags()}
         pruned: optuna.TrialPruned | None = None
-        with tracking.child_run(f"trial {trial.number}", tags):
+        with tracking.child_run(f"trial {trial.number}", tags) as run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)     # the report reads VAL_PER_QUERY from it
             tracking.log_config(cfg, extra={"study": self.plan.study_name, "trial": trial.number,
                                             "params": trial.params})
             tracking.log_params({"trial.number": trial.number, "trial.reg": "off" if lam == 0 else "on",
@@ -505,7 +516,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     if "://" in plan.storage:
         endpoints.check(plan.storage, "--storage")       # likewise the database, before the dataset is loaded
     dataset = load_dataset(plan.config.data)
-    split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed)
+    split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed, plan.spec.val_queries)
     if split.dataset.num_train_pids < plan.config.data.ids_per_batch:
         raise ConfigError(f"{plan.spec.path}, validation.fraction {plan.spec.val_fraction:g} leaves "
                           f"{split.dataset.num_train_pids} training identities, fewer than data.ids_per_batch "
@@ -559,6 +570,14 @@ def _best(study: optuna.Study):
     return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
 
+def _has_table(run_id: str | None, name: str) -> bool:
+    from core import tracking
+    try:
+        return run_id is not None and tracking.has_artifact(run_id, name)
+    except Exception:  # noqa: BLE001 - a run of another store: the backend raises its own error types
+        return False
+
+
 def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = True) -> dict[str, dict]:
     """Train the best trial's values and the defaults on the full training set, evaluate each once on the test
     split; results are kept in the study's user attrs ("test:<config hash>") and in <study>.test.json beside a
@@ -574,6 +593,8 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
         cfg = with_values(plan.config, lam, margin)
         key = f"test:{config_hash(cfg)}"
         found = study.user_attrs.get(key)
+        if found is not None and not _has_table(found.get("mlflow_run_id"), tracking.PER_QUERY):
+            found = None     # evaluated before per-query outcomes were kept, or logged to another store: again
         if found is None:
             tags = {"kind": "test", "study": plan.study_name, "label": label, "dataset": plan.dataset,
                     "profile": plan.profile, "config_hash": config_hash(cfg), **tracking.provenance_tags()}

@@ -143,7 +143,7 @@ def _identities(tracklets) -> set[str]:
 def test_validation_split_stays_inside_the_training_identities(tiny_synthetic_root):
     from tests.test_engine import tiny_cfg
     ds = load_dataset(tiny_cfg(tiny_synthetic_root).data)
-    split = split_validation(ds, 0.25, seed=0)
+    split = split_validation(ds, 0.25, seed=0, queries="one")
     val = split.dataset
     held = _identities(val.query + val.gallery)
     assert len(held) == len(split.val_pids) == 2 and len(val.query) == 2
@@ -153,7 +153,7 @@ def test_validation_split_stays_inside_the_training_identities(tiny_synthetic_ro
     assert sorted({t.pid for t in val.train}) == list(range(val.num_train_pids)) and val.num_train_pids == 6
     for q in val.query:                                                   # a match in another camera
         assert any(g.pid == q.pid and g.camid != q.camid for g in val.gallery) and q not in val.gallery
-    assert split_validation(ds, 0.25, seed=0) == split                    # fixed by (fraction, seed)
+    assert split_validation(ds, 0.25, 0, "one") == split                  # fixed by (fraction, seed, queries)
     with pytest.raises(ValidationSplitError, match="holds out 0; at least 2"):
         split_validation(ds, 0.05)
 
