@@ -9,11 +9,16 @@ A new study gets two trials queued first: the baseline (margin and lambda of the
 experiments/table1.yaml) and the lambda = 0 reference; a resumed study queues nothing.
 
 Objective: validation mAP (percent) after the last epoch, on a split of the TRAINING identities
-(core.data.validation), never the test split. Every ``report_every`` epochs a trial reports its validation mAP;
-a MedianPruner stops trials below the median of completed trials at the same epoch. Pruned and failed trials keep
-their reason in the trial's user attrs ("reason"). Once the search stops, the best values and the defaults are
-each trained on the full training set and evaluated once on the test split (cached by config hash in the study's
-user attrs, so a resumed study re-evaluates only a new best).
+(core.data.validation; spec key validation.queries: every held-out tracklet a query, or one per identity), never the
+test split. Every ``report_every`` epochs a trial reports its validation mAP; a MedianPruner stops trials below the
+median of completed trials at the same epoch. Pruned and failed trials keep their reason in the trial's user attrs
+("reason"). The last validation's per-query outcomes are the trial run's MLflow artifact VAL_PER_QUERY. Once the
+search stops, the best values and the defaults are each trained on the full training set and evaluated once on the
+test split (cached by config hash in the study's user attrs, so a resumed study re-evaluates only a new best).
+
+Chosen vs defaults (``compare_chosen``, core.tune_compare): paired cluster-bootstrap intervals of best trial −
+baseline trial on validation and of chosen − defaults on test; the test interval of mAP gives the conclusion
+(better / not distinguishable / worse) and the values the report recommends (the chosen ones only when better).
 
 Storage: a journal file ``<work-dir>/optuna/<study>.journal`` by default (several local processes can share it),
 or ``sqlite:///...``, ``postgresql[+driver]://...``, ``mysql[+driver]://...`` for several machines. Each worker
@@ -24,9 +29,10 @@ has sent no heartbeat for GRACE_S, and its parameters are queued again; on that 
 checkpoint; its MLflow run is marked KILLED (core.tracking.end_orphaned_runs). A trial whose model diverges (NaN/inf
 loss, weights or features) fails with that reason in its user attrs; it is never scored.
 
-MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>),
-one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report step, final value) and
-per test run.
+MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>;
+the comparisons as metrics val_diff_mAP[_ci_low|_ci_high], test_diff_..., tags conclusion, recommended_lambda,
+recommended_margin), one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report
+step, final value, VAL_PER_QUERY) and per test run (per_query.parquet).
 """
 from __future__ import annotations
 
@@ -536,7 +542,12 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
         new = sum(t.user_attrs.get("invocation") == objective.invocation for t in study.get_trials(deepcopy=False))
         if evaluate_test:
             test = evaluate_on_test(study, plan, dataset, progress)
-            report = write_report(study, plan, reports_dir, tracking_uri)
+            compared = compare_chosen(study, plan)
+            report = write_report(study, plan, reports_dir, tracking_uri, compared)
+            if compared is not None:
+                metrics, tags = _compared_mlflow(compared)
+                tracking.log_metrics(metrics)
+                tracking.set_tags(tags)
             reporting.write_index(reports_dir)      # reports/README.md lists tuning reports too
             tracking.log_file(report, "report")
             for png in sorted(Path(reports_dir, "figures").glob(f"{plan.study_name}_*.png")):
@@ -615,6 +626,83 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
     return out
 
 
+# ---- chosen vs defaults --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Compared:
+    """The report's paired comparisons (core.tune_compare) and the test runs' per-query frames."""
+    best: int                               # trial numbers
+    baseline: int | None                    # the completed baseline trial (the defaults), if any
+    same_values: bool                       # the best trial has the defaults' values
+    val: Any                                # tune_compare.Comparison, or why there is none (str)
+    test: Any
+    recommendation: Any                     # tune_compare.Recommendation
+    test_frames: dict[str, Any]             # "chosen" / "defaults" -> per-query frame of the test run, or None
+
+
+def _baseline_trial(study: optuna.Study, plan: Plan):
+    """The completed trial of the defaults: the one queued as the baseline (open_study; a retry of it keeps its
+    role), else any completed trial with the defaults' values."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((t for t in done if t.user_attrs.get("role") == "baseline"),
+                next((t for t in done if values(t.params) == plan.baseline_values), None))
+
+
+def _table(run_id: str | None, name: str):
+    from core import tracking
+    return None if run_id is None else tracking.load_table(run_id, name)
+
+
+def compare_chosen(study: optuna.Study, plan: Plan) -> Compared | None:
+    """Best trial vs baseline trial on validation and chosen vs defaults on test, from the per-query frames in
+    MLflow (the trials' VAL_PER_QUERY, the test runs' per_query.parquet); None before any trial completed."""
+    from core import tracking
+    from core import tune_compare as tc
+    best = _best(study)
+    if best is None:
+        return None
+    resamples, seed = plan.config.eval.bootstrap_resamples, plan.config.eval.bootstrap_seed
+    chosen, defaults = values(best.params), plan.baseline_values
+    baseline = _baseline_trial(study, plan)
+    tests = {}
+    for label, (lam, margin) in (("chosen", chosen), ("defaults", defaults)):
+        res = study.user_attrs.get(f"test:{config_hash(with_values(plan.config, lam, margin))}") or {}
+        tests[label] = _table(res.get("mlflow_run_id"), tracking.PER_QUERY)
+    if baseline is None:
+        val = "the baseline trial has not completed (pruned, failed or not run yet)"
+    else:
+        frames = [_table(t.user_attrs.get("mlflow_run_id"), VAL_PER_QUERY) for t in (best, baseline)]
+        val = tc.compare(*frames, resamples, seed) if all(f is not None for f in frames) else (
+            "the per-query validation results of trial(s) " + ", ".join(
+                str(t.number) for t, f in zip((best, baseline), frames) if f is None) +
+            " are not in this MLflow store (run before they were kept, or logged to another store)")
+    if any(f is None for f in tests.values()):
+        test = (f"a test run's per-query results are missing (run with --no-test?); run `python reproduce/tune.py "
+                f"--study-name {plan.study_name} --n-trials 0` to evaluate both")
+    else:
+        test = tc.compare(tests["chosen"], tests["defaults"], resamples, seed)
+    rec = tc.recommend(test if not isinstance(test, str) else None, chosen, defaults,
+                       missing=test if isinstance(test, str) else "")
+    return Compared(best.number, None if baseline is None else baseline.number, chosen == defaults, val, test, rec,
+                    tests)
+
+
+def _compared_mlflow(c: Compared) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics (percentage points) and tags of the study's parent run: val_diff_mAP, test_diff_mAP_ci_low, ...;
+    conclusion, recommended_lambda, recommended_margin."""
+    metrics = {}
+    for kind, comp in (("val", c.val), ("test", c.test)):
+        if isinstance(comp, str) or c.same_values:
+            continue
+        for m, est in comp.estimates.items():
+            metrics.update({f"{kind}_diff_{m}": 100 * est.value, f"{kind}_diff_{m}_ci_low": 100 * est.low,
+                            f"{kind}_diff_{m}_ci_high": 100 * est.high})
+    conclusion = ("chosen = defaults" if c.same_values else
+                  c.test.conclusion if not isinstance(c.test, str) else "no test comparison")
+    lam, margin = c.recommendation.values
+    return metrics, {"conclusion": conclusion, "recommended_lambda": f"{lam:g}", "recommended_margin": f"{margin:g}"}
+
+
 # ---- report --------------------------------------------------------------------------------------------------
 
 def _fmt(v: float | None, nd: int = 2) -> str:
@@ -663,9 +751,13 @@ def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str
 
 
 def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "reports",
-                 tracking_uri: str = "sqlite:///mlflow.db") -> Path:
-    """reports/<study>.md from the study storage (trials, user attrs) and the plan; figures under figures/."""
+                 tracking_uri: str = "sqlite:///mlflow.db", compared: Compared | None = None) -> Path:
+    """reports/<study>.md from the study storage (trials, user attrs), the plan and the per-query frames in MLflow
+    (``compare_chosen``, computed here unless given); figures under figures/."""
+    from core import tune_compare as tc
+    from core.data.validation import describe
     reports_dir = Path(reports_dir)
+    compared = compared or compare_chosen(study, plan)
     stem = plan.study_name
     figures = write_figures(study, stem, reports_dir / "figures")
     spec, cfg = plan.spec, plan.config
@@ -692,18 +784,22 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
         lam, margin = values(best.params)
         lines += [f"Best trial **{best.number}**: λ = **{lam:.4g}**" + (" (Reg off)" if lam == 0 else "") +
                   f", margin = **{margin:.3f}**, validation mAP {best.value:.2f}%.", ""]
-    lines += _test_section(study, plan, best)
-    split = study.user_attrs.get("validation_split", {})
+    lines += _test_section(study, plan, best, compared)
+    if compared is not None:
+        lines += tc.section(compared.val, compared.test, compared.best, compared.baseline, compared.recommendation,
+                            compared.same_values)
+    split = study.user_attrs.get("validation_split")
+    why = {"all": "Why every held-out tracklet is a query: it scores all of them instead of one per identity, at "
+                  "no cost in training identities (holding out more identities takes them from every trial; "
+                  "repeated splits multiply every trial's cost). The identities, the clusters of the bootstrap, "
+                  "are not more numerous: the validation interval above says what that buys.",
+           "one": "One query per identity (validation.queries: one): few queries, a noisy objective; "
+                  "validation.queries: all scores every held-out tracklet."}[spec.val_queries]
     lines += ["## Validation split (the objective)", "",
-              f"{split.get('val_ids', '?')} of the {split.get('source_train_ids', '?')} training identities "
-              f"(fraction {spec.val_fraction:g}, seed {spec.val_seed}, drawn among identities seen by >= 2 cameras) "
-              f"are held out of training: each gives 1 query tracklet, the rest of its tracklets form the gallery "
-              f"({split.get('val_query_tracklets', '?')} queries, {split.get('val_gallery_tracklets', '?')} gallery "
-              f"tracklets). Trials train on the other {split.get('train_ids', '?')} identities "
-              f"({split.get('train_tracklets', '?')} tracklets, relabelled 0..C'-1). The objective is the "
-              f"validation mAP (%) after the last epoch, with the test options of the config "
-              f"({cfg.eval.ap_rule} AP, {cfg.eval.sampling} sampling, N={cfg.eval.seq_len}). The test split is "
-              f"never seen by a trial (`core/data/validation.py`).", ""]
+              (describe(split, _dataset_label(plan)) if split else "Not recorded yet.") + " " + why +
+              f" The objective is the validation mAP (%) after the last epoch (headline protocol: the gallery as "
+              f"given, {cfg.eval.ap_rule} AP), with the test options of the config ({cfg.eval.sampling} "
+              f"sampling, N={cfg.eval.seq_len}) (`core/data/validation.py`).", ""]
     rw, mg = spec.reg_weight, spec.margin
     lines += ["## Search", "",
               "- λ: `reg` ∈ {on, off}" + ("" if spec.reg_off else " (off disabled)") +
@@ -752,6 +848,7 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     spec_flag = "" if spec.path.resolve() == DEFAULT_SPEC.resolve() else f" --spec {_rel(spec.path)}"
     lines += ["## Commands", "", "```bash", f"python reproduce/tune.py{spec_flag} --study-name {stem} --dataset "
               f"{plan.dataset} --profile {plan.profile}    # continue (or extend with --n-trials)",
+              *_recommended_commands(plan, compared),
               f"mlflow ui --backend-store-uri {tracking_uri}    # experiment '{plan.experiment}', parent run "
               f"'{stem}'", "```", ""]
     path = reports_dir / f"{stem}.md"
@@ -763,6 +860,20 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     return path
 
 
+def _recommended_commands(plan: Plan, compared: Compared | None) -> list[str]:
+    """The table commands with the recommended values (the defaults unless the test comparison says better)."""
+    flags = f"--dataset {plan.dataset} --profile {plan.profile}"
+    if compared is None or compared.recommendation.keep_defaults:
+        lam, margin = plan.baseline_values
+        return [f"python reproduce/table1.py {flags}    # recommended: the defaults, as they are (λ = {lam:g} in "
+                f"experiments/presets.yaml full_sta, margin {margin:g})"]
+    lam, margin = compared.recommendation.values
+    return [f"python reproduce/table2.py {flags} --set loss.reg_weight={lam:g} --set loss.margin={margin:g}    "
+            f"# recommended values (Tables 2-5 run the full model only)",
+            f"python reproduce/table1.py {flags} --set loss.margin={margin:g}    # after setting loss.reg_weight: "
+            f"{lam:g} in experiments/presets.yaml full_sta (a --set would give λ to the rows without Reg too)"]
+
+
 def _rel(path: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(EXPERIMENTS.parent))
@@ -770,23 +881,30 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def _test_section(study: optuna.Study, plan: Plan, best) -> list[str]:
+def _test_section(study: optuna.Study, plan: Plan, best, compared: Compared | None) -> list[str]:
+    from core.evaluation import bootstrap
+    from core.tune_compare import headline_rows
     head = [f"## Test split — {_dataset_label(plan)}", ""]
     if best is None:
         return head + ["Not evaluated: no completed trial.", ""]
     rows, found = [], []
-    for (lam, margin), what in ((values(best.params), f"chosen (trial {best.number})"),
-                                (plan.baseline_values, "defaults (paper margin, Table 1 λ)")):
+    resamples, seed = plan.config.eval.bootstrap_resamples, plan.config.eval.bootstrap_seed
+    for (lam, margin), label, what in ((values(best.params), "chosen", f"chosen (trial {best.number})"),
+                                       (plan.baseline_values, "defaults", "defaults (paper margin, Table 1 λ)")):
         res = study.user_attrs.get(f"test:{config_hash(with_values(plan.config, lam, margin))}")
         if res is None:
             rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | not evaluated yet | | | |")
             continue
         m = res["metrics"]
+        frame = compared.test_frames.get(label) if compared is not None else None
+        ci = {} if frame is None else bootstrap.intervals(headline_rows(frame), resamples, seed)
         found.append(res)
-        rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | {m['R1']:.1f} | {m['R5']:.1f} | {m['R10']:.1f} | "
-                    f"{m['mAP']:.1f} |")
+        rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | " + " | ".join(
+            f"{m[k]:.1f}" + (f" [{100 * ci[k].low:.1f}, {100 * ci[k].high:.1f}]" if k in ci else "")
+            for k in ("R1", "R5", "R10", "mAP")) + " |")
     out = head + ["Each row is trained once on the full training set (all training identities) with its values and "
-                  "evaluated once on the test split (percent).", "",
+                  "evaluated once on the test split (percent, with the 95 % cluster-bootstrap interval over test "
+                  f"query identities, {resamples} resamples, seed {seed}).", "",
                   "| values | λ | margin | R1 | R5 | R10 | mAP |", "|---|---|---|---|---|---|---|", *rows, ""]
     if values(best.params) == plan.baseline_values:
         out += ["The baseline trial is the best: the chosen values are the defaults (one test run).", ""]
