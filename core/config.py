@@ -97,6 +97,8 @@ class EvalConfig:
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
     batch_size: int = 32                # clips per extraction batch
+    bootstrap_resamples: int = 1000     # identity resamples of the 95 % intervals (core.evaluation.bootstrap)
+    bootstrap_seed: int = 0             # their generator's seed (intervals are reproducible)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ MINIMUM: dict[str, float] = {
     "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
     "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
     "train.checkpoint_every_s": 0.0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
-    "eval.rerank_lambda": 0.0, "eval.batch_size": 1,
+    "eval.rerank_lambda": 0.0, "eval.batch_size": 1, "eval.bootstrap_resamples": 1, "eval.bootstrap_seed": 0,
 }
 
 # Keys that cannot change a result, left out of config_hash: changing one reuses finished runs and checkpoints.
