@@ -1,8 +1,8 @@
 """One paper table, end to end: spec rows x seeds -> runs (trained, resumed or reused) -> tracked -> report.
 
 A row whose full resolved config (core.config.config_hash) already has a FINISHED run in the table's MLflow
-experiment is reused, not run again, unless ``force``; an interrupted row resumes from its checkpoint in
-``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
+experiment, with its per-query outcomes (tracking.PER_QUERY), is reused, not run again, unless ``force``; an
+interrupted row resumes from its checkpoint in ``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
 re-ranking) share one trained model through core.engine.train_dir.
 
 Under ``torchrun`` every rank trains (DDP, in the engine) and only rank 0 talks to MLflow and writes reports;
@@ -173,7 +173,8 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         else contextlib.nullcontext()
     with parent:
         for job in todo:
-            found = tracking.find_finished(experiment, config_hash(job.cfg)) if main else None
+            found = tracking.find_finished(experiment, config_hash(job.cfg), needs=(tracking.PER_QUERY,)) \
+                if main else None
             found = _agree(None if force else found)
             if found:
                 if main:
