@@ -209,3 +209,27 @@ def test_duke_report_states_its_released_evaluation_and_gives_gao_beside_it():
     assert "**`gao`**" in text and "gallery without the query tracklets" in text
     mixed = pd.concat([runs, runs.assign(**{"params.eval.ap_rule": "trapezoid"})])   # a headline of neither
     assert reporting.other_protocols(mixed, ["duke"]) == ["official", "gao"]
+
+
+def test_claim_verdicts_land_on_the_tables_parent_run(store):
+    import time
+
+    import mlflow
+
+    from tests.test_claims import table1_store
+    tracking.configure(store["uri"])
+    runs, load = table1_store()
+    spec = read_spec(spec_path("table1"))
+    with tracking.parent_run("STA claims test", "old", {"profile": "cpu", "dataset": "synthetic"}):
+        time.sleep(0.01)                     # the newer run starts later (ordered by start time)
+    with tracking.parent_run("STA claims test", "new", {"profile": "cpu", "dataset": "synthetic"}) as parent:
+        pass
+    records = reporting.claim_records(spec, runs, load)
+    assert len(records) == 12 and {r["dataset"] for r in records} == {"synthetic"}
+    assert tracking.log_claims("STA claims test", records) == [parent]
+    assert tracking.load_json(parent, tracking.CLAIMS)["claims"] == records
+    data = mlflow.MlflowClient().get_run(parent).data
+    assert data.tags["claim1"] == "Baseline + TL > Baseline" and data.tags["claim1_R1_verdict"] == "supported"
+    assert data.metrics["claim1_R1_delta"] == pytest.approx(65.0) and data.metrics["claim1_R1_paper_delta"] == \
+        pytest.approx(6.3)
+    assert "claim2_R1_ci_low" not in data.metrics and "no verdict" in data.tags["claims"]
