@@ -150,7 +150,9 @@ def _fmt_cell(mean: float, std: float, n: int, est, reason: str, notes: list[str
     text = _fmt_stat(mean, std, n)
     if n == 0:
         return text
-    return f"{text} [{100 * est.low:.1f}, {100 * est.high:.1f}]" if est is not None else f"{text} {_mark(reason, notes)}"
+    if est is None:
+        return f"{text} {_mark(reason, notes)}"
+    return f"{text} [{100 * est.low:.1f}, {100 * est.high:.1f}]"
 
 
 def _fmt_delta(v: float | None) -> str:
