@@ -1,8 +1,8 @@
 """One paper table, end to end: spec rows x seeds -> runs (trained, resumed or reused) -> tracked -> report.
 
 A row whose full resolved config (core.config.config_hash) already has a FINISHED run in the table's MLflow
-experiment is reused, not run again, unless ``force``; an interrupted row resumes from its checkpoint in
-``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
+experiment, with its per-query outcomes (tracking.PER_QUERY), is reused, not run again, unless ``force``; an
+interrupted row resumes from its checkpoint in ``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
 re-ranking) share one trained model through core.engine.train_dir.
 
 Under ``torchrun`` every rank trains (DDP, in the engine) and only rank 0 talks to MLflow and writes reports;
@@ -173,7 +173,8 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         else contextlib.nullcontext()
     with parent:
         for job in todo:
-            found = tracking.find_finished(experiment, config_hash(job.cfg)) if main else None
+            found = tracking.find_finished(experiment, config_hash(job.cfg), needs=(tracking.PER_QUERY,)) \
+                if main else None
             found = _agree(None if force else found)
             if found:
                 if main:
@@ -231,7 +232,7 @@ def write_report(spec_path: str | Path, reports_dir: str | Path = "reports", tra
     spec = read_spec(spec_path)
     experiment = tracking.experiment_name(spec.table)
     runs = tracking.runs_frame(experiment)
-    load_table = claims.cached(None)          # per-query results: tracking.load_table once perquery is merged
+    load_table = claims.cached(tracking.load_table)     # each per-query artifact read once for report and verdicts
     path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
     reporting.write_index(reports_dir)
     tracking.log_claims(experiment, reporting.claim_records(spec, runs, load_table))
