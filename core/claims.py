@@ -133,6 +133,15 @@ def _logged_mean(sel: pd.DataFrame, metric: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _same_queries(frames: list[pd.DataFrame]) -> None:
+    """Raise unless every frame holds the same queries (position, identity, camera): rows of one dataset and split.
+    (The bootstrap itself checks the valid query positions only.)"""
+    keys = [f[["query", "pid", "camid"]].sort_values("query").to_numpy() for f in frames]
+    if any(k.shape != keys[0].shape or (k != keys[0]).any() for k in keys[1:]):
+        raise ValueError("the rows were scored on different queries (identities or cameras differ): another "
+                         "dataset or split")
+
+
 def judge(sel_row: pd.DataFrame, sel_beaten: pd.DataFrame, metric: str, load_table: LoadTable | None,
           row: str = "row", beaten: str = "beaten row") -> tuple[float | None, float | None, float | None, str, str]:
     """(delta, low, high, verdict, reason) of row − beaten on `metric` (the rows' runs; their labels name them in
@@ -149,6 +158,7 @@ def judge(sel_row: pd.DataFrame, sel_beaten: pd.DataFrame, metric: str, load_tab
     from core.evaluation import bootstrap  # lazy: core.evaluation imports torch
     resamples, seed = bootstrap_options(sel_row)
     try:
+        _same_queries(frames_b + frames_a)
         est = bootstrap.paired_difference(frames_b, frames_a, metric, resamples, seed)
     except ValueError as e:
         return None, None, None, "not comparable", str(e)

@@ -132,7 +132,11 @@ def test_verdict_of_an_interval():
 
 def test_rows_on_other_queries_are_not_comparable_and_old_runs_give_no_verdict():
     delta, low, high, verdict, reason = judge(per_query(GOOD), per_query(BAD[:16]))
-    assert (delta, low, verdict) == (None, None, "not comparable") and "different valid queries" in reason
+    assert (delta, low, verdict) == (None, None, "not comparable") and "different queries" in reason
+    other_split = per_query(BAD, pids=np.arange(20) // 2 + 100)                 # same positions, other identities
+    assert judge(per_query(GOOD), other_split)[3:] == ("not comparable", "the rows were scored on different "
+                                                       "queries (identities or cameras differ): another dataset or "
+                                                       "split")
     runs, load = fake_store([(run_row("b", "B", per_query(GOOD)), per_query(GOOD)),
                              (run_row("a", "A", per_query(BAD)), None)])          # A: no per-query artifact
     out = claims.judge(runs[runs["tags.row"] == "B"], runs[runs["tags.row"] == "A"], "R1", load)
