@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from core import figures, reporting, tracking
+from core import claims, figures, reporting, tracking
 from core.config import RunConfig, apply_overrides, config_hash
 from core.specs import Row, Spec, read_spec
 
@@ -226,10 +226,14 @@ def _clear_checkpoint(cfg: RunConfig, work_dir: Path, cleared: set[Path], main: 
 
 
 def write_report(spec_path: str | Path, reports_dir: str | Path = "reports", tracking_uri: str | None = None) -> Path:
-    """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index."""
+    """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index; log the
+    claim verdicts on the table's parent run (tracking.log_claims)."""
     tracking.configure(tracking_uri)
     spec = read_spec(spec_path)
-    runs = tracking.runs_frame(tracking.experiment_name(spec.table))
-    path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json)
+    experiment = tracking.experiment_name(spec.table)
+    runs = tracking.runs_frame(experiment)
+    load_table = claims.cached(tracking.load_table)     # each per-query artifact read once for report and verdicts
+    path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
     reporting.write_index(reports_dir)
+    tracking.log_claims(experiment, reporting.claim_records(spec, runs, load_table))
     return path

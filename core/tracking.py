@@ -3,8 +3,9 @@
 Plain functions around one store: a parent run per invocation (``parent_run``), a nested run per row and seed
 (``child_run``), the resolved config as params (``log_config``), per-epoch metrics through an engine callback
 (``epoch_callback``), final metrics and artifacts (``log_result``), and look-ups for reuse and reports
-(``find_finished``, ``runs_frame``, ``load_json``, ``load_table``). Metrics R1..mAP and their bootstrap intervals
-(``*_ci_low``, ``*_ci_high``) are logged in percent; every query's outcome is the artifact ``per_query.parquet``.
+(``find_finished``, ``runs_frame``, ``load_json``, ``load_table``), and the report's claim verdicts on the table's
+parent run (``log_claims``). Metrics R1..mAP and their bootstrap intervals (``*_ci_low``, ``*_ci_high``) are logged
+in percent; every query's outcome is the artifact ``per_query.parquet``.
 
 Store: ``configure(uri)``; the URI comes from the argument, else $MLFLOW_TRACKING_URI, else a SQLite database in
 the working folder (``sqlite:///mlflow.db``, artifacts under ./mlruns). Browse it with
@@ -55,6 +56,7 @@ ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an i
 STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
 PER_QUERY = "per_query.parquet"              # artifact of a row run: core.evaluation.PER_QUERY_COLUMNS, one row per
                                              # (protocol, reranked, query); read it with load_table(run_id, PER_QUERY)
+CLAIMS = "claims.json"                       # artifact of a table's parent run: reporting.claim_records (log_claims)
 CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
 SETTLE_S = 1.0                               # wait before workers that created a study's parent run pick one
 
@@ -365,3 +367,42 @@ def load_table(run_id: str, name: str) -> pd.DataFrame | None:
         except Exception:  # noqa: BLE001 - a missing artifact raises backend-specific errors
             return None
         return pd.read_parquet(path)
+
+
+def log_claims(experiment: str, records: list[dict]) -> list[str]:
+    """The report's claim verdicts (reporting.claim_records) on the table's parent run: per (profile, dataset), the
+    latest run of `experiment` with tags kind=table, profile and dataset gets the artifact CLAIMS (its records),
+    the metrics ``<key>_<metric>_delta``, ``_ci_low``, ``_ci_high`` and ``_paper_delta`` (percentage points; key
+    claim<k>, as in the records), the tags ``<key>`` (the claim, e.g. 'N=4 > N=2') and ``<key>_<metric>_verdict``,
+    and the tag ``claims`` counting the verdicts. Rebuilding a report logs them again (the latest values win).
+    Returns the run ids written."""
+    from mlflow.entities import Metric, RunTag
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None or not records:
+        return []
+    client, now, written = MlflowClient(), int(time.time() * 1000), []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["profile"], rec["dataset"]), []).append(rec)
+    for (profile, dataset), recs in groups.items():
+        found = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                   filter_string=f"tags.kind = '{TABLE_KIND}' and tags.profile = '{profile}' "
+                                                 f"and tags.dataset = '{dataset}'")
+        if not found:
+            continue
+        run_id = found[0].info.run_id
+        client.log_dict(run_id, {"claims": recs}, CLAIMS)
+        metrics = [Metric(f"{r['key']}_{r['metric']}_{name}", float(r[field]), now, 0) for r in recs
+                   for name, field in (("delta", "delta"), ("ci_low", "low"), ("ci_high", "high"),
+                                       ("paper_delta", "paper_delta")) if r[field] is not None]
+        counts: dict[str, int] = {}
+        for r in recs:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        tags = {**{r["key"]: r["claim"] for r in recs}, **{f"{r['key']}_{r['metric']}_verdict": r["verdict"]
+                                                            for r in recs},
+                "claims": ", ".join(f"{n} {v}" for v, n in counts.items())}
+        tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, max(len(metrics), len(tags)), 100):       # MLflow takes at most 100 tags per batch
+            client.log_batch(run_id, metrics=metrics[i:i + 100], tags=tags[i:i + 100])
+        written.append(run_id)
+    return written

@@ -95,6 +95,11 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     for label, paper_r1 in (("Baseline", "74.5"), ("Baseline + TL + STA + Fusion + Reg", "86.3")):
         line = next(ln for ln in report.splitlines() if ln.startswith("|") and f"| {label} " in ln)
         ours = f"{rows[rows['tags.row'] == label]['metrics.R1'].iloc[0]:.1f}"
-        assert paper_r1 in line and ours in line
+        assert paper_r1 in line and f"{ours} [" in line              # with its 95 % interval (per-query results)
     assert (tmp_path / "reports" / "figures" / "table1_cpu_synthetic_bars.png").exists()
+    # the claim verdicts (here: rows not run) on the latest table run
+    latest = again[again["tags.kind"] == "table"].sort_values("start_time").iloc[-1]
+    verdicts = tracking.load_json(latest["run_id"], tracking.CLAIMS)["claims"]
+    assert len(verdicts) == 12 and {v["verdict"] for v in verdicts} == {"no verdict"}
+    assert "### Claims" in report and "no verdict (row 'Baseline + TL' has no finished run)" in report
     assert "table1" in (tmp_path / "reports" / "README.md").read_text()

@@ -173,12 +173,14 @@ def test_failed_row_is_marked_failed_and_never_reused(store):
 def test_report_sets_paper_beside_run_with_mean_and_std(store, tmp_path):
     tracking.configure(store["uri"])
     spec = read_spec(spec_path("table1"))
-    path = reporting.write_report(spec, tracking.runs_frame("STA table1"), tmp_path, load_json=tracking.load_json)
+    path = reporting.write_report(spec, tracking.runs_frame("STA table1"), tmp_path, load_json=tracking.load_json,
+                                  load_table=tracking.load_table)
     text = path.read_text()
     assert "| paper (MARS) R1 | this run (synthetic, MARS layout, official) R1 | Δ R1 |" in text.replace("  ", "")
     assert "this run (MARS" not in text          # synthetic numbers are never presented as MARS
     line = next(ln for ln in text.splitlines() if ln.startswith("| 1 "))
-    assert "74.5" in line and "55.0 ± 7.1" in line and "-19.5" in line
+    assert "74.5" in line and "55.0 ± 7.1 [" in line and "-19.5" in line     # mean ± std [seed x query interval]
+    assert re.search(r"\| Baseline \+ TL > Baseline +\| R1 +\| \+6\.3 +\| \+[0-9.]+ \[", text)   # the Claims
     # the other protocol, in its own table with its columns named: gao R1 = 0.125 higher, 2 queries skipped
     assert "**Protocol `gao`**" in text and "this run (synthetic, MARS layout, gao) R1" in text
     gao = text[text.index("**Protocol `gao`**"):]
@@ -202,7 +204,7 @@ def test_report_sets_paper_beside_run_with_mean_and_std(store, tmp_path):
 def test_rerank_row_reports_reranked_metrics_and_literature_rows_are_quoted(store, tmp_path):
     tracking.configure(store["uri"])
     text = reporting.write_report(read_spec(spec_path("table4")), tracking.runs_frame("STA table4"), tmp_path,
-                                  load_json=tracking.load_json).read_text()
+                                  load_json=tracking.load_json, load_table=tracking.load_table).read_text()
     sta = next(ln for ln in text.splitlines() if ln.startswith("| 11 "))
     rerank = next(ln for ln in text.splitlines() if ln.startswith("| 12 "))
     assert "40.0" in sta and "45.0" in rerank and "87.2" in rerank
@@ -259,3 +261,29 @@ def test_duke_report_states_its_released_evaluation_and_gives_gao_beside_it():
     assert "**`gao`**" in text and "gallery without the query tracklets" in text
     mixed = pd.concat([runs, runs.assign(**{"params.eval.ap_rule": "trapezoid"})])   # a headline of neither
     assert reporting.other_protocols(mixed, ["duke"]) == ["official", "gao"]
+
+
+def test_claim_verdicts_land_on_the_tables_parent_run(store):
+    import time
+
+    import mlflow
+
+    from core import claims
+    from tests.test_claims import table1_store
+    tracking.configure(store["uri"])
+    runs, load = table1_store()
+    spec = read_spec(spec_path("table1"))
+    with tracking.parent_run("STA claims test", "old", {"profile": "cpu", "dataset": "synthetic"}):
+        time.sleep(0.01)                     # the newer run starts later (ordered by start time)
+    with tracking.parent_run("STA claims test", "new", {"profile": "cpu", "dataset": "synthetic"}) as parent:
+        pass
+    records = reporting.claim_records(spec, runs, load)
+    assert len(records) == 12 and {r["dataset"] for r in records} == {"synthetic"}
+    assert tracking.log_claims("STA claims test", records) == [parent]
+    assert tracking.load_json(parent, tracking.CLAIMS)["claims"] == records
+    data = mlflow.MlflowClient().get_run(parent).data
+    assert data.tags["claim1"] == "Baseline + TL > Baseline" and data.tags["claim1_R1_verdict"] == "supported"
+    assert data.metrics["claim1_R1_delta"] == pytest.approx(65.0) and data.metrics["claim1_R1_paper_delta"] == \
+        pytest.approx(6.3)
+    assert "claim2_R1_ci_low" not in data.metrics and "no verdict" in data.tags["claims"]
+    assert claims.PER_QUERY == tracking.PER_QUERY
