@@ -1,5 +1,6 @@
 """Matplotlib figures (Agg backend) for the reports and run artifacts: paper-vs-run bars and lines, CMC curves,
-and the N x K attention scores drawn over the frames of query clips. Plain functions; each returns a Figure."""
+the N x K attention scores drawn over the frames of query clips, and the claims' forest plot. Plain functions;
+each returns a Figure."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,6 +80,29 @@ def cmc_figure(curves: Mapping[str, Sequence[float]], title: str):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def forest_figure(labels: Sequence[str], paper: Sequence[float], ours: Sequence[tuple[float, float, float]],
+                  paper_name: str, ours_name: str, title: str):
+    """A forest plot, one line per claim and metric (top to bottom in `labels` order): the paper's gain as a
+    diamond, this run's gain (value, low, high; percentage points) as a square with its 95 % interval, a vertical
+    line at 0. NaN: nothing drawn (a row not run); NaN bounds: the square without a bar (no interval)."""
+    n = len(labels)
+    y = np.arange(n)[::-1]
+    value, low, high = (np.array([o[i] for o in ours], dtype=float) for i in range(3))
+    err = np.nan_to_num(np.vstack([value - low, high - value]))             # [2, n] left / right arm
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.3 * n))
+    ax.axvline(0, color="black", lw=0.8)
+    ax.errorbar(value, y, xerr=err, fmt="s", color="#d9834a", capsize=3, label=f"{ours_name}, 95 % interval")
+    ax.plot(np.array(paper, dtype=float), y, "D", color="#4a6f9d", label=paper_name)
+    ax.set_yticks(y, list(labels), fontsize=7)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("gain of the claimed row (percentage points)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -4,10 +4,14 @@ Each (profile, dataset) the store holds runs for gets a table in the paper's lay
 paper's number, this run's number (mean ± std over seeds) and the difference, once under the headline protocol
 (the runs' eval options) and once under each other protocol of ``core.protocols`` (the paper never states its
 own), with the count of queries that had no valid match. Synthetic runs are compared with
-the paper's MARS column (the synthetic data has the MARS layout) and always labelled synthetic. Per row and seed
+the paper's MARS column (the synthetic data has the MARS layout) and always labelled synthetic. Every number of
+this run carries its 95 % bootstrap interval and every claim of the spec (``claims:``) a verdict, both computed from
+the runs' per-query results (core.claims); a run logged before those were kept shows its number without one. Per
+row and seed
 the report takes the latest used FINISHED run (a reused run is stamped `used_at`); a row averages only runs whose
 resolved configs equal that of its latest used run apart from the seed; the others are listed as left out. No
-mlflow import here: JSON artifacts come through the `load_json(run_id, name)` callable.
+mlflow import here: artifacts come through the `load_json(run_id, name)` (JSON) and `load_table(run_id, name)`
+(Parquet, a DataFrame) callables, each returning None for a missing artifact.
 
 Writing order: the figures first, the markdown that links them next, and only then old figures no longer linked are
 deleted, so a report killed half-way never links a missing figure.
@@ -21,8 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from core import figures, protocols
-from core.config import RESULT_NEUTRAL_KEYS, allowed_keys
+from core import claims, figures, protocols
+from core.claims import LoadTable
+from core.config import RESULT_NEUTRAL_KEYS, EvalConfig, allowed_keys
 from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
 
 LoadJson = Callable[[str, str], object]
@@ -36,6 +41,7 @@ PLOTS: dict[str, tuple[str, str, str]] = {
 # keys in which the seeds of one report row may differ: the seed itself and the keys that cannot change a result
 # (the same list core.config.config_hash leaves out)
 SEED_KEYS = ("train.seed", *RESULT_NEUTRAL_KEYS)
+MARKS = ("†", "‡", "§", "¶")        # footnote marks of the reasons a number has no interval
 PROTOCOL_KEYS = ("eval.ap_rule", "data.gallery_with_queries", "eval.sampling", "eval.distance", "data.epoch_def",
                  "train.epochs", "model.backbone", "data.height", "data.width")
 
@@ -105,8 +111,7 @@ def left_out_lines(left: Sequence[dict]) -> list[str]:
 def metric_column(run: pd.Series, metric: str, prefix: str = "") -> str:
     """Rows evaluated with re-ranking (eval.rerank: true, Table 4's STA + ReRank) report rerank_<metric>;
     `prefix` picks a protocol ('' headline, 'official_', 'gao_'; core.protocols)."""
-    rerank = str(run.get("params.eval.rerank", "False")) == "True"
-    return f"metrics.{prefix}rerank_{metric}" if rerank else f"metrics.{prefix}{metric}"
+    return f"metrics.{prefix}rerank_{metric}" if claims.reranked(run) else f"metrics.{prefix}{metric}"
 
 
 def row_stats(sel: pd.DataFrame, metric: str, prefix: str = "") -> tuple[float, float, int]:
@@ -132,6 +137,28 @@ def _fmt_stat(mean: float, std: float, n: int) -> str:
     return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
 
 
+def _mark(reason: str, notes: list[str]) -> str:
+    """The footnote mark of `reason`, added to `notes` (the section's reasons, in order) when new."""
+    if reason not in notes:
+        notes.append(reason)
+    i = notes.index(reason)
+    return MARKS[i] if i < len(MARKS) else f"({i + 1})"
+
+
+def _fmt_cell(mean: float, std: float, n: int, est, reason: str, notes: list[str]) -> str:
+    """'64.0 [61.2, 66.8]' (one seed), '55.0 ± 7.1 [46.3, 63.0]' (seeds), '64.0 †' (no interval: see the note)."""
+    text = _fmt_stat(mean, std, n)
+    if n == 0:
+        return text
+    if est is None:
+        return f"{text} {_mark(reason, notes)}"
+    return f"{text} [{100 * est.low:.1f}, {100 * est.high:.1f}]"
+
+
+def _fmt_delta(v: float | None) -> str:
+    return "—" if v is None or np.isnan(v) else f"{v:+.1f}"
+
+
 def headline_names(runs: pd.DataFrame, ds: str) -> set[str | None]:
     """The named protocol each run's headline metrics equal (None: another combination of the options)."""
     sub = runs[runs["tags.dataset"] == ds]
@@ -152,10 +179,13 @@ def other_protocols(runs: pd.DataFrame, datasets: list[str]) -> list[str]:
     return [n for n in protocols.NAMES if any(headline_names(runs, ds) != {n} for ds in datasets)]
 
 
-def comparison_frame(spec: Spec, runs: pd.DataFrame, datasets: list[str], protocol: str | None = None) -> pd.DataFrame:
+def comparison_frame(spec: Spec, runs: pd.DataFrame, datasets: list[str], protocol: str | None = None,
+                     load_table: LoadTable | None = None, notes: list[str] | None = None) -> pd.DataFrame:
     """One block of columns per dataset: paper (REF) m | this run (DATASET, PROTOCOL) m | Δ m, for each metric,
     then the number of queries without a valid match. `protocol`: None for the headline metrics (R1 …), else
-    a name of core.protocols (official_R1 …)."""
+    a name of core.protocols (official_R1 …). This run's cells carry their 95 % interval (core.claims); a cell
+    without one gets a footnote mark whose reason is appended to `notes`."""
+    notes = [] if notes is None else notes
     prefix = f"{protocol}_" if protocol else ""
     table = []
     for row in spec.rows:
@@ -167,8 +197,10 @@ def comparison_frame(spec: Spec, runs: pd.DataFrame, datasets: list[str], protoc
             for m in spec.metrics:
                 paper = row.paper.get(ref, {}).get(m)
                 mean, std, n = row_stats(sel, m, prefix) if row.run else (float("nan"), float("nan"), 0)
+                est, why = claims.cell_interval(sel, m, protocol or claims.HEADLINE, load_table) if n else (None, "")
                 line[f"paper ({DATASET_NAMES[ref]}) {m}"] = _fmt(paper)
-                line[f"this run ({run_header(ds)}, {tag}) {m}"] = _fmt_stat(mean, std, n) if row.run else "quoted"
+                line[f"this run ({run_header(ds)}, {tag}) {m}"] = _fmt_cell(mean, std, n, est, why, notes) \
+                    if row.run else "quoted"
                 line[f"Δ {m}"] = _fmt(mean - paper) if n and paper is not None else "—"
             line[f"queries without a valid match ({run_header(ds)})"] = _count(sel, f"{prefix}num_skipped_queries") \
                 if row.run else ""
@@ -226,9 +258,69 @@ def _commits(runs: pd.DataFrame) -> str:
     return ", ".join(out)
 
 
+def interval_line(runs: pd.DataFrame, seeds: Sequence[int]) -> str:
+    """How the intervals of this run's numbers are computed (once per section)."""
+    resamples, seed = (_values(runs, f"eval.bootstrap_{k}") for k in ("resamples", "seed"))
+    resamples = EvalConfig.bootstrap_resamples if resamples == "—" else resamples
+    seed = EvalConfig.bootstrap_seed if seed == "—" else seed
+    several = ("With several seeds the number is the mean ± std over seeds and the interval is a two-way "
+               "bootstrap: each resample draws the query identities and, independently, as many seeds with "
+               "replacement, so it holds both the seed and the query variation.") if len(seeds) > 1 else \
+        "With one seed the interval holds the query variation only."
+    return (f"Intervals: [low, high] after this run's numbers is the 95 % bootstrap percentile interval "
+            f"({resamples} resamples, seed {seed}: eval.bootstrap_resamples, eval.bootstrap_seed) that resamples the "
+            f"query identities with all their queries (a cluster bootstrap: queries of one identity are not "
+            f"independent; core/evaluation/bootstrap.py). {several}")
+
+
+def claims_block(spec: Spec, runs: pd.DataFrame, ds: str, profile: str, fig_dir: Path, rel: str,
+                 load_table: LoadTable | None) -> list[str]:
+    """Markdown lines for the claims on one dataset: one line per claim and metric, and the forest plot."""
+    ref = reference_dataset(spec, ds)
+    verdicts = claims.evaluate_claims(spec, runs, ref, load_table)
+    ours = f"this run Δ ({run_header(ds)}, {_tag(runs, ds, None)}) [95 % interval]"
+    table = pd.DataFrame([{"claim": v.claim, "metric": v.metric, f"paper Δ ({DATASET_NAMES[ref]})":
+                           _fmt_delta(v.paper_delta), ours: _fmt_delta(v.delta) + (
+                               f" [{v.low:+.1f}, {v.high:+.1f}]" if v.low is not None else ""),
+                           "verdict": v.verdict + (f" ({v.reason})" if v.reason else "")} for v in verdicts])
+    lines = [f"**Claims — {run_header(ds)}**", "", _markdown(table), ""]
+    if any(v.delta is not None for v in verdicts):
+        nan = float("nan")
+        fig = figures.forest_figure(
+            [f"{v.claim} ({v.metric})" for v in verdicts],
+            [nan if v.paper_delta is None else v.paper_delta for v in verdicts],
+            [tuple(nan if x is None else x for x in (v.delta, v.low, v.high)) for v in verdicts],
+            f"paper ({DATASET_NAMES[ref]})", f"this run ({run_header(ds)})",
+            f"Claims — {spec.title} — {run_header(ds)}")
+        path = figures.save(fig, fig_dir / f"{spec.table}_{profile}_{ds}_claims.png")
+        lines += [f"![claims]({rel}/{path.name})", ""]
+    return lines
+
+
+def claims_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str], profile: str, fig_dir: Path, rel: str,
+                 load_table: LoadTable | None) -> list[str]:
+    """The report's Claims section of one profile (core.claims)."""
+    lines = ["### Claims", ""]
+    if spec.claims_note:
+        lines += [spec.claims_note, ""]
+    if not spec.claims:
+        return lines + [f"`experiments/{spec.path.name}` declares no claim.", ""]
+    lines += [f"The paper's claims as declared in `experiments/{spec.path.name}` (`claims:`). Δ = the claimed row "
+              f"− the beaten row, in percentage points, headline protocol; this run's Δ with its 95 % paired "
+              f"bootstrap interval (both rows on the same resampled query identities; with several seeds, seeds "
+              f"drawn per row too). Verdict: supported (the interval lies above 0), contradicted (below 0), "
+              f"inconclusive (it contains 0); not comparable when the rows were not scored on the same queries.", ""]
+    lines += [f"- {c.row} > {', '.join(c.beats)}: {c.note}" for c in spec.claims if c.note]
+    lines += [""] if any(c.note for c in spec.claims) else []
+    for ds in datasets:
+        lines += claims_block(spec, runs[runs["tags.dataset"] == ds], ds, profile, fig_dir, rel, load_table)
+    return lines
+
+
 def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: str,
-            load_json: LoadJson | None, left_out: Sequence[dict] = ()) -> str:
-    """Markdown for one profile: protocol line, comparison table, left-out runs, figures, runs used."""
+            load_json: LoadJson | None, left_out: Sequence[dict] = (), load_table: LoadTable | None = None) -> str:
+    """Markdown for one profile: protocol line, comparison tables with intervals, left-out runs, claims,
+    figures, runs used."""
     datasets = [d for d in DATASET_ORDER if d in set(runs["tags.dataset"])]
     seeds = sorted({int(s) for s in runs["tags.seed"]})
     desc = profile_descriptions().get(profile, "")
@@ -245,14 +337,19 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
               f"{_values(runs, 'train.epochs')} epochs (data.epoch_def = {_values(runs, 'data.epoch_def')} [A10]), "
               f"loss.reg_weight = {_values(runs, 'loss.reg_weight')} [A8]. Seeds: {', '.join(map(str, seeds))} "
               f"({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: {_commits(runs)}. "
-              f"Metrics in percent; Δ = this run − paper.", ""]
+              f"Metrics in percent; Δ = this run − paper.", "", interval_line(runs, seeds), ""]
     others = other_protocols(runs, datasets)
     lines += ["Protocols [A15] (the paper does not state its own; both are computed from one feature extraction):",
               "", *protocol_lines(runs, datasets, others)]
-    lines += ["**Headline protocol**", "", comparison_frame(spec, runs, datasets).pipe(_markdown), ""]
+    notes: list[str] = []
+    lines += ["**Headline protocol**", "", comparison_frame(spec, runs, datasets, None, load_table, notes).pipe(
+        _markdown), ""]
     for name in others:
-        lines += [f"**Protocol `{name}`**", "", comparison_frame(spec, runs, datasets, name).pipe(_markdown), ""]
+        lines += [f"**Protocol `{name}`**", "", comparison_frame(spec, runs, datasets, name, load_table, notes).pipe(
+            _markdown), ""]
+    lines += [f"{_mark(reason, notes)} {reason}" for reason in list(notes)] + ([""] if notes else [])
     lines += left_out_lines(left_out)
+    lines += claims_lines(spec, runs, datasets, profile, fig_dir, rel, load_table)
     for ds in datasets:
         sub = runs[runs["tags.dataset"] == ds]
         for name, fig in _figures(spec, sub, ds, load_json):
@@ -328,8 +425,9 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
 
 
 def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
-           load_json: LoadJson | None = None) -> str:
+           load_json: LoadJson | None = None, load_table: LoadTable | None = None) -> str:
     """The whole report as markdown."""
+    load_table = claims.cached(load_table)
     sel, left = same_config_runs(select_runs(runs))
     out = [f"# {spec.title}", "",
            f"Reproduction of Fu et al., *STA: Spatial-Temporal Attention for Large-Scale Video-based Person "
@@ -342,7 +440,7 @@ def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
         out += ["No finished runs yet in the tracking store; only the paper's numbers are shown.", ""]
     for profile in sorted(set(sel["tags.profile"])) if not sel.empty else []:
         out.append(section(spec, sel[sel["tags.profile"] == profile], profile, fig_dir, rel, load_json,
-                           [lo for lo in left if lo["profile"] == profile]))
+                           [lo for lo in left if lo["profile"] == profile], load_table))
     deviations = [f"- **{r.label}**: {r.deviation}" for r in spec.rows if r.deviation]
     used = {r.preset.name: r.preset for r in spec.run_rows if r.preset}
     for name, preset in used.items():
@@ -355,13 +453,13 @@ def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
 
 
 def write_report(spec: Spec, runs: pd.DataFrame, reports_dir: str | Path = "reports",
-                 load_json: LoadJson | None = None) -> Path:
+                 load_json: LoadJson | None = None, load_table: LoadTable | None = None) -> Path:
     """Write reports/<table>.md (+ reports/figures/<table>_*.png); returns the markdown path.
 
     Figures first, then the markdown, then old figures it no longer links are deleted (see the module doc)."""
     reports_dir = Path(reports_dir)
     fig_dir = reports_dir / "figures"
-    text = render(spec, runs, fig_dir, "figures", load_json)       # saves the figures (each atomically)
+    text = render(spec, runs, fig_dir, "figures", load_json, load_table)  # saves the figures (each atomically)
     from core.engine.checkpoint import save_text  # lazy: keeps this module free of torch
     path = save_text(text, reports_dir / f"{spec.table}.md")
     linked = set(re.findall(r"\]\(figures/([^)]+)\)", text))
@@ -369,6 +467,18 @@ def write_report(spec: Spec, runs: pd.DataFrame, reports_dir: str | Path = "repo
         if old.name not in linked:
             old.unlink(missing_ok=True)
     return path
+
+
+def claim_records(spec: Spec, runs: pd.DataFrame, load_table: LoadTable | None = None) -> list[dict]:
+    """The report's claim verdicts as JSON-able records, one per (profile, dataset, claim, beaten row, metric),
+    for MLflow (tracking.log_claims): the same runs and computation as the report's Claims section."""
+    sel, _ = same_config_runs(select_runs(runs))
+    out: list[dict] = []
+    for (profile, ds), group in (sel.groupby(["tags.profile", "tags.dataset"]) if not sel.empty else []):
+        ref = reference_dataset(spec, ds)
+        out += claims.records(claims.evaluate_claims(spec, group, ref, load_table), table=spec.table,
+                              profile=profile, dataset=ds, reference=ref, protocol=_tag(group, ds, None))
+    return out
 
 
 def write_index(reports_dir: str | Path = "reports") -> Path:

@@ -8,6 +8,9 @@ Layering of one row's config (flat dotted-key merges, later wins, no deeper inhe
 A preset is a named flat map written once for several tables (``full_sta``: the paper's full model, lambda
 included); a spec names it with ``preset:`` (every run row) or a row with its own ``preset:``.
 
+A spec also declares the paper's claims as data (``claims:``, :class:`Claim`): a run row that the paper says beats
+other run rows on some metrics; core.claims gives each a verdict from this run's per-query results.
+
 Everything is validated on load: an unknown key, a wrong type or an impossible value raises
 :class:`core.config.ConfigError` naming the file, the row, the key and what is allowed, before anything trains.
 """
@@ -28,7 +31,9 @@ PRESETS_PATH = EXPERIMENTS / "presets.yaml"
 METRICS = ("R1", "R5", "R10", "R20", "mAP")      # what every run computes [A14]
 PAPER_DATASETS = ("mars", "duke")                # datasets the paper reports
 DATASET_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID", "synthetic": "synthetic"}
-SPEC_KEYS = {"table": str, "title": str, "metrics": list, "preset": str, "base": dict, "rows": list, "notes": str}
+SPEC_KEYS = {"table": str, "title": str, "metrics": list, "preset": str, "base": dict, "rows": list, "notes": str,
+             "claims": list, "claims_note": str}
+CLAIM_KEYS = {"row": str, "beats": list, "metrics": list, "note": str}
 ROW_KEYS = {"label": str, "overrides": dict, "preset": str, "paper": dict, "deviation": str, "run": bool}
 PROFILE_KEYS = {"description": str, "overrides": dict}
 PRESET_KEYS = {"description": str, "overrides": dict, "deviation": str}
@@ -62,6 +67,15 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """The paper's claim that run row `row` beats each run row of `beats` on each of `metrics` (higher is better)."""
+    row: str                                     # a run row's label
+    beats: tuple[str, ...]                       # run rows' labels
+    metrics: tuple[str, ...]                     # a subset of the spec's metrics (a re-ranked row: its rerank_*)
+    note: str = ""                               # where the paper says so
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path
     table: str                                   # "table1"
@@ -70,6 +84,8 @@ class Spec:
     base: dict[str, Any]
     rows: tuple[Row, ...]
     notes: str = ""
+    claims: tuple[Claim, ...] = ()
+    claims_note: str = ""                        # why the claims are these (e.g. a claim that cannot be tested)
     profile: str | None = None                   # set by load_spec
     dataset: str | None = None
     cli_overrides: dict[str, Any] = field(default_factory=dict)
@@ -234,7 +250,36 @@ def read_spec(path: str | Path, presets_path: str | Path = PRESETS_PATH) -> Spec
     if not rows:
         raise ConfigError(f"{path}: key 'rows' is empty")
     return Spec(path=path, table=tree["table"], title=tree["title"], metrics=metrics, base=base, rows=tuple(rows),
-                notes=" ".join((tree.get("notes") or "").split()))
+                notes=" ".join((tree.get("notes") or "").split()),
+                claims=_claims(tree.get("claims") or [], rows, metrics, path),
+                claims_note=" ".join((tree.get("claims_note") or "").split()))
+
+
+def _claims(raw_claims: list, rows: Sequence[Row], metrics: tuple[str, ...], path: Path) -> tuple[Claim, ...]:
+    """Check each claim: its row and beaten rows are run rows of the spec (a quoted row has no per-query results
+    to compare), distinct, and its metrics are the spec's."""
+    runnable = {r.label: r.run for r in rows}
+    out = []
+    for i, raw in enumerate(raw_claims, start=1):
+        where = f"{path}, claim {i}" + (f" '{raw['row']}'" if isinstance(raw, dict) and raw.get("row") else "")
+        check_keys(raw, CLAIM_KEYS, where, required=("row", "beats", "metrics"))
+        beats, names = tuple(raw["beats"]), tuple(raw["metrics"])
+        for key, labels in (("row", (raw["row"],)), ("beats", beats)):
+            for label in labels:
+                if not isinstance(label, str) or label not in runnable:
+                    raise ConfigError(f"{where}: key '{key}' names {label!r}, which is not a row; rows: "
+                                      f"{', '.join(r.label for r in rows)}")
+                if not runnable[label]:
+                    raise ConfigError(f"{where}: key '{key}' names {label!r}, a quoted row (run: false): it has no "
+                                      f"per-query results to compare; claims compare run rows")
+        if not beats or raw["row"] in beats or len(set(beats)) != len(beats):
+            raise ConfigError(f"{where}: key 'beats' must list other rows, each once, got {list(beats)!r}")
+        bad = [m for m in names if m not in metrics]
+        if bad or not names or len(set(names)) != len(names):
+            raise ConfigError(f"{where}: key 'metrics' has {bad or list(names)!r}; allowed: {', '.join(metrics)} "
+                              f"(the table's metrics, each once)")
+        out.append(Claim(raw["row"], beats, names, " ".join((raw.get("note") or "").split())))
+    return tuple(out)
 
 
 def load_profiles(path: str | Path = PROFILES_PATH) -> dict[str, dict[str, Any]]:

@@ -1,8 +1,8 @@
 """One paper table, end to end: spec rows x seeds -> runs (trained, resumed or reused) -> tracked -> report.
 
 A row whose full resolved config (core.config.config_hash) already has a FINISHED run in the table's MLflow
-experiment is reused, not run again, unless ``force``; an interrupted row resumes from its checkpoint in
-``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
+experiment, with its per-query outcomes (tracking.PER_QUERY), is reused, not run again, unless ``force``; an
+interrupted row resumes from its checkpoint in ``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
 re-ranking) share one trained model through core.engine.train_dir.
 
 Under ``torchrun`` every rank trains (DDP, in the engine) and only rank 0 talks to MLflow and writes reports;
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from core import figures, reporting, tracking
+from core import claims, figures, reporting, tracking
 from core.config import RunConfig, apply_overrides, config_hash
 from core.specs import Row, Spec, read_spec
 
@@ -173,7 +173,8 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         else contextlib.nullcontext()
     with parent:
         for job in todo:
-            found = tracking.find_finished(experiment, config_hash(job.cfg)) if main else None
+            found = tracking.find_finished(experiment, config_hash(job.cfg), needs=(tracking.PER_QUERY,)) \
+                if main else None
             found = _agree(None if force else found)
             if found:
                 if main:
@@ -225,10 +226,14 @@ def _clear_checkpoint(cfg: RunConfig, work_dir: Path, cleared: set[Path], main: 
 
 
 def write_report(spec_path: str | Path, reports_dir: str | Path = "reports", tracking_uri: str | None = None) -> Path:
-    """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index."""
+    """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index; log the
+    claim verdicts on the table's parent run (tracking.log_claims)."""
     tracking.configure(tracking_uri)
     spec = read_spec(spec_path)
-    runs = tracking.runs_frame(tracking.experiment_name(spec.table))
-    path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json)
+    experiment = tracking.experiment_name(spec.table)
+    runs = tracking.runs_frame(experiment)
+    load_table = claims.cached(tracking.load_table)     # each per-query artifact read once for report and verdicts
+    path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
     reporting.write_index(reports_dir)
+    tracking.log_claims(experiment, reporting.claim_records(spec, runs, load_table))
     return path

@@ -3,7 +3,9 @@
 Plain functions around one store: a parent run per invocation (``parent_run``), a nested run per row and seed
 (``child_run``), the resolved config as params (``log_config``), per-epoch metrics through an engine callback
 (``epoch_callback``), final metrics and artifacts (``log_result``), and look-ups for reuse and reports
-(``find_finished``, ``runs_frame``, ``load_json``). Metrics R1..mAP are logged in percent.
+(``find_finished``, ``runs_frame``, ``load_json``, ``load_table``), and the report's claim verdicts on the table's
+parent run (``log_claims``). Metrics R1..mAP and their bootstrap intervals (``*_ci_low``, ``*_ci_high``) are logged
+in percent; every query's outcome is the artifact ``per_query.parquet``.
 
 Store: ``configure(uri)``; the URI comes from the argument, else $MLFLOW_TRACKING_URI, else a SQLite database in
 the working folder (``sqlite:///mlflow.db``, artifacts under ./mlruns). Browse it with
@@ -20,11 +22,12 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 import urllib.parse
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"   # read by mlflow.telemetry when mlflow is imported
 os.environ["DO_NOT_TRACK"] = "true"              # the cross-tool opt-out, honoured by mlflow.telemetry too
@@ -51,6 +54,10 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc", "uc")
 ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
 STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
+PER_QUERY = "per_query.parquet"              # artifact of a row run: core.evaluation.PER_QUERY_COLUMNS, one row per
+                                             # (protocol, reranked, query); read it with load_table(run_id, PER_QUERY)
+CLAIMS = "claims.json"                       # artifact of a table's parent run: reporting.claim_records (log_claims)
+CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
 SETTLE_S = 1.0                               # wait before workers that created a study's parent run pick one
 
 logging.getLogger("alembic").setLevel(logging.WARNING)   # the SQLite store's schema migrations are chatty
@@ -246,15 +253,18 @@ def log_history(history, skip: set[int] | frozenset = frozenset()) -> None:
 
 
 def is_percent(name: str) -> bool:
-    """R1..mAP under any protocol prefix ('R1', 'rerank_mAP', 'gao_R5', 'official_rerank_R1') are percentages."""
+    """R1..mAP under any protocol prefix ('R1', 'rerank_mAP', 'gao_R5', 'official_rerank_R1') and their interval
+    bounds ('R1_ci_low', 'gao_rerank_mAP_ci_high') are percentages."""
+    for suffix in CI_SUFFIXES:
+        name = name.removesuffix(suffix)
     return name.rsplit("_", 1)[-1] in METRICS
 
 
 def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Mapping[str, float] | None = None) -> None:
-    """Final metrics of a core.engine.RunResult (R1..mAP of every protocol in percent, counts; core.protocols),
-    the last epoch's loss terms as they enter the total (loss_ce, loss_triplet, loss_reg_weighted, loss_total,
-    loss_reg), the epochs the callback did not see, and cmc.json / scores.json artifacts (the report rebuilds its
-    figures from them)."""
+    """Final metrics of a core.engine.RunResult (R1..mAP of every protocol and their *_ci_low / *_ci_high in
+    percent, counts; core.protocols), the last epoch's loss terms as they enter the total (loss_ce, loss_triplet,
+    loss_reg_weighted, loss_total, loss_reg), the epochs the callback did not see, the cmc.json artifact (the
+    report rebuilds its figures from it) and the per-query outcomes as the artifact PER_QUERY."""
     log_history(result.history, logged_by.logged if logged_by else set())
     metrics = {k: 100.0 * v if is_percent(k) else v for k, v in result.metrics.items()}
     metrics.update(result.losses)
@@ -262,6 +272,15 @@ def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Map
     mlflow.log_metrics({**metrics, **(extra_metrics or {})})
     mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},
                     "cmc.json")
+    log_table(result.per_query, PER_QUERY)
+
+
+def log_table(frame: pd.DataFrame, name: str) -> None:
+    """A DataFrame as a Parquet artifact `name` (e.g. 'per_query.parquet') of the active run, without its index."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), os.path.dirname(name) or None)
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -291,16 +310,29 @@ def set_tags(tags: Mapping[str, Any]) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def find_finished(experiment: str, config_hash: str) -> str | None:
-    """Run id of the newest FINISHED row run of `experiment` whose tag config_hash matches, else None."""
+def find_finished(experiment: str, config_hash: str, needs: Sequence[str] = ()) -> str | None:
+    """Run id of the newest FINISHED row run of `experiment` whose tag config_hash matches and that holds every
+    artifact in `needs` (e.g. PER_QUERY: a run logged before the suite kept per-query outcomes is not reused, so
+    its row is evaluated again from its checkpoint), else None."""
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = MlflowClient().search_runs(
-        [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+    client = MlflowClient()
+    runs = client.search_runs(
+        [exp.experiment_id], max_results=20, order_by=["attributes.start_time DESC"],
         filter_string=f"tags.kind = '{ROW_KIND}' and tags.config_hash = '{config_hash}' "
                       f"and attributes.status = 'FINISHED'")
-    return runs[0].info.run_id if runs else None
+    for run in runs:
+        if all(has_artifact(run.info.run_id, name, client) for name in needs):
+            return run.info.run_id
+    return None
+
+
+def has_artifact(run_id: str, name: str, client: MlflowClient | None = None) -> bool:
+    """Whether run `run_id` holds the artifact file `name` (a path inside its artifacts)."""
+    folder = os.path.dirname(name)
+    files = (client or MlflowClient()).list_artifacts(run_id, folder or None)
+    return any(f.path == name and not f.is_dir for f in files)
 
 
 def mark_used(run_id: str) -> None:
@@ -324,3 +356,53 @@ def load_json(run_id: str, name: str) -> Any | None:
         return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
     except Exception:  # noqa: BLE001 - a missing artifact raises backend-specific errors
         return None
+
+
+def load_table(run_id: str, name: str) -> pd.DataFrame | None:
+    """A Parquet artifact of a run as a DataFrame (e.g. PER_QUERY = 'per_query.parquet'), or None when it is
+    missing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
+        except Exception:  # noqa: BLE001 - a missing artifact raises backend-specific errors
+            return None
+        return pd.read_parquet(path)
+
+
+def log_claims(experiment: str, records: list[dict]) -> list[str]:
+    """The report's claim verdicts (reporting.claim_records) on the table's parent run: per (profile, dataset), the
+    latest run of `experiment` with tags kind=table, profile and dataset gets the artifact CLAIMS (its records),
+    the metrics ``<key>_<metric>_delta``, ``_ci_low``, ``_ci_high`` and ``_paper_delta`` (percentage points; key
+    claim<k>, as in the records), the tags ``<key>`` (the claim, e.g. 'N=4 > N=2') and ``<key>_<metric>_verdict``,
+    and the tag ``claims`` counting the verdicts. Rebuilding a report logs them again (the latest values win).
+    Returns the run ids written."""
+    from mlflow.entities import Metric, RunTag
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None or not records:
+        return []
+    client, now, written = MlflowClient(), int(time.time() * 1000), []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["profile"], rec["dataset"]), []).append(rec)
+    for (profile, dataset), recs in groups.items():
+        found = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                   filter_string=f"tags.kind = '{TABLE_KIND}' and tags.profile = '{profile}' "
+                                                 f"and tags.dataset = '{dataset}'")
+        if not found:
+            continue
+        run_id = found[0].info.run_id
+        client.log_dict(run_id, {"claims": recs}, CLAIMS)
+        metrics = [Metric(f"{r['key']}_{r['metric']}_{name}", float(r[field]), now, 0) for r in recs
+                   for name, field in (("delta", "delta"), ("ci_low", "low"), ("ci_high", "high"),
+                                       ("paper_delta", "paper_delta")) if r[field] is not None]
+        counts: dict[str, int] = {}
+        for r in recs:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        tags = {**{r["key"]: r["claim"] for r in recs}, **{f"{r['key']}_{r['metric']}_verdict": r["verdict"]
+                                                            for r in recs},
+                "claims": ", ".join(f"{n} {v}" for v, n in counts.items())}
+        tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, max(len(metrics), len(tags)), 100):       # MLflow takes at most 100 tags per batch
+            client.log_batch(run_id, metrics=metrics[i:i + 100], tags=tags[i:i + 100])
+        written.append(run_id)
+    return written

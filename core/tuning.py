@@ -404,8 +404,8 @@ class ValidationReporter:
     def evaluate(self, model, done: int, step: int) -> float:
         from core import tracking
         from core.engine import evaluate_model
-        metrics, _, _ = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg,
-                                       progress=False)
+        metrics = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg,
+                                 progress=False).metrics
         value = 100.0 * metrics["mAP"]
         if not math.isfinite(value):     # never a score: the trial fails with this reason (Objective.__call__)
             raise FloatingPointError(f"validation mAP after epoch {done} is {value}; the trial is failed, not scored")

@@ -3,9 +3,11 @@ a second invocation reuses the finished runs (no new runs, no training); the rep
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 import pytest
 
 import core.engine
+from core import tracking
 from core.cli import main
 
 pytestmark = pytest.mark.slow
@@ -63,7 +65,17 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     for name in ("triplet", "reg", "train_acc", "lr", "frames_per_s"):
         assert f"metrics.{name}" in rows
     artifacts = {a.path for a in client.list_artifacts(sta.run_id)}
-    assert {"config.json", "spec_row.json", "cmc.json", "cmc.png", "attention.png", "scores.json"} <= artifacts
+    assert {"config.json", "spec_row.json", "cmc.json", "cmc.png", "attention.png", "scores.json",
+            "per_query.parquet"} <= artifacts
+    # every query's outcome: the MLflow artifact equals the file beside eval-<hash>.json; intervals in percent
+    per_query = tracking.load_table(sta.run_id, tracking.PER_QUERY)
+    on_disk = tmp_path / "runs" / sta["tags.train_dir"] / f"per_query-{sta['tags.config_hash']}.parquet"
+    pd.testing.assert_frame_equal(per_query, pd.read_parquet(on_disk))
+    headline = per_query[(per_query["protocol"] == "headline") & ~per_query["reranked"]]
+    assert 100 * (headline["first_match_rank"] == 1).mean() / headline["ap"].notna().mean() == \
+        pytest.approx(sta["metrics.R1"])
+    assert sta["metrics.R1_ci_low"] <= sta["metrics.R1"] <= sta["metrics.R1_ci_high"] <= 100
+    assert sta["metrics.gao_mAP_ci_low"] <= sta["metrics.gao_mAP"] <= sta["metrics.gao_mAP_ci_high"] <= 100
     assert "checkpoint" not in artifacts  # the checkpoint is logged on paper-profile runs only
 
     # a second invocation reuses both rows: no new runs of any row, no training
@@ -83,6 +95,11 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     for label, paper_r1 in (("Baseline", "74.5"), ("Baseline + TL + STA + Fusion + Reg", "86.3")):
         line = next(ln for ln in report.splitlines() if ln.startswith("|") and f"| {label} " in ln)
         ours = f"{rows[rows['tags.row'] == label]['metrics.R1'].iloc[0]:.1f}"
-        assert paper_r1 in line and ours in line
+        assert paper_r1 in line and f"{ours} [" in line              # with its 95 % interval (per-query results)
     assert (tmp_path / "reports" / "figures" / "table1_cpu_synthetic_bars.png").exists()
+    # the claim verdicts (here: rows not run) on the latest table run
+    latest = again[again["tags.kind"] == "table"].sort_values("start_time").iloc[-1]
+    verdicts = tracking.load_json(latest["run_id"], tracking.CLAIMS)["claims"]
+    assert len(verdicts) == 12 and {v["verdict"] for v in verdicts} == {"no verdict"}
+    assert "### Claims" in report and "no verdict (row 'Baseline + TL' has no finished run)" in report
     assert "table1" in (tmp_path / "reports" / "README.md").read_text()

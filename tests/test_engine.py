@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 
+import pandas
 import pytest
 import torch
 
 import core.engine.training as train_mod
 from core.config import RunConfig, apply_overrides
 from core.data import load_dataset
-from core.engine import NonFiniteLossError, run, train
+from core.engine import NonFiniteLossError, per_query_path, run, train
 from core.engine.checkpoint import load_torch, save_torch
 
 
@@ -145,6 +146,20 @@ def test_run_trains_evaluates_and_writes_metrics(tiny_synthetic_root, dataset, t
     assert result.synthetic and "synthetic" in result.dataset_name
     assert result.scores and all(s.shape == (cfg.eval.seq_len, 2) for s in result.scores.values())
     assert list(result.run_dir.glob("eval-*.json")) and (result.run_dir / "config.json").exists()
+    # every query's outcome per protocol and re-ranking, written beside eval-<hash>.json and read back equal
+    frame = result.per_query
+    assert len(frame) == 3 * 2 * len(dataset.query) and set(frame["protocol"]) == {"headline", "official", "gao"}
+    pandas.testing.assert_frame_equal(pandas.read_parquet(per_query_path(cfg, tmp_path)), frame)
+    assert not list(result.run_dir.glob(".*tmp"))
+    for rr, prefix in ((False, ""), (True, "rerank_")):
+        rows = frame[(frame["protocol"] == "headline") & (frame["reranked"] == rr)]
+        assert rows["query"].tolist() == list(range(len(dataset.query)))
+        assert rows["pid"].tolist() == [t.pid for t in dataset.query]
+        assert (rows["first_match_rank"] == 1).sum() / rows["ap"].notna().sum() == result.metrics[f"{prefix}R1"]
+        assert rows["ap"].mean() == pytest.approx(result.metrics[f"{prefix}mAP"], abs=1e-12)   # NaN skipped
+        for m in ("R1", "mAP"):                   # the 95 % bootstrap interval around each value
+            key = f"{prefix}{m}"
+            assert result.metrics[f"{key}_ci_low"] <= result.metrics[key] <= result.metrics[f"{key}_ci_high"]
 
 
 def _chance_rank1(query, gallery) -> float:
@@ -172,10 +187,10 @@ def test_training_learns_an_embedding(tiny_synthetic_root, dataset, tmp_path):
     gallery = [t for t in dataset.train if t not in query]
     torch.manual_seed(cfg.train.seed)
     untrained = build_model(cfg.model, dataset.num_train_pids).eval()
-    before, _, _ = evaluate_model(untrained, query, gallery, cfg, torch.device("cpu"), progress=False)
+    before = evaluate_model(untrained, query, gallery, cfg, torch.device("cpu"), progress=False).metrics
 
     model, hist = train(cfg, dataset, tmp_path / "learn", progress=False)
-    after, _, _ = evaluate_model(model, query, gallery, cfg, torch.device("cpu"), progress=False)
+    after = evaluate_model(model, query, gallery, cfg, torch.device("cpu"), progress=False).metrics
     assert sum(h.ce for h in hist[-3:]) < sum(h.ce for h in hist[:3])
     assert hist[-1].train_acc > 2.0 / dataset.num_train_pids
     assert after["R1"] > 2 * _chance_rank1(query, gallery)

@@ -31,9 +31,12 @@ def test_hand_example(ap_rule, ap0, ap1):
     assert r["mAP"] == pytest.approx((ap0 + ap1) / 2, abs=1e-12)
     np.testing.assert_allclose(r["AP"][:2], [ap0, ap1], atol=1e-12)
     assert np.isnan(r["AP"][2])
+    np.testing.assert_array_equal(r["first_match_rank"], [1.0, 5.0, np.nan])   # ranks among kept items
+    assert r["first_match_rank"].dtype == np.float64
     assert r["R1"] == 0.5 and r["R5"] == 1.0 and "R10" not in r and "R20" not in r
     ref = evaluate_reference(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=5, ap_rule=ap_rule)
     np.testing.assert_array_equal(ref["cmc"], r["cmc"])
+    np.testing.assert_array_equal(ref["first_match_rank"], r["first_match_rank"])
     assert ref["mAP"] == pytest.approx(r["mAP"], abs=1e-12)
 
 
@@ -43,6 +46,7 @@ def test_ties_broken_by_gallery_index(ap_rule, ap):
     dist = np.array([[0.3, 0.3, 0.9]])
     r = evaluate(dist, [5], [6, 5, 7], [1], [2, 2, 2], max_rank=3, ap_rule=ap_rule)
     np.testing.assert_array_equal(r["cmc"], [0.0, 1.0, 1.0])
+    assert r["first_match_rank"].tolist() == [2.0]
     assert r["mAP"] == pytest.approx(ap)
 
 
@@ -69,6 +73,11 @@ def test_matches_reference_loop(ap_rule, as_torch, dtype):
         assert fast["num_skipped"] >= 3 and fast["num_skipped"] == ref["num_skipped"]
         assert fast["num_valid"] == ref["num_valid"]
         np.testing.assert_array_equal(fast["cmc"], ref["cmc"])
+        np.testing.assert_array_equal(fast["first_match_rank"], ref["first_match_rank"])  # NaN where skipped
+        valid = ~np.isnan(fast["first_match_rank"])
+        assert valid.sum() == fast["num_valid"] and np.isnan(fast["AP"][~valid]).all()
+        per_query_cmc = (fast["first_match_rank"][valid, None] <= np.arange(1, 21)).mean(0)
+        np.testing.assert_allclose(per_query_cmc, fast["cmc"], atol=1e-12)   # the CMC is the mean of rank <= r
         np.testing.assert_allclose(fast["AP"], ref["AP"], atol=1e-12)   # NaN where skipped, in both
         assert fast["mAP"] == pytest.approx(ref["mAP"], abs=1e-12)
         for k in ("R1", "R5", "R10", "R20"):

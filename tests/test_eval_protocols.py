@@ -6,7 +6,7 @@ import pytest
 from core import protocols
 from core.data import Tracklet
 from core.engine.run import _union
-from core.evaluation import evaluate, k_reciprocal_rerank_reference, score_protocols
+from core.evaluation import PER_QUERY_COLUMNS, evaluate, k_reciprocal_rerank_reference, score_protocols
 from core.evaluation.scoring import protocol_gallery
 
 # Distinct test tracklets, 1-d features (distance = |a - b|):
@@ -42,7 +42,8 @@ def test_protocol_galleries_by_hand():
 
 def test_both_protocols_by_hand_and_the_query_without_match():
     with pytest.warns(UserWarning, match="without a valid gallery match.*of 3: headline 1, official 1, gao 1"):
-        m, cmcs = score_protocols(FEATS, Q_ROWS, G_ROWS, PIDS, CAMS, _protocols())
+        scores = score_protocols(FEATS, Q_ROWS, G_ROWS, PIDS, CAMS, _protocols())
+    m, cmcs = scores.metrics, scores.cmcs
     assert m["official_mAP"] == pytest.approx(OFFICIAL_MAP) and m["mAP"] == pytest.approx(OFFICIAL_MAP)
     assert m["gao_mAP"] == pytest.approx(GAO_MAP)
     for p in ("", "official_", "gao_"):
@@ -52,14 +53,29 @@ def test_both_protocols_by_hand_and_the_query_without_match():
     assert cmcs["cmc"].shape == (20,) and set(cmcs) == {"cmc", "official_cmc", "gao_cmc"}
     # the headline follows the run's options: gallery as loaded, eval.ap_rule
     with pytest.warns(UserWarning):
-        step = score_protocols(FEATS, Q_ROWS, G_ROWS, PIDS, CAMS, _protocols(ap_rule="step"))[0]
+        step = score_protocols(FEATS, Q_ROWS, G_ROWS, PIDS, CAMS, _protocols(ap_rule="step")).metrics
     assert step["mAP"] == pytest.approx((1 / 2 + 1 / 3) / 2) and step["gao_mAP"] == pytest.approx(GAO_MAP)
+
+
+def test_per_query_frame_by_hand():
+    with pytest.warns(UserWarning):
+        frame = score_protocols(FEATS, Q_ROWS, G_ROWS, PIDS, CAMS, _protocols()).per_query
+    assert tuple(frame.columns) == PER_QUERY_COLUMNS and len(frame) == 3 * 3   # 3 protocols x 3 queries
+    assert frame["protocol"].tolist() == ["headline"] * 3 + ["official"] * 3 + ["gao"] * 3
+    assert not frame["reranked"].any() and frame["query"].tolist() == [0, 1, 2] * 3
+    assert frame["pid"].tolist() == [1, 2, 3] * 3 and frame["camid"].tolist() == [1, 1, 1] * 3
+    for name, aps in (("headline", [1 / 3, 1 / 6]), ("official", [1 / 3, 1 / 6]), ("gao", [7 / 12, 1 / 3])):
+        rows = frame[frame["protocol"] == name]
+        np.testing.assert_array_equal(rows["first_match_rank"], [2.0, 3.0, np.nan])   # C has no valid match
+        np.testing.assert_allclose(rows["ap"], [*aps, np.nan], atol=1e-12)
+    assert frame.dtypes.astype(str).tolist()[1:] == ["bool", "int64", "int64", "int64", "float64", "float64"]
+    assert frame["protocol"].map(type).eq(str).all()
 
 
 def test_headline_without_queries_equals_gao():
     loaded = np.array([2, 3, 4, 5])                 # data.gallery_with_queries = false: the loader dropped them
     with pytest.warns(UserWarning):
-        m, _ = score_protocols(FEATS, Q_ROWS, loaded, PIDS, CAMS, _protocols(gwq=False, ap_rule="step"))
+        m = score_protocols(FEATS, Q_ROWS, loaded, PIDS, CAMS, _protocols(gwq=False, ap_rule="step")).metrics
     assert m["mAP"] == m["gao_mAP"] == pytest.approx(GAO_MAP)
     assert m["official_mAP"] == pytest.approx(OFFICIAL_MAP)   # the queries are put back for the official one
 
@@ -87,7 +103,8 @@ def test_rerank_runs_once_over_the_distinct_tracklets():
     # 10 queries, 8 of them also in the loaded gallery (rows 2..9), 30 gallery-only tracklets: 40 distinct items
     feats, pids, cams = _clusters(2, 8, 30)
     q_rows, g_rows = np.arange(10), np.arange(2, 40)
-    m, cmcs = score_protocols(feats, q_rows, g_rows, pids, cams, _protocols(), rerank=(4, 2, 0.3))
+    scores = score_protocols(feats, q_rows, g_rows, pids, cams, _protocols(), rerank=(4, 2, 0.3))
+    m, cmcs, frame = scores.metrics, scores.cmcs, scores.per_query
     assert m["rerank_set_size"] == 40                 # not 10 + 38 = 48: no query meets a copy of itself
     expected = k_reciprocal_rerank_reference(feats[:10], feats[10:], 4, 2, 0.3, include_queries=True)  # [10, 40]
     for name, cols in (("official", np.r_[2:40, 0:2]), ("gao", np.arange(10, 40)), ("", g_rows)):
@@ -96,6 +113,10 @@ def test_rerank_runs_once_over_the_distinct_tracklets():
         prefix = f"{name}_" if name else ""
         assert m[f"{prefix}rerank_mAP"] == pytest.approx(ref["mAP"], abs=1e-6), name
         assert m[f"{prefix}rerank_R1"] == pytest.approx(ref["R1"]), name
+        rows = frame[(frame["protocol"] == p.name) & frame["reranked"]]
+        np.testing.assert_array_equal(rows["first_match_rank"], ref["first_match_rank"])
+        np.testing.assert_allclose(rows["ap"], ref["AP"], atol=1e-6)
+    assert len(frame) == 3 * 2 * 10 and frame["reranked"].sum() == 30
     assert {"rerank_cmc", "official_rerank_cmc", "gao_rerank_cmc"} <= set(cmcs)
 
 

@@ -27,7 +27,7 @@ from core.engine.training import non_finite, train_hash
 from core.evaluation import evaluate
 from core.specs import load_spec, read_spec, select_rows, spec_path
 from tests.test_engine import tiny_cfg
-from tests.test_tracking_reports import FakeEpoch, FakeResult
+from tests.test_tracking_reports import FakeEpoch, FakeResult, fake_per_query
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
@@ -307,7 +307,8 @@ def _log(spec, row, seed: int, r1: float, **overrides) -> str:
     with tracking.child_run(f"{row.label} [seed {seed}]", tags) as run_id:
         tracking.log_config(cfg)
         metrics = {"R1": r1, "R5": 0.8, "R10": 0.9, "R20": 0.95, "mAP": 0.5, "num_queries": 10.0}
-        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0)], {}, {}))
+        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0)], {}, {},
+                                       fake_per_query(metrics)))
     return run_id
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core import reporting, tracking
@@ -30,6 +31,25 @@ class FakeResult:
     history: list
     scores: dict
     losses: dict
+    per_query: pd.DataFrame
+
+
+def fake_per_query(metrics: dict, num: int = 10) -> pd.DataFrame:
+    """A per-query frame (core.evaluation.PER_QUERY_COLUMNS) whose R1 and mAP are those of `metrics` (R1 a
+    multiple of 1/num): the first R1 * num queries match at rank 1, the others at rank 2 + their position."""
+    frames = []
+    for name, prefix in (("headline", ""), ("official", "official_"), ("gao", "gao_")):
+        for reranked in (False, True):
+            key = f"{prefix}{'rerank_' if reranked else ''}"
+            if f"{key}R1" not in metrics:
+                continue
+            hits = round(metrics[f"{key}R1"] * num)
+            frames.append(pd.DataFrame({
+                "protocol": name, "reranked": reranked, "query": np.arange(num), "pid": np.arange(num) // 2 + 1,
+                "camid": np.ones(num, dtype=np.int64),
+                "first_match_rank": np.where(np.arange(num) < hits, 1.0, 2.0 + np.arange(num)),
+                "ap": np.full(num, metrics[f"{key}mAP"])}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank: float | None = None) -> str:
@@ -49,9 +69,11 @@ def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank
         gao = {f"gao_{k}": v + 0.125 if k.endswith(("R1", "mAP")) else v for k, v in metrics.items()}
         metrics.update({**official, **gao, "gao_num_skipped_queries": 2.0, "official_num_gallery": 11310.0,
                         "gao_num_gallery": 9330.0})
+        metrics.update({"R1_ci_low": r1 - 0.125, "R1_ci_high": r1 + 0.125, "mAP_ci_low": 0.375,
+                        "mAP_ci_high": 0.625})                              # bootstrap interval bounds (fractions)
         losses = {"loss_ce": 2.5, "loss_triplet": 0.75, "loss_reg_weighted": 0.0125, "loss_total": 3.2625}
-        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0), FakeEpoch(1)], {}, losses),
-                            logged_by=callback)
+        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0), FakeEpoch(1)], {}, losses,
+                                       fake_per_query(metrics)), logged_by=callback)
     return run_id
 
 
@@ -101,6 +123,34 @@ def test_row_runs_hold_params_metrics_history_and_artifacts(store):
     assert tracking.runs_frame("STA no such table").empty
 
 
+def test_per_query_artifact_and_interval_metrics_in_percent(store):
+    tracking.configure(store["uri"])
+    runs = tracking.runs_frame("STA table1")
+    row = runs[runs["run_id"] == store["ids"][("Baseline", 1)]].iloc[0]
+    assert (row["metrics.R1_ci_low"], row["metrics.R1"], row["metrics.R1_ci_high"]) == pytest.approx((47.5, 60, 72.5))
+    assert row["metrics.mAP_ci_high"] == pytest.approx(62.5)
+    assert tracking.is_percent("gao_rerank_mAP_ci_high") and not tracking.is_percent("num_queries")
+    frame = tracking.load_table(row["run_id"], tracking.PER_QUERY)
+    assert tracking.PER_QUERY == "per_query.parquet"
+    metrics = {k.removeprefix("metrics."): v / 100 for k, v in row.items() if k.startswith("metrics.")}
+    pd.testing.assert_frame_equal(frame, fake_per_query(metrics))      # what was logged, read back
+    headline = frame[frame["protocol"] == "headline"]
+    assert (headline["first_match_rank"] == 1).mean() == pytest.approx(0.6)
+    assert tracking.load_table(row["run_id"], "missing.parquet") is None
+
+
+def test_a_finished_run_without_per_query_outcomes_is_not_reused(store):
+    tracking.configure(store["uri"])
+    with tracking.parent_run("STA older", "test"):
+        with tracking.child_run("row", {"config_hash": "0ld"}) as old:
+            tracking.log_metrics({"R1": 50.0})              # logged before per-query outcomes were kept
+    assert tracking.find_finished("STA older", "0ld") == old
+    assert tracking.find_finished("STA older", "0ld", needs=(tracking.PER_QUERY,)) is None
+    assert tracking.has_artifact(store["ids"][("Baseline", 0)], tracking.PER_QUERY)
+    assert tracking.find_finished("STA table1", f"{config_hash(store['t1'].rows[0].config)}-0-synthetic",
+                                  needs=(tracking.PER_QUERY,)) == store["ids"][("Baseline", 0)]
+
+
 def test_find_finished_matches_the_config_hash_only(store):
     tracking.configure(store["uri"])
     cfg = store["t1"].rows[0].config
@@ -123,12 +173,14 @@ def test_failed_row_is_marked_failed_and_never_reused(store):
 def test_report_sets_paper_beside_run_with_mean_and_std(store, tmp_path):
     tracking.configure(store["uri"])
     spec = read_spec(spec_path("table1"))
-    path = reporting.write_report(spec, tracking.runs_frame("STA table1"), tmp_path, load_json=tracking.load_json)
+    path = reporting.write_report(spec, tracking.runs_frame("STA table1"), tmp_path, load_json=tracking.load_json,
+                                  load_table=tracking.load_table)
     text = path.read_text()
     assert "| paper (MARS) R1 | this run (synthetic, MARS layout, official) R1 | Δ R1 |" in text.replace("  ", "")
     assert "this run (MARS" not in text          # synthetic numbers are never presented as MARS
     line = next(ln for ln in text.splitlines() if ln.startswith("| 1 "))
-    assert "74.5" in line and "55.0 ± 7.1" in line and "-19.5" in line
+    assert "74.5" in line and "55.0 ± 7.1 [" in line and "-19.5" in line     # mean ± std [seed x query interval]
+    assert re.search(r"\| Baseline \+ TL > Baseline +\| R1 +\| \+6\.3 +\| \+[0-9.]+ \[", text)   # the Claims
     # the other protocol, in its own table with its columns named: gao R1 = 0.125 higher, 2 queries skipped
     assert "**Protocol `gao`**" in text and "this run (synthetic, MARS layout, gao) R1" in text
     gao = text[text.index("**Protocol `gao`**"):]
@@ -152,7 +204,7 @@ def test_report_sets_paper_beside_run_with_mean_and_std(store, tmp_path):
 def test_rerank_row_reports_reranked_metrics_and_literature_rows_are_quoted(store, tmp_path):
     tracking.configure(store["uri"])
     text = reporting.write_report(read_spec(spec_path("table4")), tracking.runs_frame("STA table4"), tmp_path,
-                                  load_json=tracking.load_json).read_text()
+                                  load_json=tracking.load_json, load_table=tracking.load_table).read_text()
     sta = next(ln for ln in text.splitlines() if ln.startswith("| 11 "))
     rerank = next(ln for ln in text.splitlines() if ln.startswith("| 12 "))
     assert "40.0" in sta and "45.0" in rerank and "87.2" in rerank
@@ -209,3 +261,29 @@ def test_duke_report_states_its_released_evaluation_and_gives_gao_beside_it():
     assert "**`gao`**" in text and "gallery without the query tracklets" in text
     mixed = pd.concat([runs, runs.assign(**{"params.eval.ap_rule": "trapezoid"})])   # a headline of neither
     assert reporting.other_protocols(mixed, ["duke"]) == ["official", "gao"]
+
+
+def test_claim_verdicts_land_on_the_tables_parent_run(store):
+    import time
+
+    import mlflow
+
+    from core import claims
+    from tests.test_claims import table1_store
+    tracking.configure(store["uri"])
+    runs, load = table1_store()
+    spec = read_spec(spec_path("table1"))
+    with tracking.parent_run("STA claims test", "old", {"profile": "cpu", "dataset": "synthetic"}):
+        time.sleep(0.01)                     # the newer run starts later (ordered by start time)
+    with tracking.parent_run("STA claims test", "new", {"profile": "cpu", "dataset": "synthetic"}) as parent:
+        pass
+    records = reporting.claim_records(spec, runs, load)
+    assert len(records) == 12 and {r["dataset"] for r in records} == {"synthetic"}
+    assert tracking.log_claims("STA claims test", records) == [parent]
+    assert tracking.load_json(parent, tracking.CLAIMS)["claims"] == records
+    data = mlflow.MlflowClient().get_run(parent).data
+    assert data.tags["claim1"] == "Baseline + TL > Baseline" and data.tags["claim1_R1_verdict"] == "supported"
+    assert data.metrics["claim1_R1_delta"] == pytest.approx(65.0) and data.metrics["claim1_R1_paper_delta"] == \
+        pytest.approx(6.3)
+    assert "claim2_R1_ci_low" not in data.metrics and "no verdict" in data.tags["claims"]
+    assert claims.PER_QUERY == tracking.PER_QUERY

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="train.device (default cuda)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--data-size", default="default", choices=("tiny", "small", "default"))
-    p.add_argument("--data-root", help="synthetic tree (default: .cache/synthetic_<size>_seed0)")
+    p.add_argument("--data-root", help="synthetic tree (default: .cache/synthetic_<size>_seed0_v<generator version>)")
     p.add_argument("--workers", type=int, help="data.num_workers (default: the profile's, 8)")
     p.add_argument("--compile", action="store_true", help="train.compile")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
     p.add_argument("--data-size", default="default", choices=("tiny", "small", "default"),
                    help="synthetic preset read by the loader figures (generated once)")
-    p.add_argument("--data-root", help="where the synthetic tree is (default: .cache/synthetic_<size>_seed0)")
+    p.add_argument("--data-root", help="where the synthetic tree is (default: .cache/synthetic_<size>_seed0_v<generator version>)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma separated, from " + ",".join(VARIANTS))
     p.add_argument("--no-amp", action="store_true", help="CUDA: full float32 instead of bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")

@@ -62,5 +62,10 @@ def save_json(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+def save_parquet(frame, path: str | Path) -> Path:
+    """A pandas DataFrame as Parquet (pyarrow), without its index."""
+    return atomic_write(path, lambda f: frame.to_parquet(f, index=False))
+
+
 def save_text(text: str, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")

@@ -1,4 +1,7 @@
-"""A run: resolved config -> trained model (cached, resumable) -> metrics on the dataset's query/gallery."""
+"""A run: resolved config -> trained model (cached, resumable) -> metrics on the dataset's query/gallery.
+
+Written into the run folder (train_dir) per full config hash: eval-<hash>.json (metrics, CMC, losses) and
+per_query-<hash>.parquet (every query's outcome per protocol, core.evaluation.scoring.PER_QUERY_COLUMNS)."""
 from __future__ import annotations
 
 import os
@@ -7,25 +10,28 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from core.config import RunConfig, config_hash, to_dict
 from core.data import Tracklet, VideoDataset, load_dataset
-from core.engine.checkpoint import save_json
+from core.engine.checkpoint import save_json, save_parquet
 from core.engine.device import amp_dtype, barrier, current_dist, resolve_device
 from core.engine.extract import extract_features
 from core.engine.training import TRAIN_SECTIONS, EpochCallback, EpochStats, train
-from core.evaluation import score_protocols
+from core.evaluation import bootstrap, score_protocols
 from core.protocols import headline, named
 from core.provenance import provenance
 
 
 @dataclass
 class RunResult:
-    metrics: dict[str, float]                 # R1..mAP (fractions) per protocol, rerank_*, counts (core.protocols)
+    metrics: dict[str, float]                 # R1..mAP (fractions) per protocol, rerank_*, counts (core.protocols),
+                                              # and their bootstrap intervals *_ci_low / *_ci_high (fractions)
     cmc: np.ndarray                           # (20,) rank-r accuracy
     history: list[EpochStats]
     run_dir: Path                             # holds last.pt (the final checkpoint) and config.json
+    per_query: pd.DataFrame = field(default_factory=pd.DataFrame)  # core.evaluation.PER_QUERY_COLUMNS
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # query index -> (N, K) attention scores
     dataset_name: str = ""
     synthetic: bool = False
@@ -65,13 +71,21 @@ def _union(query: list[Tracklet], gallery: list[Tracklet]) -> tuple[list[Trackle
     return tracklets, np.array([index[_key(t)] for t in query]), np.array([index[_key(t)] for t in gallery])
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]                 # MLflow names, fractions and counts (core.protocols)
+    cmc: np.ndarray                           # (20,) headline rank-r accuracy
+    per_query: pd.DataFrame                   # core.evaluation.PER_QUERY_COLUMNS; query = position in `query`
+    scores: dict[int, torch.Tensor]           # query index -> (N, K) attention scores (keep_scores_for queries)
+
+
 def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[Tracklet], cfg: RunConfig,
                    device: torch.device | None = None, keep_scores_for: int = 0,
-                   progress: bool = True) -> tuple[dict[str, float], np.ndarray, dict[int, torch.Tensor]]:
+                   progress: bool = True) -> Evaluation:
     """CMC/mAP of `model` on a query/gallery split, with the test options of cfg.eval [A12, A15, A16].
 
     One extraction, scored under the headline protocol (the gallery as given, eval.ap_rule: metrics R1..mAP) and
-    the named ones (official_*, gao_*; core.protocols). Returns (metrics, headline CMC, attention scores)."""
+    the named ones (official_*, gao_*; core.protocols), with every query's outcome (Evaluation.per_query)."""
     device = device or next(model.parameters()).device
     tracklets, q_rows, g_rows = _union(query, gallery)
     out = extract_features(model, tracklets, seq_len=cfg.eval.seq_len, sampling=cfg.eval.sampling,
@@ -82,15 +96,22 @@ def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[
     ds = cfg.data.dataset
     protocols = [headline(ds, cfg.data.gallery_with_queries, cfg.eval.ap_rule), *named(ds).values()]
     rerank = (cfg.eval.rerank_k1, cfg.eval.rerank_k2, cfg.eval.rerank_lambda) if cfg.eval.rerank else None
-    metrics, cmcs = score_protocols(out.feats, q_rows, g_rows, np.array([t.pid for t in tracklets]),
-                                    np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank)
+    scored = score_protocols(out.feats, q_rows, g_rows, np.array([t.pid for t in tracklets]),
+                             np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank)
     q_scores = {i: out.scores[r] for i, r in enumerate(q_rows.tolist()) if r in out.scores}
-    return metrics, cmcs["cmc"], q_scores
+    return Evaluation(scored.metrics, scored.cmcs["cmc"], scored.per_query, q_scores)
+
+
+def per_query_path(cfg: RunConfig, work_dir: str | Path) -> Path:
+    """The per-query outcomes of `cfg`'s evaluation, beside its eval-<hash>.json."""
+    return train_dir(cfg, work_dir) / f"per_query-{config_hash(cfg)}.parquet"
 
 
 def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback] = (),
         progress: bool = True, dataset: VideoDataset | None = None) -> RunResult:
-    """Train (or resume, or reuse) the model of `cfg`, evaluate it on the test split, write metrics.json.
+    """Train (or resume, or reuse) the model of `cfg`, evaluate it on the test split, write eval-<hash>.json and
+    per_query-<hash>.parquet. The metrics gain the 95 % bootstrap intervals of R1..mAP over query identities
+    (core.evaluation.bootstrap.ci_metrics, eval.bootstrap_resamples / eval.bootstrap_seed).
 
     Under torchrun every rank trains; rank 0 alone evaluates and writes (the others wait at a barrier and get a
     RunResult with empty metrics)."""
@@ -104,11 +125,13 @@ def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback]
         return RunResult(metrics={}, cmc=np.zeros(0), history=history, run_dir=run_dir,
                          dataset_name=dataset.name, synthetic=dataset.synthetic)
     device = resolve_device(cfg.train.device, ddp)
-    metrics, cmc, scores = evaluate_model(model, dataset.query, dataset.gallery, cfg, device,
-                                          keep_scores_for=8, progress=progress)
+    ev = evaluate_model(model, dataset.query, dataset.gallery, cfg, device, keep_scores_for=8, progress=progress)
+    metrics = dict(ev.metrics)
+    metrics.update(bootstrap.ci_metrics(ev.per_query, cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed))
     losses = last_epoch_losses(history, cfg)
-    save_json({"metrics": metrics, "cmc": cmc.tolist(), "losses": losses, "dataset": dataset.name,
+    save_parquet(ev.per_query, per_query_path(cfg, work_dir))
+    save_json({"metrics": metrics, "cmc": ev.cmc.tolist(), "losses": losses, "dataset": dataset.name,
                "synthetic": dataset.synthetic, "config": to_dict(cfg)}, run_dir / f"eval-{config_hash(cfg)}.json")
     barrier(ddp)
-    return RunResult(metrics=metrics, cmc=cmc, history=history, run_dir=run_dir, scores=scores,
-                     dataset_name=dataset.name, synthetic=dataset.synthetic, losses=losses)
+    return RunResult(metrics=metrics, cmc=ev.cmc, history=history, run_dir=run_dir, per_query=ev.per_query,
+                     scores=ev.scores, dataset_name=dataset.name, synthetic=dataset.synthetic, losses=losses)

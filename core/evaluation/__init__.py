@@ -8,7 +8,7 @@ from core.evaluation.distance import pairwise_distance, self_euclidean
 from core.evaluation.metrics import AP_RULES, evaluate
 from core.evaluation.reference import evaluate_reference, k_reciprocal_rerank_reference
 from core.evaluation.rerank import k_reciprocal_rerank
-from core.evaluation.scoring import score_protocols
+from core.evaluation.scoring import PER_QUERY_COLUMNS, Scores, score_protocols
 
-__all__ = ["AP_RULES", "evaluate", "evaluate_reference", "k_reciprocal_rerank",
+__all__ = ["AP_RULES", "PER_QUERY_COLUMNS", "Scores", "evaluate", "evaluate_reference", "k_reciprocal_rerank",
            "k_reciprocal_rerank_reference", "pairwise_distance", "score_protocols", "self_euclidean"]

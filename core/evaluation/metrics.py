@@ -40,13 +40,15 @@ def check_ap_rule(ap_rule: str) -> None:
         raise ValueError(f"unknown ap_rule {ap_rule!r}; valid: {', '.join(AP_RULES)}")
 
 
-def summarize(cmc_hits: np.ndarray, aps: np.ndarray, valid: np.ndarray, max_rank: int) -> dict:
+def summarize(cmc_hits: np.ndarray, aps: np.ndarray, valid: np.ndarray, max_rank: int,
+              first_rank: np.ndarray) -> dict:
     """Average per-query results over the queries that have a valid match.
 
     Args:
         cmc_hits: bool [num_q, max_rank], True at r-1 when the first match is within rank r.
         aps: float64 [num_q], per-query AP (ignored where not valid).
         valid: bool [num_q], query has at least one valid match.
+        first_rank: float64 [num_q], 1-based rank of the first valid match (ignored where not valid).
     """
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -54,6 +56,7 @@ def summarize(cmc_hits: np.ndarray, aps: np.ndarray, valid: np.ndarray, max_rank
     cmc = cmc_hits[valid].sum(0) / num_valid
     ap = np.where(valid, aps, np.nan)
     out = {"cmc": cmc, "mAP": float(ap[valid].mean()), "AP": ap,
+           "first_match_rank": np.where(valid, np.asarray(first_rank, dtype=np.float64), np.nan),
            "num_valid": num_valid, "num_skipped": int(len(valid) - num_valid)}
     out.update({f"R{r}": float(cmc[r - 1]) for r in REPORTED_RANKS if r <= max_rank})
     return out
@@ -76,6 +79,8 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
     Returns:
         dict with ``cmc`` (float64 numpy [max_rank], cmc[r-1] = rank-r accuracy in 0..1),
         ``mAP`` (float, 0..1), ``AP`` (float64 numpy [num_q], NaN for skipped queries),
+        ``first_match_rank`` (float64 numpy [num_q], 1-based rank of the first valid match among the
+        non-ignored gallery items, NaN for skipped queries: the per-query CMC is ``rank <= r``),
         ``num_valid`` and ``num_skipped`` (ints), and ``R1``, ``R5``, ``R10``, ``R20``
         (floats, those <= max_rank).
 
@@ -94,7 +99,7 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
     if q_pids.shape != (num_q,) or q_camids.shape != (num_q,) or g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
         raise ValueError(f"distmat is {tuple(dist.shape)} but pids/camids have shapes "
                          f"{tuple(q_pids.shape)}, {tuple(g_pids.shape)}, {tuple(q_camids.shape)}, {tuple(g_camids.shape)}")
-    hits, aps, valid = [], [], []
+    hits, aps, valid, firsts = [], [], [], []
     for s in range(0, num_q, chunk):
         rank, num_pos = match_ranks(dist[s:s + chunk], q_pids[s:s + chunk], g_pids, q_camids[s:s + chunk], g_camids)
         hit_no = torch.arange(1, rank.shape[1] + 1, device=dev, dtype=torch.float64)    # h = 1..G
@@ -108,7 +113,8 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
         first = rank[:, 0] if rank.shape[1] else torch.zeros(len(num_pos), device=dev, dtype=torch.float64)
         hits.append(first[:, None] <= torch.arange(1, max_rank + 1, device=dev))
         valid.append(num_pos > 0)
-    return summarize(_cat(hits), _cat(aps), _cat(valid), max_rank)
+        firsts.append(first)
+    return summarize(_cat(hits), _cat(aps), _cat(valid), max_rank, _cat(firsts))
 
 
 def match_ranks(dist, q_pids, g_pids, q_camids, g_camids) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,8 @@ from core.evaluation.distance import self_euclidean
 from core.evaluation.metrics import check_ap_rule, summarize
 
 
-def _ap_cmc_one(good: np.ndarray, max_rank: int, ap_rule: str) -> tuple[float, np.ndarray]:
-    """AP and CMC hits of one query from its ranked, non-ignored list.
+def _ap_cmc_one(good: np.ndarray, max_rank: int, ap_rule: str) -> tuple[float, np.ndarray, int]:
+    """AP, CMC hits and 1-based rank of the first match of one query from its ranked, non-ignored list.
 
     Args:
         good: bool [k], good[p] = the p-th kept gallery item (rank p+1) is a match.
@@ -33,7 +33,7 @@ def _ap_cmc_one(good: np.ndarray, max_rank: int, ap_rule: str) -> tuple[float, n
         if found == num_good:
             break
     first = int(np.argmax(good))                # 0-based rank of the first match
-    return ap, np.arange(max_rank) >= first
+    return ap, np.arange(max_rank) >= first, first + 1
 
 
 def evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20,
@@ -46,6 +46,7 @@ def evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: in
     hits = np.zeros((num_q, max_rank), dtype=bool)
     aps = np.zeros(num_q)
     valid = np.zeros(num_q, dtype=bool)
+    first = np.zeros(num_q)
     for i in range(num_q):
         order = np.argsort(distmat[i], kind="stable")            # ties: lower gallery index first
         pid, cam = g_pids[order], g_camids[order]
@@ -54,8 +55,8 @@ def evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: in
         if not good.any():
             continue                                             # no valid match: skipped, counted
         valid[i] = True
-        aps[i], hits[i] = _ap_cmc_one(good, max_rank, ap_rule)
-    return summarize(hits, aps, valid, max_rank)
+        aps[i], hits[i], first[i] = _ap_cmc_one(good, max_rank, ap_rule)
+    return summarize(hits, aps, valid, max_rank, first)
 
 
 def _numpy(x) -> np.ndarray:

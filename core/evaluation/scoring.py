@@ -7,15 +7,21 @@ passes the rows of the queries and of the loaded gallery in that set. A protocol
 Distances (and the re-ranked distances) are computed once, query x every distinct tracklet; each protocol only
 selects its gallery columns and applies its AP rule.
 
+Besides the averages, every query's outcome is kept (``Scores.per_query``, columns ``PER_QUERY_COLUMNS``): one row
+per (protocol, reranked, query), so any statistic (a bootstrap interval, a paired difference) can be recomputed
+without the features.
+
 Re-ranking runs over the distinct tracklets, so a query never meets a copy of itself among its k-reciprocal
 neighbours (on MARS: 11,310 items, not 1,980 + 11,310 = 13,290), and both galleries read from the same matrix.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from core.evaluation.distance import as_tensor, pairwise_distance
@@ -24,6 +30,17 @@ from core.evaluation.rerank import k_reciprocal_rerank
 from core.protocols import Protocol
 
 SUMMARY = tuple(f"R{r}" for r in REPORTED_RANKS) + ("mAP",)
+# the per-query frame: protocol name (core.protocols), re-ranked distances or not, position of the query in the
+# dataset's query list, its identity and camera, the 1-based rank of its first valid match among the non-ignored
+# gallery items and its AP under the protocol's AP rule (both NaN when it has no valid match)
+PER_QUERY_COLUMNS = ("protocol", "reranked", "query", "pid", "camid", "first_match_rank", "ap")
+
+
+@dataclass(frozen=True)
+class Scores:
+    metrics: dict[str, float]        # MLflow names (fractions and counts; core.protocols)
+    cmcs: dict[str, np.ndarray]      # float64 [20] CMC curves: cmc, rerank_cmc (headline), official_cmc, ...
+    per_query: pd.DataFrame          # one row per (protocol, reranked, query), columns PER_QUERY_COLUMNS
 
 
 def protocol_gallery(q_rows: np.ndarray, g_rows: np.ndarray, protocol: Protocol) -> np.ndarray:
@@ -40,8 +57,8 @@ def protocol_gallery(q_rows: np.ndarray, g_rows: np.ndarray, protocol: Protocol)
 
 def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndarray, camids: np.ndarray,
                     protocols: Sequence[Protocol], distance: str = "euclidean",
-                    rerank: tuple[int, int, float] | None = None, device=None) -> tuple[dict[str, float], dict]:
-    """CMC/mAP of every protocol from one set of features.
+                    rerank: tuple[int, int, float] | None = None, device=None) -> Scores:
+    """CMC/mAP and per-query outcomes of every protocol from one set of features.
 
     Args:
         feats: [T, d] features of the T distinct test tracklets (numpy or tensor).
@@ -52,8 +69,10 @@ def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndar
         rerank: (k1, k2, lambda) to also score the re-ranked distances, else None.
 
     Returns:
-        (metrics, cmcs): metrics as MLflow names (fractions and counts; ``core.protocols``); cmcs the float64
-        [20] CMC curves, named like the metrics: ``cmc``, ``rerank_cmc`` (headline), ``official_cmc``, ….
+        Scores: metrics as MLflow names (fractions and counts; ``core.protocols``); cmcs the float64 [20] CMC
+        curves, named like the metrics: ``cmc``, ``rerank_cmc`` (headline), ``official_cmc``, …; per_query the
+        frame of PER_QUERY_COLUMNS, protocols in the given order, then not re-ranked before re-ranked, then queries
+        in `q_rows` order (``query`` = position in q_rows).
     """
     if rerank is not None and distance != "euclidean":
         raise ValueError(f"k-reciprocal re-ranking needs Euclidean distances, got distance={distance!r}")
@@ -64,16 +83,18 @@ def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndar
     reranked = _rerank_all(feats, qs, rerank)[q_pos] if rerank is not None else None            # [m, T]
     metrics: dict[str, float] = {}
     cmcs: dict[str, np.ndarray] = {}
-    done: dict[tuple, tuple[dict, dict]] = {}
+    done: dict[tuple, tuple[dict, dict, dict]] = {}
+    frames = []
     skipped = []
     for p in protocols:
         cols = protocol_gallery(q_rows, g_rows, p)
         key = (tuple(cols.tolist()), p.ap_rule)
         if key not in done:
             done[key] = _score(dist, reranked, cols, q_rows, pids, camids, p.ap_rule)
-        values, curves = done[key]
+        values, curves, outcomes = done[key]
         metrics.update({p.prefix + k: v for k, v in values.items()})
         cmcs.update({p.prefix + k: v for k, v in curves.items()})
+        frames += [_per_query_rows(p.name, rr, q_rows, pids, camids, *res) for rr, res in outcomes.items()]
         if values["num_skipped_queries"]:
             skipped.append(f"{p.name} {int(values['num_skipped_queries'])}")
     if rerank is not None:
@@ -81,7 +102,16 @@ def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndar
     if skipped:
         warnings.warn(f"queries without a valid gallery match (left out of CMC and mAP), of {len(q_rows)}: "
                       f"{', '.join(skipped)}", stacklevel=2)
-    return metrics, cmcs
+    return Scores(metrics, cmcs, pd.concat(frames, ignore_index=True))
+
+
+def _per_query_rows(protocol: str, reranked: bool, q_rows: np.ndarray, pids, camids, first: np.ndarray,
+                    ap: np.ndarray) -> pd.DataFrame:
+    m = len(q_rows)
+    return pd.DataFrame({"protocol": [protocol] * m, "reranked": np.full(m, reranked), "query": np.arange(m),
+                         "pid": np.asarray(pids)[q_rows].astype(np.int64),
+                         "camid": np.asarray(camids)[q_rows].astype(np.int64),
+                         "first_match_rank": first, "ap": ap}, columns=list(PER_QUERY_COLUMNS))
 
 
 def _rerank_all(feats: torch.Tensor, qs: np.ndarray, params: tuple[int, int, float]) -> torch.Tensor:
@@ -96,7 +126,8 @@ def _rerank_all(feats: torch.Tensor, qs: np.ndarray, params: tuple[int, int, flo
     return torch.from_numpy(rr[:, back])
 
 
-def _score(dist, reranked, cols: np.ndarray, q_rows, pids, camids, ap_rule: str) -> tuple[dict, dict]:
+def _score(dist, reranked, cols: np.ndarray, q_rows, pids, camids, ap_rule: str) -> tuple[dict, dict, dict]:
+    """(summary values, CMC curves, {reranked: (first_match_rank, AP)} per query) of one gallery and AP rule."""
     args = (pids[q_rows], pids[cols], camids[q_rows], camids[cols])
     index = torch.as_tensor(cols)
     res = evaluate(dist[:, index.to(dist.device)], *args, max_rank=20, ap_rule=ap_rule)
@@ -104,8 +135,10 @@ def _score(dist, reranked, cols: np.ndarray, q_rows, pids, camids, ap_rule: str)
     values.update(num_queries=float(res["num_valid"]), num_skipped_queries=float(res["num_skipped"]),
                   num_gallery=float(len(cols)))
     curves = {"cmc": np.asarray(res["cmc"])}
+    outcomes = {False: (res["first_match_rank"], res["AP"])}
     if reranked is not None:
         rr = evaluate(reranked[:, index], *args, max_rank=20, ap_rule=ap_rule)
         values.update({f"rerank_{k}": float(rr[k]) for k in SUMMARY})
         curves["rerank_cmc"] = np.asarray(rr["cmc"])
-    return values, curves
+        outcomes[True] = (rr["first_match_rank"], rr["AP"])
+    return values, curves, outcomes

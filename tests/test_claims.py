@@ -1,0 +1,223 @@
+"""Claims as data (specs), their verdicts from hand-made per-query frames (core.claims), the report's intervals and
+Claims section for a fake store, and the verdicts on the table's MLflow run."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import claims, reporting
+from core.config import ConfigError
+from core.specs import read_spec, spec_path
+
+# ---- the schema -----------------------------------------------------------------------------------------------
+
+ROWS = """rows:
+  - {label: A, paper: {mars: {R1: 50.0, mAP: 40.0}}}
+  - {label: B, paper: {mars: {R1: 55.0, mAP: 41.5}}}
+  - {label: Quoted, run: false, paper: {mars: {R1: 60.0, mAP: null}}}
+"""
+BAD_CLAIMS = {
+    "unknown row": ("- {row: C, beats: [A], metrics: [R1]}", ["claim 1 'C'", "key 'row'", "'C'", "rows: A, B"]),
+    "unknown beaten": ("- {row: B, beats: [A, Z], metrics: [R1]}", ["claim 1 'B'", "key 'beats'", "'Z'"]),
+    "quoted row": ("- {row: B, beats: [Quoted], metrics: [R1]}", ["key 'beats'", "'Quoted'", "run: false"]),
+    "beats itself": ("- {row: B, beats: [B], metrics: [R1]}", ["claim 1 'B'", "key 'beats'", "other rows"]),
+    "unknown metric": ("- {row: B, beats: [A], metrics: [R1, R20]}",
+                       ["claim 1 'B'", "key 'metrics'", "R20", "allowed: R1, mAP"]),
+    "no metrics": ("- {row: B, beats: [A], metrics: []}", ["key 'metrics'", "allowed: R1, mAP"]),
+    "missing beats": ("- {row: B, metrics: [R1]}", ["claim 1 'B'", "key 'beats' is required"]),
+    "unknown key": ("- {row: B, beat: [A], metrics: [R1]}", ["claim 1 'B'", "unknown key 'beat'"]),
+    "not a list": ("- {row: B, beats: A, metrics: [R1]}", ["claim 1 'B'", "key 'beats' must be a list"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CLAIMS, ids=list(BAD_CLAIMS))
+def test_bad_claim_is_refused_naming_file_claim_and_key(case, tmp_path):
+    body, expected = BAD_CLAIMS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text("table: t\ntitle: t\nmetrics: [R1, mAP]\n" + ROWS + "claims:\n" + textwrap.indent(body, "  "))
+    with pytest.raises(ConfigError) as err:
+        read_spec(path)
+    for part in ["bad.yaml", *expected]:
+        assert part in str(err.value), f"{part!r} not in {err.value}"
+
+
+def test_shipped_claims():
+    t1, t2, t3, t4, t5 = (read_spec(spec_path(f"table{i}")) for i in range(1, 6))
+    labels = [r.label for r in t1.rows]
+    chain = [(c.row, b) for c in t1.claims for b in c.beats]
+    assert all((labels[i], labels[i - 1]) in chain for i in range(1, len(labels)))   # each row beats the one before
+    assert [(c.row, c.beats) for c in t3.claims] == [("K=4", ("K=2", "K=8"))]
+    assert [(c.row, c.beats) for c in t2.claims] == [("N=4", ("N=2",))] and "N=8 (81.2)" in t2.claims_note
+    assert [(c.row, c.beats, c.metrics) for c in t4.claims] == [("STA + ReRank", ("STA",), ("R1", "mAP"))]
+    assert t5.claims == () and "ETAP-Net" in t5.claims_note
+
+
+# ---- verdicts from hand-made frames ---------------------------------------------------------------------------
+
+def per_query(ranks, pids=None, protocols=("headline", "official", "gao"), reranked_ranks=None) -> pd.DataFrame:
+    """A per-query frame: the same outcomes under every protocol; AP = 1 / rank (NaN rank: no valid match)."""
+    ranks = np.asarray(ranks, dtype=float)
+    pids = np.arange(len(ranks)) // 2 + 1 if pids is None else np.asarray(pids)
+    parts = []
+    for rr, r in ((False, ranks), (True, reranked_ranks)):
+        if r is None:
+            continue
+        r = np.asarray(r, dtype=float)
+        for p in protocols:
+            parts.append(pd.DataFrame({"protocol": p, "reranked": rr, "query": np.arange(len(r)), "pid": pids,
+                                       "camid": 1, "first_match_rank": r, "ap": 1.0 / r}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_row(run_id: str, row: str, frame: pd.DataFrame | None, seed: int = 0, rerank: bool = False,
+            dataset: str = "synthetic") -> dict:
+    """A row run as mlflow.search_runs gives it, its logged metrics (percent) computed from `frame`."""
+    out = {"run_id": run_id, "status": "FINISHED", "start_time": pd.Timestamp(seed + 1, unit="s", tz="UTC"),
+           "tags.profile": "cpu", "tags.dataset": dataset, "tags.row": row, "tags.seed": str(seed),
+           "params.eval.rerank": str(rerank), "params.data.gallery_with_queries": "True",
+           "params.eval.ap_rule": "trapezoid", "params.eval.bootstrap_resamples": "200",
+           "params.eval.bootstrap_seed": "0", "params.train.seed": str(seed)}
+    if frame is not None:
+        for p, prefix in (("headline", ""), ("official", "official_"), ("gao", "gao_")):
+            for rr in (False, True):
+                f = frame[(frame["protocol"] == p) & (frame["reranked"] == rr)]
+                if f.empty:
+                    continue
+                key = f"{prefix}{'rerank_' if rr else ''}"
+                valid = f[f["first_match_rank"].notna()]
+                for k in (1, 5, 10, 20):
+                    out[f"metrics.{key}R{k}"] = 100 * float((valid["first_match_rank"] <= k).mean())
+                out[f"metrics.{key}mAP"] = 100 * float(valid["ap"].mean())
+    return out
+
+
+def fake_store(rows: list[tuple[dict, pd.DataFrame | None]]):
+    """(runs frame, load_table) from (run row, per-query frame or None: a run logged before per-query results)."""
+    tables = {r["run_id"]: f for r, f in rows}
+    runs = pd.DataFrame([r for r, _ in rows])
+
+    def load_table(run_id: str, name: str):
+        assert name == claims.PER_QUERY
+        return tables.get(run_id)
+    return runs, load_table
+
+
+GOOD, BAD = [1] * 20, [5] * 20            # 20 queries of 10 identities: every query right at rank 1, or at rank 5
+
+
+def judge(frame_row, frame_beaten, metric="R1", **kw):
+    runs, load = fake_store([(run_row("b", "B", frame_row, **kw), frame_row),
+                             (run_row("a", "A", frame_beaten), frame_beaten)])
+    return claims.judge(runs[runs["tags.row"] == "B"], runs[runs["tags.row"] == "A"], metric, load)
+
+
+def test_supported_contradicted_inconclusive():
+    assert judge(per_query(GOOD), per_query(BAD)) == (100.0, 100.0, 100.0, "supported", "")
+    assert judge(per_query(BAD), per_query(GOOD), "mAP") == (-80.0, -80.0, -80.0, "contradicted", "")
+    assert judge(per_query(GOOD), per_query(GOOD))[3] == "inconclusive"               # [0, 0] is not above 0
+    # one identity of ten improves: Δ = +10 points, but resamples without it give 0 -> inconclusive
+    delta, low, high, verdict, _ = judge(per_query([1, 1] + BAD[2:]), per_query(BAD))
+    assert delta == pytest.approx(10.0) and low == 0.0 and high > 10.0 and verdict == "inconclusive"
+
+
+def test_verdict_of_an_interval():
+    from core.evaluation.bootstrap import Estimate
+    assert claims.verdict_of(Estimate(0.02, 0.001, 0.04)) == "supported"
+    assert claims.verdict_of(Estimate(-0.02, -0.04, -0.001)) == "contradicted"
+    assert claims.verdict_of(Estimate(0.02, 0.0, 0.04)) == "inconclusive"
+
+
+def test_rows_on_other_queries_are_not_comparable_and_old_runs_give_no_verdict():
+    delta, low, high, verdict, reason = judge(per_query(GOOD), per_query(BAD[:16]))
+    assert (delta, low, verdict) == (None, None, "not comparable") and "different queries" in reason
+    other_split = per_query(BAD, pids=np.arange(20) // 2 + 100)                 # same positions, other identities
+    assert judge(per_query(GOOD), other_split)[3:] == ("not comparable", "the rows were scored on different "
+                                                       "queries (identities or cameras differ): another dataset or "
+                                                       "split")
+    runs, load = fake_store([(run_row("b", "B", per_query(GOOD)), per_query(GOOD)),
+                             (run_row("a", "A", per_query(BAD)), None)])          # A: no per-query artifact
+    out = claims.judge(runs[runs["tags.row"] == "B"], runs[runs["tags.row"] == "A"], "R1", load)
+    assert out == (100.0, None, None, "no verdict", claims.NO_INTERVAL)          # Δ of the logged metrics
+    assert claims.judge(runs[runs["tags.row"] == "B"], runs.iloc[:0], "R1", load)[3:] == \
+        ("no verdict", "row 'beaten row' has no finished run")
+
+
+def test_reranked_row_is_judged_by_its_reranked_outcomes_and_seeds_pool():
+    rr = per_query(BAD, reranked_ranks=GOOD)                  # plain distances as bad as A, re-ranked all right
+    assert judge(rr, per_query(BAD), rerank=True)[:4] == (100.0, 100.0, 100.0, "supported")
+    assert judge(rr, per_query(BAD), rerank=False)[:4] == (0.0, 0.0, 0.0, "inconclusive")
+    # two seeds of B (R1 1.0 and 0.5 on the same queries) against A (0.0): Δ = mean over seeds = 75 points
+    half = per_query([1] * 10 + [5] * 10)
+    runs, load = fake_store([(run_row("b0", "B", per_query(GOOD), 0), per_query(GOOD)),
+                             (run_row("b1", "B", half, 1), half), (run_row("a", "A", per_query(BAD)), per_query(BAD))])
+    delta, low, high, verdict, _ = claims.judge(runs[runs["tags.row"] == "B"], runs[runs["tags.row"] == "A"],
+                                                "R1", load)
+    assert delta == pytest.approx(75.0) and verdict == "supported" and low < 75.0 < high
+
+
+def test_evaluate_claims_numbers_pairs_and_paper_delta(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("table: t\ntitle: t\nmetrics: [R1, mAP]\n" + ROWS + "claims:\n"
+                    "  - {row: B, beats: [A], metrics: [R1, mAP]}\n")
+    spec = read_spec(path)
+    runs, load = fake_store([(run_row("b", "B", per_query(GOOD)), per_query(GOOD)),
+                             (run_row("a", "A", per_query(BAD)), per_query(BAD))])
+    out = claims.evaluate_claims(spec, runs, "mars", load)
+    assert [(v.key, v.claim, v.metric, v.paper_delta, v.verdict) for v in out] == [
+        ("claim1", "B > A", "R1", 5.0, "supported"), ("claim1", "B > A", "mAP", 1.5, "supported")]
+    rec = claims.records(out, profile="cpu", dataset="synthetic")[1]
+    assert rec["claim"] == "B > A" and rec["delta"] == pytest.approx(80.0) and rec["profile"] == "cpu"
+
+
+# ---- the report -----------------------------------------------------------------------------------------------
+
+def table1_store():
+    """Table 1's first three rows: Baseline (2 seeds), + TL (1 seed), + Avg (logged before per-query results)."""
+    labels = [r.label for r in read_spec(spec_path("table1")).rows]
+    base0, base1 = per_query([1] * 6 + [5] * 14), per_query([1] * 8 + [5] * 12)
+    tl = per_query(GOOD)
+    return fake_store([(run_row("r0", labels[0], base0, 0), base0), (run_row("r1", labels[0], base1, 1), base1),
+                       (run_row("r2", labels[1], tl, 0), tl), (run_row("r3", labels[2], tl, 0), None)])
+
+
+def test_report_shows_intervals_claims_and_forest_plot(tmp_path):
+    runs, load = table1_store()
+    text = reporting.write_report(read_spec(spec_path("table1")), runs, tmp_path, load_table=load).read_text()
+    lines = text.splitlines()
+    base = next(ln for ln in lines if ln.startswith("| 1 "))
+    assert "35.0 ± 7.1 [" in base                                # mean ± std over two seeds, then the interval
+    tl = next(ln for ln in lines if ln.startswith("| 2 "))
+    assert "100.0 [100.0, 100.0]" in tl                          # one seed: the cluster-bootstrap interval
+    avg = next(ln for ln in lines if ln.startswith("| 3 "))
+    assert "100.0 †" in avg and f"† {claims.NO_INTERVAL}" in text
+    assert "95 % bootstrap percentile interval (200 resamples, seed 0" in text and "two-way" in text
+    gao = text[text.index("**Protocol `gao`**"):]
+    assert "100.0 [100.0, 100.0]" in next(ln for ln in gao.splitlines() if ln.startswith("| 2 "))
+    # the Claims section: one line per claim and metric, synthetic labelled in the table itself
+    claims_part = text[text.index("### Claims"):]
+    assert "this run Δ (synthetic, MARS layout, official) [95 % interval]" in claims_part
+    assert "paper Δ (MARS)" in claims_part and "this run (MARS" not in text
+    r1 = next(ln for ln in claims_part.splitlines() if ln.startswith("| Baseline + TL > Baseline ") and "R1" in ln)
+    assert "+6.3" in r1 and "+65.0 [" in r1 and "supported" in r1
+    avg_claim = next(ln for ln in claims_part.splitlines() if ln.startswith("| Baseline + TL + Avg > Baseline + TL "))
+    assert "no verdict (no interval: run logged before per-query results)" in avg_claim and "+0.0" in avg_claim
+    assert "no verdict (row 'Baseline + TL + STA' has no finished run)" in claims_part
+    assert "4.0% and 4.0% on MARS" in claims_part                       # a claim's note
+    assert "![claims](figures/table1_cpu_synthetic_claims.png)" in text
+    assert (tmp_path / "figures" / "table1_cpu_synthetic_claims.png").stat().st_size > 1000
+
+
+def test_report_without_per_query_loader_still_renders_and_table5_says_why_no_claim(tmp_path):
+    runs, _ = table1_store()
+    text = reporting.render(read_spec(spec_path("table1")), runs, tmp_path)
+    assert f"† {claims.NO_INTERVAL}" in text and "[" not in next(ln for ln in text.splitlines()
+                                                                  if ln.startswith("| 2 "))
+    t5 = reporting.render(read_spec(spec_path("table5")), pd.DataFrame(), tmp_path)
+    assert "No finished runs yet" in t5
+    runs5, load5 = fake_store([(run_row("s", "STA", per_query(GOOD)), per_query(GOOD))])
+    t5 = reporting.render(read_spec(spec_path("table5")), runs5, tmp_path, load_table=load5)
+    assert "### Claims" in t5 and "ETAP-Net (R1 96.2 vs 83.6" in t5 and "declares no claim" in t5
+
