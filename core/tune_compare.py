@@ -108,12 +108,12 @@ def values_text(v: tuple[float, float]) -> str:
 
 
 def section(val: Comparison | str, test: Comparison | str, best: int, baseline: int | None,
-            rec: Recommendation, same_values: bool) -> list[str]:
+            rec: Recommendation, same_values: bool, resamples: int, seed: int) -> list[str]:
     """The report's "Chosen vs defaults" section; `val` / `test` are a comparison or why there is none."""
     out = ["## Chosen vs defaults (95 % intervals)", "",
            f"Paired cluster bootstrap over query identities (`core/evaluation/bootstrap.py` paired_difference: both "
-           f"sides scored on the same queries, one identity resample for both), in percentage points of chosen − "
-           f"defaults. The conclusion reads the {DECISION_METRIC} interval (the objective's metric) on the test "
+           f"sides scored on the same queries, one identity resample for both; {resamples} resamples, seed {seed}), "
+           f"in percentage points of chosen − defaults. The conclusion reads the {DECISION_METRIC} interval (the objective's metric) on the test "
            f"split: better when it lies above 0, worse when below, else not distinguishable.", ""]
     if same_values:
         out += [f"- The best trial ({best}) has the baseline's values: there is nothing to compare.", ""]
@@ -124,8 +124,8 @@ def section(val: Comparison | str, test: Comparison | str, best: int, baseline: 
             f"for its validation value, so this difference is biased upwards."
             if isinstance(val, Comparison) else f"not available: {val}."))
         out.append("- Test (chosen − defaults, each trained once on the full training split): " + (
-            f"{differences(test)}; {test.queries} queries of {test.identities} identities "
-            f"({test.resamples} resamples, seed {test.seed})." if isinstance(test, Comparison)
+            f"{differences(test)}; {test.queries} queries of {test.identities} identities."
+            if isinstance(test, Comparison)
             else f"not available: {test}."))
         verdict = test.conclusion if isinstance(test, Comparison) else "no conclusion yet"
         out += ["", f"**Conclusion: {verdict}.**", ""]

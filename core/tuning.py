@@ -30,7 +30,7 @@ checkpoint; its MLflow run is marked KILLED (core.tracking.end_orphaned_runs). A
 loss, weights or features) fails with that reason in its user attrs; it is never scored.
 
 MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>;
-the comparisons as metrics val_diff_mAP[_ci_low|_ci_high], test_diff_..., tags conclusion, recommended_lambda,
+the comparisons as metrics val_delta_mAP[_ci_low|_ci_high], test_delta_..., tags conclusion, recommended_lambda,
 recommended_margin), one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report
 step, final value, VAL_PER_QUERY) and per test run (per_query.parquet).
 """
@@ -404,13 +404,17 @@ class ValidationReporter:
     def evaluate(self, model, done: int, step: int) -> float:
         from core import tracking
         from core.engine import evaluate_model
-        metrics = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg,
-                                 progress=False).metrics
-        value = 100.0 * metrics["mAP"]
+        # the headline protocol only: a gallery made of the queries (validation.queries: all) has no "without the
+        # queries" variant (the gao protocol), and the objective reads the headline mAP
+        ev = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg, progress=False,
+                            named_protocols=False)
+        value = 100.0 * ev.metrics["mAP"]
         if not math.isfinite(value):     # never a score: the trial fails with this reason (Objective.__call__)
             raise FloatingPointError(f"validation mAP after epoch {done} is {value}; the trial is failed, not scored")
         self.trial.report(value, done)
-        tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * metrics["R1"]}, step=step)
+        tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * ev.metrics["R1"]}, step=step)
+        if done == self.cfg.train.epochs:       # the objective's evaluation: the report's paired comparison
+            tracking.log_table(ev.per_query, VAL_PER_QUERY)
         self.last = (done, value)
         return value
 
@@ -688,15 +692,15 @@ def compare_chosen(study: optuna.Study, plan: Plan) -> Compared | None:
 
 
 def _compared_mlflow(c: Compared) -> tuple[dict[str, float], dict[str, str]]:
-    """Metrics (percentage points) and tags of the study's parent run: val_diff_mAP, test_diff_mAP_ci_low, ...;
-    conclusion, recommended_lambda, recommended_margin."""
+    """Metrics (percentage points) and tags of the study's parent run: val_delta_mAP, test_delta_mAP_ci_low, ...;
+    conclusion, recommended_lambda, recommended_margin (delta: chosen − defaults, as core.claims)."""
     metrics = {}
     for kind, comp in (("val", c.val), ("test", c.test)):
         if isinstance(comp, str) or c.same_values:
             continue
         for m, est in comp.estimates.items():
-            metrics.update({f"{kind}_diff_{m}": 100 * est.value, f"{kind}_diff_{m}_ci_low": 100 * est.low,
-                            f"{kind}_diff_{m}_ci_high": 100 * est.high})
+            metrics.update({f"{kind}_delta_{m}": 100 * est.value, f"{kind}_delta_{m}_ci_low": 100 * est.low,
+                            f"{kind}_delta_{m}_ci_high": 100 * est.high})
     conclusion = ("chosen = defaults" if c.same_values else
                   c.test.conclusion if not isinstance(c.test, str) else "no test comparison")
     lam, margin = c.recommendation.values
@@ -787,16 +791,17 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     lines += _test_section(study, plan, best, compared)
     if compared is not None:
         lines += tc.section(compared.val, compared.test, compared.best, compared.baseline, compared.recommendation,
-                            compared.same_values)
+                            compared.same_values, cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed)
     split = study.user_attrs.get("validation_split")
     why = {"all": "Why every held-out tracklet is a query: it scores all of them instead of one per identity, at "
                   "no cost in training identities (holding out more identities takes them from every trial; "
                   "repeated splits multiply every trial's cost). The identities, the clusters of the bootstrap, "
-                  "are not more numerous: the validation interval above says what that buys.",
+                  "are not more numerous: the validation interval (Chosen vs defaults) says what that buys.",
            "one": "One query per identity (validation.queries: one): few queries, a noisy objective; "
                   "validation.queries: all scores every held-out tracklet."}[spec.val_queries]
     lines += ["## Validation split (the objective)", "",
-              (describe(split, _dataset_label(plan)) if split else "Not recorded yet.") + " " + why +
+              (describe(split, "the synthetic data" if plan.dataset == "synthetic" else
+                        DATASET_NAMES.get(plan.dataset, plan.dataset)) if split else "Not recorded yet.") + " " + why +
               f" The objective is the validation mAP (%) after the last epoch (headline protocol: the gallery as "
               f"given, {cfg.eval.ap_rule} AP), with the test options of the config ({cfg.eval.sampling} "
               f"sampling, N={cfg.eval.seq_len}) (`core/data/validation.py`).", ""]

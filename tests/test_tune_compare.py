@@ -75,14 +75,15 @@ def test_section_gives_both_intervals_the_conclusion_and_the_recommendation():
     val = compare(frame([True] * 60, PIDS), base, 200, 0)
     test = compare(base, base, 200, 0)
     rec = recommend(test, (0.1, 0.5), (1.0, 0.3))
-    text = "\n".join(section(val, test, best=5, baseline=0, rec=rec, same_values=False))
+    text = "\n".join(section(val, test, best=5, baseline=0, rec=rec, same_values=False, resamples=200, seed=0))
+    assert "one identity resample for both; 200 resamples, seed 0)" in text
     assert f"Validation (best trial 5 − baseline trial 0): mAP +45.0 points [+{100 * val.estimates['mAP'].low:.1f}, " \
            f"+{100 * val.estimates['mAP'].high:.1f}], R1 +50.0 points" in text
     assert "mAP +0.0 points [+0.0, +0.0], R1 +0.0 points [+0.0, +0.0]; 60 queries of 20 identities" in text
     assert "**Conclusion: not distinguishable.**" in text
     assert "**Recommended: keep the defaults, λ = 1, margin = 0.300**" in text
     missing = "\n".join(section("the trials ran before per-query results were kept", "run with --no-test", 5, 0,
-                                recommend(None, (0.1, 0.5), (1.0, 0.3), "run with --no-test"), False))
+                                recommend(None, (0.1, 0.5), (1.0, 0.3), "run with --no-test"), False, 200, 0))
     assert "Validation (best trial 5 − baseline trial 0): not available: the trials ran before" in missing
     assert "**Conclusion: no conclusion yet.**" in missing
 
