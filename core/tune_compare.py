@@ -113,8 +113,9 @@ def section(val: Comparison | str, test: Comparison | str, best: int, baseline: 
     out = ["## Chosen vs defaults (95 % intervals)", "",
            f"Paired cluster bootstrap over query identities (`core/evaluation/bootstrap.py` paired_difference: both "
            f"sides scored on the same queries, one identity resample for both; {resamples} resamples, seed {seed}), "
-           f"in percentage points of chosen − defaults. The conclusion reads the {DECISION_METRIC} interval (the objective's metric) on the test "
-           f"split: better when it lies above 0, worse when below, else not distinguishable.", ""]
+           f"in percentage points of chosen − defaults. The conclusion reads the {DECISION_METRIC} interval (the "
+           f"objective's metric) on the test split: better when it lies above 0, worse when below, else not "
+           f"distinguishable.", ""]
     if same_values:
         out += [f"- The best trial ({best}) has the baseline's values: there is nothing to compare.", ""]
     else:

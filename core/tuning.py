@@ -676,7 +676,7 @@ def compare_chosen(study: optuna.Study, plan: Plan) -> Compared | None:
         val = "the baseline trial has not completed (pruned, failed or not run yet)"
     else:
         frames = [_table(t.user_attrs.get("mlflow_run_id"), VAL_PER_QUERY) for t in (best, baseline)]
-        val = tc.compare(*frames, resamples, seed) if all(f is not None for f in frames) else (
+        val = _compare(*frames, resamples, seed) if all(f is not None for f in frames) else (
             "the per-query validation results of trial(s) " + ", ".join(
                 str(t.number) for t, f in zip((best, baseline), frames) if f is None) +
             " are not in this MLflow store (run before they were kept, or logged to another store)")
@@ -684,11 +684,20 @@ def compare_chosen(study: optuna.Study, plan: Plan) -> Compared | None:
         test = (f"a test run's per-query results are missing (run with --no-test?); run `python reproduce/tune.py "
                 f"--study-name {plan.study_name} --n-trials 0` to evaluate both")
     else:
-        test = tc.compare(tests["chosen"], tests["defaults"], resamples, seed)
+        test = _compare(tests["chosen"], tests["defaults"], resamples, seed)
     rec = tc.recommend(test if not isinstance(test, str) else None, chosen, defaults,
                        missing=test if isinstance(test, str) else "")
     return Compared(best.number, None if baseline is None else baseline.number, chosen == defaults, val, test, rec,
                     tests)
+
+
+def _compare(frame_b, frame_a, resamples: int, seed: int):
+    """tune_compare.compare, or why the two frames cannot be compared (a report is written either way)."""
+    from core import tune_compare as tc
+    try:
+        return tc.compare(frame_b, frame_a, resamples, seed)
+    except ValueError as e:      # other queries (bootstrap.paired_difference), no headline rows
+        return f"not comparable: {e}"
 
 
 def _compared_mlflow(c: Compared) -> tuple[dict[str, float], dict[str, str]]:

@@ -60,7 +60,8 @@ def test_recommendation_follows_the_test_conclusion():
     better, worse = compare(frame([True] * 60, PIDS), base, 200, 0), compare(base, frame([True] * 60, PIDS), 200, 0)
     same = compare(base, base, 200, 0)
     chosen, defaults = (0.1, 0.5), (1.0, 0.3)
-    assert recommend(better, chosen, defaults).values == chosen and not recommend(better, chosen, defaults).keep_defaults
+    rec = recommend(better, chosen, defaults)
+    assert rec.values == chosen and not rec.keep_defaults
     for c in (same, worse):
         rec = recommend(c, chosen, defaults)
         assert rec.values == defaults and rec.keep_defaults
@@ -77,8 +78,9 @@ def test_section_gives_both_intervals_the_conclusion_and_the_recommendation():
     rec = recommend(test, (0.1, 0.5), (1.0, 0.3))
     text = "\n".join(section(val, test, best=5, baseline=0, rec=rec, same_values=False, resamples=200, seed=0))
     assert "one identity resample for both; 200 resamples, seed 0)" in text
-    assert f"Validation (best trial 5 − baseline trial 0): mAP +45.0 points [+{100 * val.estimates['mAP'].low:.1f}, " \
-           f"+{100 * val.estimates['mAP'].high:.1f}], R1 +50.0 points" in text
+    low, high = (100 * getattr(val.estimates["mAP"], k) for k in ("low", "high"))
+    assert f"Validation (best trial 5 − baseline trial 0): mAP +45.0 points [+{low:.1f}, +{high:.1f}], R1 +50.0 " \
+           f"points" in text
     assert "mAP +0.0 points [+0.0, +0.0], R1 +0.0 points [+0.0, +0.0]; 60 queries of 20 identities" in text
     assert "**Conclusion: not distinguishable.**" in text
     assert "**Recommended: keep the defaults, λ = 1, margin = 0.300**" in text
