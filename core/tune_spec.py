@@ -16,6 +16,9 @@ from core.specs import EXPERIMENTS, check_keys, load_profiles, read_yaml
 DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
 SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
              "report_every": int, "budgets": dict}
+# validation.queries: core.data.validation.QUERY_MODES, repeated here so that a spec is checked without torch
+# (tests/test_tune_compare.py checks that both agree)
+QUERY_MODES = ("all", "one")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -44,6 +47,7 @@ class TuneSpec:
     margin: Range
     val_fraction: float
     val_seed: int
+    val_queries: str                        # core.data.validation.QUERY_MODES: all | one
     sampler_seed: int
     n_startup_trials: int
     pruner_startup: int
@@ -84,10 +88,15 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
     config = check_keys(tree["config"], {"spec": str, "row": str}, f"{path}, config", required=("spec", "row"))
     search = check_keys(tree["search"], {"reg_weight": dict, "reg_off": bool, "margin": dict}, f"{path}, search",
                    required=("reg_weight", "margin"))
-    val = check_keys(tree.get("validation") or {}, {"fraction": (int, float), "seed": int}, f"{path}, validation")
+    val = check_keys(tree.get("validation") or {}, {"fraction": (int, float), "seed": int, "queries": str},
+                     f"{path}, validation")
     fraction = float(val.get("fraction", 0.2))
     if not 0 < fraction < 1:
         raise ConfigError(f"{path}, validation: key 'fraction' is {fraction:g}; must be in (0, 1)")
+    queries = val.get("queries", "all")
+    if queries not in QUERY_MODES:
+        raise ConfigError(f"{path}, validation: key 'queries' is {queries!r}; allowed: {', '.join(QUERY_MODES)} "
+                          f"(core/data/validation.py)")
     sampler = check_keys(tree.get("sampler") or {}, {"seed": int, "n_startup_trials": int}, f"{path}, sampler")
     pruner = check_keys(tree.get("pruner") or {}, {"n_startup_trials": int, "n_warmup_steps": int}, f"{path}, pruner")
     every = tree.get("report_every", 1)
@@ -116,7 +125,8 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
                     reg_weight=_range(search["reg_weight"], f"{path}, search.reg_weight", True, False),
                     reg_off=search.get("reg_off", True),
                     margin=_range(search["margin"], f"{path}, search.margin", False, True),
-                    val_fraction=fraction, val_seed=val.get("seed", 0), sampler_seed=sampler.get("seed", 0),
+                    val_fraction=fraction, val_seed=val.get("seed", 0), val_queries=queries,
+                    sampler_seed=sampler.get("seed", 0),
                     n_startup_trials=sampler.get("n_startup_trials", 10),
                     pruner_startup=pruner.get("n_startup_trials", 5), pruner_warmup=pruner.get("n_warmup_steps", 0),
                     report_every=every, budgets=budgets)

@@ -9,11 +9,16 @@ A new study gets two trials queued first: the baseline (margin and lambda of the
 experiments/table1.yaml) and the lambda = 0 reference; a resumed study queues nothing.
 
 Objective: validation mAP (percent) after the last epoch, on a split of the TRAINING identities
-(core.data.validation), never the test split. Every ``report_every`` epochs a trial reports its validation mAP;
-a MedianPruner stops trials below the median of completed trials at the same epoch. Pruned and failed trials keep
-their reason in the trial's user attrs ("reason"). Once the search stops, the best values and the defaults are
-each trained on the full training set and evaluated once on the test split (cached by config hash in the study's
-user attrs, so a resumed study re-evaluates only a new best).
+(core.data.validation; spec key validation.queries: every held-out tracklet a query, or one per identity), never the
+test split. Every ``report_every`` epochs a trial reports its validation mAP; a MedianPruner stops trials below the
+median of completed trials at the same epoch. Pruned and failed trials keep their reason in the trial's user attrs
+("reason"). The last validation's per-query outcomes are the trial run's MLflow artifact VAL_PER_QUERY. Once the
+search stops, the best values and the defaults are each trained on the full training set and evaluated once on the
+test split (cached by config hash in the study's user attrs, so a resumed study re-evaluates only a new best).
+
+Chosen vs defaults (``compare_chosen``, core.tune_compare): paired cluster-bootstrap intervals of best trial −
+baseline trial on validation and of chosen − defaults on test; the test interval of mAP gives the conclusion
+(better / not distinguishable / worse) and the values the report recommends (the chosen ones only when better).
 
 Storage: a journal file ``<work-dir>/optuna/<study>.journal`` by default (several local processes can share it),
 or ``sqlite:///...``, ``postgresql[+driver]://...``, ``mysql[+driver]://...`` for several machines. Each worker
@@ -24,9 +29,10 @@ has sent no heartbeat for GRACE_S, and its parameters are queued again; on that 
 checkpoint; its MLflow run is marked KILLED (core.tracking.end_orphaned_runs). A trial whose model diverges (NaN/inf
 loss, weights or features) fails with that reason in its user attrs; it is never scored.
 
-MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>),
-one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report step, final value) and
-per test run.
+MLflow (core.tracking): one parent run per study (experiment "STA <spec study>", found by the tag study=<name>;
+the comparisons as metrics val_delta_mAP[_ci_low|_ci_high], test_delta_..., tags conclusion, recommended_lambda,
+recommended_margin), one nested run per trial (resolved config, trial number, lambda, margin, val mAP per report
+step, final value, VAL_PER_QUERY) and per test run (per_query.parquet).
 """
 from __future__ import annotations
 
@@ -55,8 +61,11 @@ from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
 # keys that may differ between the workers of one study (paths, devices, loader settings)
 MACHINE_KEYS = ("data.root", "data.num_workers", "train.device", "eval.batch_size")
+# keys that only change how the report states its intervals, never a trial: a study may be resumed with others
+REPORT_KEYS = ("eval.bootstrap_resamples", "eval.bootstrap_seed")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S, GRACE_S = 60, 600          # RDB storages: heartbeat interval, silence after which a trial is failed
+VAL_PER_QUERY = "val_per_query.parquet"  # artifact of a trial run: its last validation's per-query outcomes
 
 
 # ---- storage -------------------------------------------------------------------------------------------------
@@ -276,7 +285,7 @@ class StopAtBudget:
 def _comparable_config(cfg: RunConfig) -> dict[str, Any]:
     flat = to_flat_dict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()
-            if k not in MACHINE_KEYS and k not in ("loss.reg_weight", "loss.margin")}
+            if k not in MACHINE_KEYS + REPORT_KEYS and k not in ("loss.reg_weight", "loss.margin")}
 
 
 def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
@@ -303,7 +312,7 @@ def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
                             user_attrs={"role": "reference (lambda = 0)"})
     study.set_user_attr("base_config", base)
     study.set_user_attr("spec", str(spec.path))
-    study.set_user_attr("validation", {"fraction": spec.val_fraction, "seed": spec.val_seed})
+    study.set_user_attr("validation", _validation_key(spec))
     study.set_user_attr("search_space", space)   # last: other workers wait for it, so the queue is complete
     return study, True
 
@@ -323,15 +332,22 @@ def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wa
     if stored != json.loads(json.dumps(space)):
         raise ConfigError(f"{where} exists with another search space: stored {stored}, {plan.spec.path} gives "
                           f"{space}; use another --study-name or the spec the study was created with")
-    if study.user_attrs.get("validation") != {"fraction": plan.spec.val_fraction, "seed": plan.spec.val_seed}:
-        raise ConfigError(f"{where} exists with another validation split {study.user_attrs.get('validation')}; "
-                          f"{plan.spec.path} gives fraction {plan.spec.val_fraction}, seed {plan.spec.val_seed}")
+    stored = {"queries": "one", **study.user_attrs.get("validation", {})}    # studies before issue 11: one
+    if stored != _validation_key(plan.spec):
+        raise ConfigError(f"{where} exists with another validation split {stored}; {plan.spec.path} gives "
+                          f"{_validation_key(plan.spec)}; use another --study-name or the spec's validation keys "
+                          f"the study was created with")
     old = study.user_attrs.get("base_config", {})
     diff = sorted(k for k in set(old) | set(base) if old.get(k) != base.get(k))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {base.get(k)!r}" for k in diff[:8])
         raise ConfigError(f"{where} exists with another base config ({shown}); use another --study-name or the "
                           f"dataset/profile/--set it was created with")
+
+
+def _validation_key(spec: TuneSpec) -> dict[str, Any]:
+    """What defines a study's validation split (user attr "validation", compared when it is resumed)."""
+    return {"fraction": spec.val_fraction, "seed": spec.val_seed, "queries": spec.val_queries}
 
 
 def _recover_killed(study: optuna.Study) -> None:
@@ -388,13 +404,17 @@ class ValidationReporter:
     def evaluate(self, model, done: int, step: int) -> float:
         from core import tracking
         from core.engine import evaluate_model
-        metrics = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg,
-                                 progress=False).metrics
-        value = 100.0 * metrics["mAP"]
+        # the headline protocol only: a gallery made of the queries (validation.queries: all) has no "without the
+        # queries" variant (the gao protocol), and the objective reads the headline mAP
+        ev = evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg, progress=False,
+                            named_protocols=False)
+        value = 100.0 * ev.metrics["mAP"]
         if not math.isfinite(value):     # never a score: the trial fails with this reason (Objective.__call__)
             raise FloatingPointError(f"validation mAP after epoch {done} is {value}; the trial is failed, not scored")
         self.trial.report(value, done)
-        tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * metrics["R1"]}, step=step)
+        tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * ev.metrics["R1"]}, step=step)
+        if done == self.cfg.train.epochs:       # the objective's evaluation: the report's paired comparison
+            tracking.log_table(ev.per_query, VAL_PER_QUERY)
         self.last = (done, value)
         return value
 
@@ -452,7 +472,8 @@ class Objective:
                 "role": trial.user_attrs.get("role", "search"), "dataset": self.plan.dataset,
                 "profile": self.plan.profile, **tracking.provenance_tags()}
         pruned: optuna.TrialPruned | None = None
-        with tracking.child_run(f"trial {trial.number}", tags):
+        with tracking.child_run(f"trial {trial.number}", tags) as run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)     # the report reads VAL_PER_QUERY from it
             tracking.log_config(cfg, extra={"study": self.plan.study_name, "trial": trial.number,
                                             "params": trial.params})
             tracking.log_params({"trial.number": trial.number, "trial.reg": "off" if lam == 0 else "on",
@@ -505,7 +526,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     if "://" in plan.storage:
         endpoints.check(plan.storage, "--storage")       # likewise the database, before the dataset is loaded
     dataset = load_dataset(plan.config.data)
-    split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed)
+    split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed, plan.spec.val_queries)
     if split.dataset.num_train_pids < plan.config.data.ids_per_batch:
         raise ConfigError(f"{plan.spec.path}, validation.fraction {plan.spec.val_fraction:g} leaves "
                           f"{split.dataset.num_train_pids} training identities, fewer than data.ids_per_batch "
@@ -525,7 +546,12 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
         new = sum(t.user_attrs.get("invocation") == objective.invocation for t in study.get_trials(deepcopy=False))
         if evaluate_test:
             test = evaluate_on_test(study, plan, dataset, progress)
-            report = write_report(study, plan, reports_dir, tracking_uri)
+            compared = compare_chosen(study, plan)
+            report = write_report(study, plan, reports_dir, tracking_uri, compared)
+            if compared is not None:
+                metrics, tags = _compared_mlflow(compared)
+                tracking.log_metrics(metrics)
+                tracking.set_tags(tags)
             reporting.write_index(reports_dir)      # reports/README.md lists tuning reports too
             tracking.log_file(report, "report")
             for png in sorted(Path(reports_dir, "figures").glob(f"{plan.study_name}_*.png")):
@@ -559,6 +585,14 @@ def _best(study: optuna.Study):
     return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
 
+def _has_table(run_id: str | None, name: str) -> bool:
+    from core import tracking
+    try:
+        return run_id is not None and tracking.has_artifact(run_id, name)
+    except Exception:  # noqa: BLE001 - a run of another store: the backend raises its own error types
+        return False
+
+
 def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = True) -> dict[str, dict]:
     """Train the best trial's values and the defaults on the full training set, evaluate each once on the test
     split; results are kept in the study's user attrs ("test:<config hash>") and in <study>.test.json beside a
@@ -574,6 +608,8 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
         cfg = with_values(plan.config, lam, margin)
         key = f"test:{config_hash(cfg)}"
         found = study.user_attrs.get(key)
+        if found is not None and not _has_table(found.get("mlflow_run_id"), tracking.PER_QUERY):
+            found = None     # evaluated before per-query outcomes were kept, or logged to another store: again
         if found is None:
             tags = {"kind": "test", "study": plan.study_name, "label": label, "dataset": plan.dataset,
                     "profile": plan.profile, "config_hash": config_hash(cfg), **tracking.provenance_tags()}
@@ -592,6 +628,92 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
         from core.engine.checkpoint import save_json
         save_json(out, Path(plan.storage).with_suffix(".test.json"))
     return out
+
+
+# ---- chosen vs defaults --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Compared:
+    """The report's paired comparisons (core.tune_compare) and the test runs' per-query frames."""
+    best: int                               # trial numbers
+    baseline: int | None                    # the completed baseline trial (the defaults), if any
+    same_values: bool                       # the best trial has the defaults' values
+    val: Any                                # tune_compare.Comparison, or why there is none (str)
+    test: Any
+    recommendation: Any                     # tune_compare.Recommendation
+    test_frames: dict[str, Any]             # "chosen" / "defaults" -> per-query frame of the test run, or None
+
+
+def _baseline_trial(study: optuna.Study, plan: Plan):
+    """The completed trial of the defaults: the one queued as the baseline (open_study; a retry of it keeps its
+    role), else any completed trial with the defaults' values."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((t for t in done if t.user_attrs.get("role") == "baseline"),
+                next((t for t in done if values(t.params) == plan.baseline_values), None))
+
+
+def _table(run_id: str | None, name: str):
+    from core import tracking
+    return None if run_id is None else tracking.load_table(run_id, name)
+
+
+def compare_chosen(study: optuna.Study, plan: Plan) -> Compared | None:
+    """Best trial vs baseline trial on validation and chosen vs defaults on test, from the per-query frames in
+    MLflow (the trials' VAL_PER_QUERY, the test runs' per_query.parquet); None before any trial completed."""
+    from core import tracking
+    from core import tune_compare as tc
+    best = _best(study)
+    if best is None:
+        return None
+    resamples, seed = plan.config.eval.bootstrap_resamples, plan.config.eval.bootstrap_seed
+    chosen, defaults = values(best.params), plan.baseline_values
+    baseline = _baseline_trial(study, plan)
+    tests = {}
+    for label, (lam, margin) in (("chosen", chosen), ("defaults", defaults)):
+        res = study.user_attrs.get(f"test:{config_hash(with_values(plan.config, lam, margin))}") or {}
+        tests[label] = _table(res.get("mlflow_run_id"), tracking.PER_QUERY)
+    if baseline is None:
+        val = "the baseline trial has not completed (pruned, failed or not run yet)"
+    else:
+        frames = [_table(t.user_attrs.get("mlflow_run_id"), VAL_PER_QUERY) for t in (best, baseline)]
+        val = _compare(*frames, resamples, seed) if all(f is not None for f in frames) else (
+            "the per-query validation results of trial(s) " + ", ".join(
+                str(t.number) for t, f in zip((best, baseline), frames) if f is None) +
+            " are not in this MLflow store (run before they were kept, or logged to another store)")
+    if any(f is None for f in tests.values()):
+        test = (f"a test run's per-query results are missing (run with --no-test?); run `python reproduce/tune.py "
+                f"--study-name {plan.study_name} --n-trials 0` to evaluate both")
+    else:
+        test = _compare(tests["chosen"], tests["defaults"], resamples, seed)
+    rec = tc.recommend(test if not isinstance(test, str) else None, chosen, defaults,
+                       missing=test if isinstance(test, str) else "")
+    return Compared(best.number, None if baseline is None else baseline.number, chosen == defaults, val, test, rec,
+                    tests)
+
+
+def _compare(frame_b, frame_a, resamples: int, seed: int):
+    """tune_compare.compare, or why the two frames cannot be compared (a report is written either way)."""
+    from core import tune_compare as tc
+    try:
+        return tc.compare(frame_b, frame_a, resamples, seed)
+    except ValueError as e:      # other queries (bootstrap.paired_difference), no headline rows
+        return f"not comparable: {e}"
+
+
+def _compared_mlflow(c: Compared) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics (percentage points) and tags of the study's parent run: val_delta_mAP, test_delta_mAP_ci_low, ...;
+    conclusion, recommended_lambda, recommended_margin (delta: chosen − defaults, as core.claims)."""
+    metrics = {}
+    for kind, comp in (("val", c.val), ("test", c.test)):
+        if isinstance(comp, str) or c.same_values:
+            continue
+        for m, est in comp.estimates.items():
+            metrics.update({f"{kind}_delta_{m}": 100 * est.value, f"{kind}_delta_{m}_ci_low": 100 * est.low,
+                            f"{kind}_delta_{m}_ci_high": 100 * est.high})
+    conclusion = ("chosen = defaults" if c.same_values else
+                  c.test.conclusion if not isinstance(c.test, str) else "no test comparison")
+    lam, margin = c.recommendation.values
+    return metrics, {"conclusion": conclusion, "recommended_lambda": f"{lam:g}", "recommended_margin": f"{margin:g}"}
 
 
 # ---- report --------------------------------------------------------------------------------------------------
@@ -642,9 +764,13 @@ def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str
 
 
 def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "reports",
-                 tracking_uri: str = "sqlite:///mlflow.db") -> Path:
-    """reports/<study>.md from the study storage (trials, user attrs) and the plan; figures under figures/."""
+                 tracking_uri: str = "sqlite:///mlflow.db", compared: Compared | None = None) -> Path:
+    """reports/<study>.md from the study storage (trials, user attrs), the plan and the per-query frames in MLflow
+    (``compare_chosen``, computed here unless given); figures under figures/."""
+    from core import tune_compare as tc
+    from core.data.validation import describe
     reports_dir = Path(reports_dir)
+    compared = compared or compare_chosen(study, plan)
     stem = plan.study_name
     figures = write_figures(study, stem, reports_dir / "figures")
     spec, cfg = plan.spec, plan.config
@@ -671,18 +797,23 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
         lam, margin = values(best.params)
         lines += [f"Best trial **{best.number}**: λ = **{lam:.4g}**" + (" (Reg off)" if lam == 0 else "") +
                   f", margin = **{margin:.3f}**, validation mAP {best.value:.2f}%.", ""]
-    lines += _test_section(study, plan, best)
-    split = study.user_attrs.get("validation_split", {})
+    lines += _test_section(study, plan, best, compared)
+    if compared is not None:
+        lines += tc.section(compared.val, compared.test, compared.best, compared.baseline, compared.recommendation,
+                            compared.same_values, cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed)
+    split = study.user_attrs.get("validation_split")
+    why = {"all": "Why every held-out tracklet is a query: it scores all of them instead of one per identity, at "
+                  "no cost in training identities (holding out more identities takes them from every trial; "
+                  "repeated splits multiply every trial's cost). The identities, the clusters of the bootstrap, "
+                  "are not more numerous: the validation interval (Chosen vs defaults) says what that buys.",
+           "one": "One query per identity (validation.queries: one): few queries, a noisy objective; "
+                  "validation.queries: all scores every held-out tracklet."}[spec.val_queries]
     lines += ["## Validation split (the objective)", "",
-              f"{split.get('val_ids', '?')} of the {split.get('source_train_ids', '?')} training identities "
-              f"(fraction {spec.val_fraction:g}, seed {spec.val_seed}, drawn among identities seen by >= 2 cameras) "
-              f"are held out of training: each gives 1 query tracklet, the rest of its tracklets form the gallery "
-              f"({split.get('val_query_tracklets', '?')} queries, {split.get('val_gallery_tracklets', '?')} gallery "
-              f"tracklets). Trials train on the other {split.get('train_ids', '?')} identities "
-              f"({split.get('train_tracklets', '?')} tracklets, relabelled 0..C'-1). The objective is the "
-              f"validation mAP (%) after the last epoch, with the test options of the config "
-              f"({cfg.eval.ap_rule} AP, {cfg.eval.sampling} sampling, N={cfg.eval.seq_len}). The test split is "
-              f"never seen by a trial (`core/data/validation.py`).", ""]
+              (describe(split, "the synthetic data" if plan.dataset == "synthetic" else
+                        DATASET_NAMES.get(plan.dataset, plan.dataset)) if split else "Not recorded yet.") + " " + why +
+              f" The objective is the validation mAP (%) after the last epoch (headline protocol: the gallery as "
+              f"given, {cfg.eval.ap_rule} AP), with the test options of the config ({cfg.eval.sampling} "
+              f"sampling, N={cfg.eval.seq_len}) (`core/data/validation.py`).", ""]
     rw, mg = spec.reg_weight, spec.margin
     lines += ["## Search", "",
               "- λ: `reg` ∈ {on, off}" + ("" if spec.reg_off else " (off disabled)") +
@@ -731,6 +862,7 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     spec_flag = "" if spec.path.resolve() == DEFAULT_SPEC.resolve() else f" --spec {_rel(spec.path)}"
     lines += ["## Commands", "", "```bash", f"python reproduce/tune.py{spec_flag} --study-name {stem} --dataset "
               f"{plan.dataset} --profile {plan.profile}    # continue (or extend with --n-trials)",
+              *_recommended_commands(plan, compared),
               f"mlflow ui --backend-store-uri {tracking_uri}    # experiment '{plan.experiment}', parent run "
               f"'{stem}'", "```", ""]
     path = reports_dir / f"{stem}.md"
@@ -742,6 +874,20 @@ def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "rep
     return path
 
 
+def _recommended_commands(plan: Plan, compared: Compared | None) -> list[str]:
+    """The table commands with the recommended values (the defaults unless the test comparison says better)."""
+    flags = f"--dataset {plan.dataset} --profile {plan.profile}"
+    if compared is None or compared.recommendation.keep_defaults:
+        lam, margin = plan.baseline_values
+        return [f"python reproduce/table1.py {flags}    # recommended: the defaults, as they are (λ = {lam:g} in "
+                f"experiments/presets.yaml full_sta, margin {margin:g})"]
+    lam, margin = compared.recommendation.values
+    return [f"python reproduce/table2.py {flags} --set loss.reg_weight={lam:g} --set loss.margin={margin:g}    "
+            f"# recommended values (Tables 2-5 run the full model only)",
+            f"python reproduce/table1.py {flags} --set loss.margin={margin:g}    # after setting loss.reg_weight: "
+            f"{lam:g} in experiments/presets.yaml full_sta (a --set would give λ to the rows without Reg too)"]
+
+
 def _rel(path: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(EXPERIMENTS.parent))
@@ -749,23 +895,30 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def _test_section(study: optuna.Study, plan: Plan, best) -> list[str]:
+def _test_section(study: optuna.Study, plan: Plan, best, compared: Compared | None) -> list[str]:
+    from core.evaluation import bootstrap
+    from core.tune_compare import headline_rows
     head = [f"## Test split — {_dataset_label(plan)}", ""]
     if best is None:
         return head + ["Not evaluated: no completed trial.", ""]
     rows, found = [], []
-    for (lam, margin), what in ((values(best.params), f"chosen (trial {best.number})"),
-                                (plan.baseline_values, "defaults (paper margin, Table 1 λ)")):
+    resamples, seed = plan.config.eval.bootstrap_resamples, plan.config.eval.bootstrap_seed
+    for (lam, margin), label, what in ((values(best.params), "chosen", f"chosen (trial {best.number})"),
+                                       (plan.baseline_values, "defaults", "defaults (paper margin, Table 1 λ)")):
         res = study.user_attrs.get(f"test:{config_hash(with_values(plan.config, lam, margin))}")
         if res is None:
             rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | not evaluated yet | | | |")
             continue
         m = res["metrics"]
+        frame = compared.test_frames.get(label) if compared is not None else None
+        ci = {} if frame is None else bootstrap.intervals(headline_rows(frame), resamples, seed)
         found.append(res)
-        rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | {m['R1']:.1f} | {m['R5']:.1f} | {m['R10']:.1f} | "
-                    f"{m['mAP']:.1f} |")
+        rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | " + " | ".join(
+            f"{m[k]:.1f}" + (f" [{100 * ci[k].low:.1f}, {100 * ci[k].high:.1f}]" if k in ci else "")
+            for k in ("R1", "R5", "R10", "mAP")) + " |")
     out = head + ["Each row is trained once on the full training set (all training identities) with its values and "
-                  "evaluated once on the test split (percent).", "",
+                  "evaluated once on the test split (percent, with the 95 % cluster-bootstrap interval over test "
+                  f"query identities, {resamples} resamples, seed {seed}).", "",
                   "| values | λ | margin | R1 | R5 | R10 | mAP |", "|---|---|---|---|---|---|---|", *rows, ""]
     if values(best.params) == plan.baseline_values:
         out += ["The baseline trial is the best: the chosen values are the defaults (one test run).", ""]

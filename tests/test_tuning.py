@@ -4,6 +4,7 @@ refused before any trial runs."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,11 +17,12 @@ import yaml
 from optuna.trial import TrialState
 
 import core.engine
+import core.tuning
 from core import tracking
 from core.config import ConfigError
 from core.data import load_dataset
 from core.data.validation import ValidationSplitError, split_validation
-from core.tuning import main, open_study, plan_study, run_study, suggest, write_report
+from core.tuning import VAL_PER_QUERY, main, open_study, plan_study, run_study, suggest, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny config of tests/test_engine.py (tiny_cfg), as overrides of the tuned Table 1 row
@@ -64,7 +66,7 @@ def runs_of(tmp_path: Path, study: str):
     return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'", output_format="pandas")
 
 
-def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path):
+def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path, monkeypatch):
     plan = make_plan("s", n_trials=3, epochs=1)
     out = run_study(plan, tracking_uri=uri(tmp_path), reports_dir=tmp_path / "reports", progress=False)
     trials = out.study.trials
@@ -78,6 +80,15 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path):
     text = out.report.read_text()
     assert "synthetic (MARS layout) — not MARS" in text and "| 2 | complete | search |" in text
     assert (tmp_path / "reports" / "figures" / "s_history.png").exists()
+    # the baseline is the best here: nothing to compare, the defaults are recommended; test cells carry intervals
+    assert "- The best trial (0) has the baseline's values: there is nothing to compare." in text
+    assert "**Recommended: keep the defaults, λ = 1, margin = 0.300** — the best trial is the baseline" in text
+    assert "python reproduce/table1.py --dataset synthetic --profile cpu    # recommended: the defaults" in text
+    assert re.search(r"\| chosen \(trial 0\) \| 1 \| 0.300 \| [\d.]+ \[[\d.]+, [\d.]+\] \|", text)
+    # every held-out tracklet is a query (tiny: 2 identities, validation.queries: all)
+    split = out.study.user_attrs["validation_split"]
+    assert split["queries"] == "all" and split["val_query_tracklets"] == split["val_gallery_tracklets"] > 2
+    assert f"validation.queries: all; {split['val_query_tracklets']} queries, gallery of the same" in text
 
     runs = runs_of(tmp_path, "s")
     parent = runs[runs["tags.kind"] == "study"]
@@ -87,10 +98,16 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path):
     assert set(trial_runs["tags.mlflow.parentRunId"]) == set(parent["run_id"])
     assert set(trial_runs["params.trial.lambda"].astype(float)) >= {0.0, 1.0}
     assert trial_runs["params.loss.reg_weight"].notna().all() and trial_runs["metrics.val_mAP_final"].notna().all()
+    frame = tracking.load_table(trial_runs["run_id"].iloc[0], VAL_PER_QUERY)   # the last validation, per query
+    assert len(frame) == split["val_query_tracklets"] and set(frame["protocol"]) == {"headline"}
+    assert parent["tags.conclusion"].iloc[0] == "chosen = defaults"
     history = mlflow.tracking.MlflowClient().get_metric_history(trial_runs["run_id"].iloc[0], "val_mAP")
     assert [m.step for m in history] == [0]
     assert (runs["tags.kind"] == "test").sum() == 1                        # chosen == defaults here: one run
 
+    # resumed, with the lambda = 0 reference taken as the best (whatever trial 3 gives): a real comparison
+    reference = trials[1]
+    monkeypatch.setattr(core.tuning, "_best", lambda study: reference)
     again = run_study(make_plan("s", n_trials=4, epochs=1), tracking_uri=uri(tmp_path),
                       reports_dir=tmp_path / "reports", progress=False)
     trials = again.study.trials
@@ -100,6 +117,24 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path):
     runs = runs_of(tmp_path, "s")
     assert (runs["tags.kind"] == "study").sum() == 1
     assert set(runs[runs["tags.kind"] == "trial"]["tags.mlflow.parentRunId"]) == set(parent["run_id"])
+
+    text = again.report.read_text()
+    val = re.search(r"- Validation \(best trial 1 − baseline trial 0\): mAP ([-+][\d.]+) points \[([-+][\d.]+), "
+                    r"([-+][\d.]+)\], R1 [-+][\d.]+ points \[[-+][\d.]+, [-+][\d.]+\]; (\d+) queries of 2 identities",
+                    text)
+    assert val and float(val[2]) <= float(val[1]) <= float(val[3]) and int(val[4]) == split["val_query_tracklets"]
+    assert float(val[1]) == pytest.approx(trials[1].value - trials[0].value, abs=0.051)   # the objective's difference
+    test = re.search(r"- Test \(chosen − defaults, each trained once on the full training split\): mAP "
+                     r"([-+][\d.]+) points \[([-+][\d.]+), ([-+][\d.]+)\]", text)
+    parent = runs_of(tmp_path, "s").query("`tags.kind` == 'study'").iloc[0]     # the same numbers, unrounded
+    low, high = parent["metrics.test_delta_mAP_ci_low"], parent["metrics.test_delta_mAP_ci_high"]
+    assert (float(test[2]), float(test[3])) == pytest.approx((low, high), abs=0.051)
+    verdict = "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
+    assert f"**Conclusion: {verdict}.**" in text and parent["tags.conclusion"] == verdict
+    keep = verdict != "better"
+    assert ("**Recommended: keep the defaults, λ = 1, margin = 0.300**" in text) == keep
+    assert ("--set loss.reg_weight=0 --set loss.margin=0.3    # recommended values" in text) == (not keep)
+    assert parent["tags.recommended_lambda"] == ("1" if keep else "0")
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
@@ -143,7 +178,7 @@ def _identities(tracklets) -> set[str]:
 def test_validation_split_stays_inside_the_training_identities(tiny_synthetic_root):
     from tests.test_engine import tiny_cfg
     ds = load_dataset(tiny_cfg(tiny_synthetic_root).data)
-    split = split_validation(ds, 0.25, seed=0)
+    split = split_validation(ds, 0.25, seed=0, queries="one")
     val = split.dataset
     held = _identities(val.query + val.gallery)
     assert len(held) == len(split.val_pids) == 2 and len(val.query) == 2
@@ -153,7 +188,7 @@ def test_validation_split_stays_inside_the_training_identities(tiny_synthetic_ro
     assert sorted({t.pid for t in val.train}) == list(range(val.num_train_pids)) and val.num_train_pids == 6
     for q in val.query:                                                   # a match in another camera
         assert any(g.pid == q.pid and g.camid != q.camid for g in val.gallery) and q not in val.gallery
-    assert split_validation(ds, 0.25, seed=0) == split                    # fixed by (fraction, seed)
+    assert split_validation(ds, 0.25, 0, "one") == split                  # fixed by (fraction, seed, queries)
     with pytest.raises(ValidationSplitError, match="holds out 0; at least 2"):
         split_validation(ds, 0.05)
 

@@ -81,11 +81,12 @@ class Evaluation:
 
 def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[Tracklet], cfg: RunConfig,
                    device: torch.device | None = None, keep_scores_for: int = 0,
-                   progress: bool = True) -> Evaluation:
+                   progress: bool = True, named_protocols: bool = True) -> Evaluation:
     """CMC/mAP of `model` on a query/gallery split, with the test options of cfg.eval [A12, A15, A16].
 
     One extraction, scored under the headline protocol (the gallery as given, eval.ap_rule: metrics R1..mAP) and
-    the named ones (official_*, gao_*; core.protocols), with every query's outcome (Evaluation.per_query)."""
+    the named ones (official_*, gao_*; core.protocols), with every query's outcome (Evaluation.per_query).
+    ``named_protocols=False``: the headline alone (core.tuning's validation split, whose gallery is its queries)."""
     device = device or next(model.parameters()).device
     tracklets, q_rows, g_rows = _union(query, gallery)
     out = extract_features(model, tracklets, seq_len=cfg.eval.seq_len, sampling=cfg.eval.sampling,
@@ -94,7 +95,8 @@ def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[
                            dtype=amp_dtype(device, cfg.train.amp), keep_scores_for=keep_scores_for,
                            progress=progress)
     ds = cfg.data.dataset
-    protocols = [headline(ds, cfg.data.gallery_with_queries, cfg.eval.ap_rule), *named(ds).values()]
+    protocols = [headline(ds, cfg.data.gallery_with_queries, cfg.eval.ap_rule),
+                 *(named(ds).values() if named_protocols else ())]
     rerank = (cfg.eval.rerank_k1, cfg.eval.rerank_k2, cfg.eval.rerank_lambda) if cfg.eval.rerank else None
     scored = score_protocols(out.feats, q_rows, g_rows, np.array([t.pid for t in tracklets]),
                              np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank)
