@@ -1,5 +1,6 @@
 """The synthetic generator: MARS layout read by load_mars and the check command, protocol guarantees,
 determinism, atomic generation."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ def test_layout_and_protocol_guarantees(tiny_synthetic_root):
     for with_queries in (True, False):
         ds = load_mars(tiny_synthetic_root, gallery_with_queries=with_queries)
         assert ds.num_train_pids == pre.train_ids and {t.pid for t in ds.query} == {t.pid for t in ds.gallery} - {0}
-        assert len({t.pid for t in ds.query}) == pre.test_ids
+        assert len({t.pid for t in ds.query}) == pre.test_ids + pre.extra_test_ids
         for q in ds.query:
             assert any(g.pid == q.pid and g.camid != q.camid for g in ds.gallery), (q.pid, q.camid)
     assert {t.pid for t in ds.train} == set(range(pre.train_ids))  # relabelled 0..C-1
@@ -126,8 +127,9 @@ def test_killed_generation_leaves_no_tree(tmp_path):
 
 
 # sha256 of the decoded pixels (shape and uint8 bytes, before JPEG) of train tracklets 0 and 1, the first test
-# tracklet and the last (junk) one, tiny preset, seed 0, drawn by generator VERSION 1
-FRAMES_DIGEST = (1, "a4616c0158456e04478f7100cbed5a18ff5dd06b3462efd59feebebad20f0ef9")
+# tracklet and the last (junk) one, tiny preset, seed 0, drawn by generator VERSION 2 (the digest of VERSION 1:
+# VERSION 2 only enlarged small's test split, tiny draws the same frames)
+FRAMES_DIGEST = (2, "a4616c0158456e04478f7100cbed5a18ff5dd06b3462efd59feebebad20f0ef9")
 
 
 def test_drawing_is_pinned_to_the_generator_version():
@@ -148,7 +150,46 @@ def test_in_memory_frames_are_the_written_ones_and_a_version_bump_regenerates(ti
     assert (tmp_path / "drawn.jpg").read_bytes() in firsts             # generate() wrote exactly that frame
     old_root = synthetic.default_root("tiny", 0)
     assert old_root.name == f"synthetic_tiny_seed0_v{synthetic.VERSION}"
-    monkeypatch.setattr(synthetic, "VERSION", synthetic.VERSION + 1)
+    bumped = synthetic.VERSION + 1
+    monkeypatch.setattr(synthetic, "VERSION", bumped)
     assert synthetic.default_root("tiny", 0) != old_root                # the default cache is a new folder
-    with pytest.raises(DatasetError, match=r"not a complete synthetic tree .*version 2"):
+    with pytest.raises(DatasetError, match=rf"not a complete synthetic tree .*version {bumped}\b"):
         ensure_synthetic(tiny_synthetic_root, "tiny", 0)                # a tree of another version is not reused
+
+
+def _plan_digest(specs) -> str:
+    return hashlib.sha256(repr([(s.pid, s.cam, s.length, s.who, s.query) for s in specs]).encode()).hexdigest()
+
+
+# sha256 of the plan (pid, camera, length, appearance seed, query flag of every tracklet) of each preset's splits,
+# seed 0, generator VERSION 2. Every value but small's test split is VERSION 1's: VERSION 2 enlarged that split
+# only (extra test identities on their own stream, 8x the distractors and junk), so small's train split, and with
+# it every cpu-profile training, is unchanged.
+PLAN_DIGESTS = {
+    ("tiny", "train"): "47199aad39777209bf323ddb93d7efe8f451775ee07843f05e777c06bad44a27",
+    ("tiny", "test"): "a02c119299f27f6763aa4557770b9f05b5d2b71ae410ac8d6691d2a3c2d43320",
+    ("small", "train"): "6a72bbe78ec336a7f818554df02219d25e85c02e13c74a8fea3884c0f024d8ed",
+    ("small", "test"): "fc24f066cbd6c5a31c60b2abed390bae776e5900adca9c3ba41175cc92194262",
+    ("default", "train"): "2faefa9bfe5b919ed99dba414f687756df108b6fda8a1b65c070428732626adb",
+    ("default", "test"): "5793e657e7223fdc3cc972450ebf1b94eee1e844336dd90b1afb4f17ee15332d",
+}
+
+
+def test_plans_are_pinned_and_small_has_a_large_test_split():
+    for size, pre in PRESETS.items():
+        train, test = synthetic._plan(pre, 0)
+        assert (synthetic.VERSION, _plan_digest(train), _plan_digest(test)) == \
+            (2, PLAN_DIGESTS[(size, "train")], PLAN_DIGESTS[(size, "test")]), size
+        people = [s for s in test if s.pid > 0]
+        assert len({s.pid for s in train}) == pre.train_ids and not {s.pid for s in train} & {s.pid for s in people}
+        assert len({s.pid for s in people}) == pre.test_ids + pre.extra_test_ids and max(s.pid for s in people) <= 9999
+        assert [s.pid for s in test[len(people):]] == [0] * pre.distractors + [-1] * pre.junk
+        queries = [s for s in test if s.query]
+        for q in queries:   # a valid match in either gallery protocol: a non-query tracklet in another camera
+            assert any(g.pid == q.pid and g.cam != q.cam and not g.query for g in people), (size, q)
+        per_id = np.bincount(np.unique([q.pid for q in queries], return_inverse=True)[1])
+        assert per_id.max() <= 2
+    train, test = synthetic._plan(PRESETS["small"], 0)   # the cpu profile's data: 32 ids / 140 tracklets to train on
+    assert (len(train), len(test), sum(s.query for s in test)) == (140, 1294, 425)     # VERSION 1: 140, 156, 55
+    v1 = dataclasses.replace(PRESETS["small"], extra_test_ids=0, distractors=24, junk=8)   # VERSION 1's small
+    assert _plan_digest(synthetic._plan(v1, 0)[0]) == PLAN_DIGESTS[("small", "train")]  # test-side fields: no effect

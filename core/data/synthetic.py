@@ -12,8 +12,13 @@ tracklet of its identity in another camera, so it has a valid match with either 
 
     size      train ids  test ids  tracklets/id  cameras/id  frames/tracklet  frame HxW  distractor  junk
     tiny          8          8         2-3          2-3          6-16            64x32        4         2
-    small        32         32         3-5          2-4          8-24           128x64       24         8
+    small        32     32 + 224       3-5          2-4          8-24           128x64      192        64
     default      80         80         3-6          2-4          8-32           128x64       60        20
+
+`small` (the cpu profile's data) has 224 extra test identities (Preset.extra_test_ids) and 8x the distractors and
+junk of VERSION 1, so its test split is 8x as large (seed 0: 256 identities, 425 queries, 1,230 gallery tracklets) and
+a 95 % cluster-bootstrap interval (clusters: query identities) on the cpu profile's R1 or mAP is +-1-2.5 points
+instead of +-5-11 (issue 11); its train split is VERSION 1's, byte for byte.
 
 Distractor tracklets (identity 0, folder 0000) show people of no other tracklet; junk tracklets (identity -1,
 folder 00-1) are badly placed boxes that cut a person. Output is a deterministic function of (size, seed);
@@ -46,7 +51,8 @@ NUM_CAMERAS = 6
 MARKER = "synthetic.json"
 # Bump when the drawing (core.data.render) or the plan changes: it is in the default root and the marker, so a bump
 # regenerates instead of reusing a cached tree; tests/test_data_synthetic.py pins a digest of rendered frames to it.
-VERSION = 1
+# 2: small's test split enlarged (extra_test_ids, distractors, junk); tiny, default and small's train split as in 1.
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,13 @@ class Preset:
     width: int
     distractors: int            # distractor tracklets (identity 0) in the test split
     junk: int                   # junk tracklets (identity -1) in the test split
+    extra_test_ids: int = 0     # test identities drawn after the others on their own stream: a larger test
+                                # split that leaves the train split as it was (see _plan)
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(8, 8, (2, 3), (2, 3), (6, 16), 64, 32, 4, 2),
-    "small": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 24, 8),
+    "small": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 192, 64, extra_test_ids=224),
     "default": Preset(80, 80, (3, 6), (2, 4), (8, 32), 128, 64, 60, 20),
 }
 
@@ -86,27 +94,43 @@ def _preset(size: str) -> Preset:
 
 
 def _plan(pre: Preset, seed: int) -> tuple[list[_Spec], list[_Spec]]:
-    """Train and test tracklet specs (identities, cameras, lengths, queries); deterministic in (pre, seed)."""
+    """Train and test tracklet specs (identities, cameras, lengths, queries); deterministic in (pre, seed).
+
+    Test order: the test identities, the extra test identities, then distractors and junk. The train identities
+    are drawn first from stream [seed, 0], where only train_ids + test_ids (the pid pool) comes before them, so the
+    extra test identities (own stream [seed, 5], pids above 3 (train_ids + test_ids)) and the distractor and junk
+    counts (drawn after them) leave the train split as it is.
+    """
     rng = np.random.default_rng([seed, 0])
     n = pre.train_ids + pre.test_ids
     pids = [int(p) for p in rng.choice(np.arange(1, 3 * n + 1), n, replace=False)]
-    splits: tuple[list[_Spec], list[_Spec]] = ([], [])
-    for i, pid in enumerate(pids):
-        n_cams = int(rng.integers(pre.cameras[0], pre.cameras[1] + 1))
-        n_tracks = max(n_cams, int(rng.integers(pre.tracklets[0], pre.tracklets[1] + 1)))
-        cams = [int(c) + 1 for c in rng.choice(NUM_CAMERAS, n_cams, replace=False)]
-        track_cams = cams + [int(c) for c in rng.choice(cams, n_tracks - n_cams)]
-        is_test = i >= pre.train_ids
-        query_cams = set(rng.choice(cams, 2 if n_cams >= 3 else 1, replace=False).tolist()) if is_test else set()
-        for c in track_cams:
-            query = c in query_cams
-            query_cams.discard(c)  # one query per chosen camera
-            splits[is_test].append(_Spec(pid, c, _length(rng, pre), pid, query))
-    test = splits[1]
+    train = [s for pid in pids[:pre.train_ids] for s in _identity(rng, pre, pid, test=False)]
+    test = [s for pid in pids[pre.train_ids:] for s in _identity(rng, pre, pid, test=True)]
+    others = []
     for j in range(pre.distractors + pre.junk):
         pid = 0 if j < pre.distractors else -1
-        test.append(_Spec(pid, int(rng.integers(1, NUM_CAMERAS + 1)), _length(rng, pre), -(j + 1)))
-    return splits[0], test
+        others.append(_Spec(pid, int(rng.integers(1, NUM_CAMERAS + 1)), _length(rng, pre), -(j + 1)))
+    if pre.extra_test_ids:
+        extra_rng = np.random.default_rng([seed, 5])
+        extra = extra_rng.choice(np.arange(1, 3 * pre.extra_test_ids + 1), pre.extra_test_ids, replace=False)
+        test += [s for pid in extra for s in _identity(extra_rng, pre, 3 * n + int(pid), test=True)]
+    return train, test + others
+
+
+def _identity(rng: np.random.Generator, pre: Preset, pid: int, test: bool) -> list[_Spec]:
+    """The tracklets of one identity: 2+ cameras, every camera used; a test identity has 1 query, or 2 from
+    different cameras when it is seen by >= 3 cameras, so every query keeps a non-query tracklet in another camera."""
+    n_cams = int(rng.integers(pre.cameras[0], pre.cameras[1] + 1))
+    n_tracks = max(n_cams, int(rng.integers(pre.tracklets[0], pre.tracklets[1] + 1)))
+    cams = [int(c) + 1 for c in rng.choice(NUM_CAMERAS, n_cams, replace=False)]
+    track_cams = cams + [int(c) for c in rng.choice(cams, n_tracks - n_cams)]
+    query_cams = set(rng.choice(cams, 2 if n_cams >= 3 else 1, replace=False).tolist()) if test else set()
+    specs = []
+    for c in track_cams:
+        query = c in query_cams
+        query_cams.discard(c)  # one query per chosen camera
+        specs.append(_Spec(pid, c, _length(rng, pre), pid, query))
+    return specs
 
 
 def _length(rng: np.random.Generator, pre: Preset) -> int:
