@@ -144,6 +144,13 @@ MINIMUM: dict[str, float] = {
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1, "eval.bootstrap_resamples": 1, "eval.bootstrap_seed": 0,
 }
 
+# The synthetic generator's version (core.data.synthetic). Bump when the drawing (core.data.render) or the plan
+# changes: it is in the default root and the marker, so a bump regenerates instead of reusing a cached tree, and it
+# enters config_hash of synthetic runs, so finished runs on the older data are not reused;
+# tests/test_data_synthetic.py pins a digest of rendered frames to it.
+# 2: small's test split enlarged (extra_test_ids, distractors, junk); tiny, default and small's train split as in 1.
+SYNTHETIC_VERSION = 2
+
 # Keys that cannot change a result, left out of config_hash: changing one reuses finished runs and checkpoints.
 # DataLoader workers; the device (auto, cpu and cuda name the same run: the numbers differ only by floating-point
 # rounding, and by bf16 autocast where train.amp applies on CUDA; the device used is each run's tag 'device');
@@ -298,9 +305,12 @@ def from_dict(tree: Mapping[str, Any], where: str = "config") -> RunConfig:
 def config_hash(cfg: RunConfig, sections: tuple[str, ...] = ("data", "model", "loss", "train", "eval")) -> str:
     """Stable short hash of the chosen sections (used to reuse finished runs and checkpoints).
 
-    The keys of RESULT_NEUTRAL_KEYS are left out; every other key enters it (tests/test_config.py checks both).
+    The keys of RESULT_NEUTRAL_KEYS are left out; every other key enters it (tests/test_config.py checks both), and
+    for synthetic data the generator's SYNTHETIC_VERSION.
     """
     d = {name: {k: v for k, v in section.items() if f"{name}.{k}" not in RESULT_NEUTRAL_KEYS}
          for name, section in to_dict(cfg).items() if name in sections}
+    if "data" in d and cfg.data.dataset == "synthetic":   # another generator version is other data
+        d["data"]["synthetic_version"] = SYNTHETIC_VERSION
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -120,3 +120,14 @@ def test_paper_defaults_of_the_audit():
     from core.config import RunConfig
     cfg = RunConfig()
     assert (cfg.model.attention, cfg.model.classifier_bias, cfg.data.flip_per) == ("energy", False, "frame")
+
+
+def test_the_synthetic_generator_version_enters_the_hashes(monkeypatch):
+    # a finished run on an older synthetic tree (another VERSION) must not be reused or resumed
+    import core.config as config
+    synthetic, mars = RunConfig(), apply_overrides(RunConfig(), {"data.dataset": "mars", "data.root": "/d"})
+    before = [config_hash(c) for c in (synthetic, mars)] + [train_dir(c, "runs") for c in (synthetic, mars)]
+    monkeypatch.setattr(config, "SYNTHETIC_VERSION", config.SYNTHETIC_VERSION + 1)
+    after = [config_hash(c) for c in (synthetic, mars)] + [train_dir(c, "runs") for c in (synthetic, mars)]
+    assert before[0] != after[0] and before[2] != after[2]                # synthetic: both hashes move
+    assert before[1] == after[1] and before[3] == after[3]                # real data: untouched

@@ -43,16 +43,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from core import leftovers
+from core.config import SYNTHETIC_VERSION
 from core.data import render
 from core.data.base import DatasetError
 from core.data.mars import pid_folder, write_info, write_query
 
 NUM_CAMERAS = 6
 MARKER = "synthetic.json"
-# Bump when the drawing (core.data.render) or the plan changes: it is in the default root and the marker, so a bump
-# regenerates instead of reusing a cached tree; tests/test_data_synthetic.py pins a digest of rendered frames to it.
-# 2: small's test split enlarged (extra_test_ids, distractors, junk); tiny, default and small's train split as in 1.
-VERSION = 2
+VERSION = SYNTHETIC_VERSION   # the generator's version (core.config: it also enters the config hash)
 
 
 @dataclass(frozen=True)
