@@ -93,7 +93,7 @@ def forest_figure(labels: Sequence[str], paper: Sequence[float], ours: Sequence[
     y = np.arange(n)[::-1]
     value, low, high = (np.array([o[i] for o in ours], dtype=float) for i in range(3))
     err = np.nan_to_num(np.vstack([value - low, high - value]))             # [2, n] left / right arm
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.3 * n))
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.3 * n))
     ax.axvline(0, color="black", lw=0.8)
     ax.errorbar(value, y, xerr=err, fmt="s", color="#d9834a", capsize=3, label=f"{ours_name}, 95 % interval")
     ax.plot(np.array(paper, dtype=float), y, "D", color="#4a6f9d", label=paper_name)
@@ -101,9 +101,9 @@ def forest_figure(labels: Sequence[str], paper: Sequence[float], ours: Sequence[
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel("gain of the claimed row (percentage points)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / (1.6 + 0.3 * n), 1, 1))          # the legend below the axes, never on a row
     return fig
 
 
