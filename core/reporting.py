@@ -32,12 +32,6 @@ from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
 
 LoadJson = Callable[[str, str], object]
 DATASET_ORDER = ("mars", "duke", "synthetic")
-# figure kind per table: bars of every row, or lines over the swept override key (x label)
-PLOTS: dict[str, tuple[str, str, str]] = {
-    "table1": ("bars", "", ""),
-    "table2": ("lines", "eval.seq_len", "test sequence length N"),
-    "table3": ("lines", "model.num_regions", "number of regions K"),
-}
 # keys in which the seeds of one report row may differ: the seed itself and the keys that cannot change a result
 # (the same list core.config.config_hash leaves out)
 SEED_KEYS = ("train.seed", *RESULT_NEUTRAL_KEYS)
@@ -395,7 +389,7 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
     ref = reference_dataset(spec, ds)
     paper_name, ours_name = f"paper ({DATASET_NAMES[ref]})", f"this run ({run_header(ds)})"
     rows = [r for r in spec.run_rows if ref in r.paper and (runs["tags.row"] == r.label).any()]
-    kind, key, x_name = PLOTS.get(spec.table, ("", "", ""))
+    kind, key, x_name = (spec.figure.kind, spec.figure.x, spec.figure.label) if spec.figure else ("", "", "")
     if rows and kind:
         paper = {m: [r.paper[ref][m] if r.paper[ref][m] is not None else np.nan for r in rows] for m in spec.metrics}
         ours = {m: [row_stats(runs[runs["tags.row"] == r.label], m)[:2] for r in rows] for m in spec.metrics}
