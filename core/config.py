@@ -5,7 +5,7 @@ This is the single home of defaults (one comment per field). Experiment specs
 :func:`apply_overrides` validates each key, type and value and names what is allowed.
 
 Where the paper is ambiguous (`../shared/paper/ambiguities.md`, items A1..A16, and A17
-below), the field that decides it says so with ``[A<n>]`` and lists its choices; the
+below), the field that decides it says so with ``[A<n>]`` and its ``Literal`` type lists the choices; the
 default is what we consider the paper's most literal reading. ``core/models/README.md`` maps
 the model options to code.
 
@@ -22,44 +22,61 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 
 class ConfigError(ValueError):
     """A config key, type or value is not allowed; the message says which and what is."""
 
 
+# The string-valued choices, written once: validate() reads the allowed values from these types (CHOICES below),
+# and the modules that implement a choice with a plain tuple of names derive it from the same type.
+Dataset = Literal["synthetic", "mars", "duke"]
+SyntheticSize = Literal["tiny", "small", "default"]            # core.data.synthetic.PRESETS
+TrainSampling = Literal["restricted", "random"]                # [A12]
+EpochDef = Literal["identities", "tracklets"]                  # [A10]
+FlipPer = Literal["frame", "clip"]                             # [A17]
+Backbone = Literal["resnet18", "resnet34", "resnet50"]
+Aggregation = Literal["frame", "avg", "sta"]
+Attention = Literal["energy", "energy_l2", "norm_l2"]          # [A1]
+F2Weights = Literal["normalized", "raw"]                       # [A5]
+Remainder = Literal["last", "spread"]                          # [A4]
+EvalSampling = Literal["evenly", "dense"]                      # [A12]
+Distance = Literal["euclidean", "cosine"]
+ApRule = Literal["trapezoid", "step"]                          # [A15b]
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"          # synthetic | mars | duke
+    dataset: Dataset = "synthetic"
     root: str | None = None             # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>_seed<seed>_v<version>)
-    synthetic_size: str = "default"     # generator preset: tiny | small | default (core.data.synthetic.PRESETS)
+    synthetic_size: SyntheticSize = "default"  # generator preset (core.data.synthetic.PRESETS)
     synthetic_seed: int = 0             # generator seed (the synthetic dataset is a function of size and seed)
     height: int = 256                   # frame height after resize [A11: 256x128 implied by 16x8 maps]
     width: int = 128                    # frame width after resize
     seq_len: int = 4                    # N, frames per training clip (paper: 4)
-    train_sampling: str = "restricted"  # [A12] restricted (one random frame per N equal chunks) | random (N uniform)
+    train_sampling: TrainSampling = "restricted"  # [A12] restricted: one random frame per N equal chunks; random: N uniform
     ids_per_batch: int = 16             # P identities per batch (paper: 16)
     tracklets_per_id: int = 4           # K tracklets per identity (paper: 4; not the region count)
-    epoch_def: str = "identities"       # [A10] identities (one pass over train ids, ~39 it on MARS) | tracklets (~every tracklet once)
+    epoch_def: EpochDef = "identities"  # [A10] identities: one pass over train ids (~39 it on MARS); tracklets: ~every tracklet once
     gallery_with_queries: bool = True   # [A15a] True: official MARS protocol (11,310 gallery); False: torchreid's 9,330
     flip_prob: float = 0.5              # horizontal flip probability
-    flip_per: str = "frame"             # [A17] frame (each frame flipped on its own, the paper's words) | clip (one flip per clip)
+    flip_per: FlipPer = "frame"         # [A17] frame: each frame flipped on its own, the paper's words; clip: one flip per clip
     num_workers: int = 2                # DataLoader workers
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet50"          # resnet18 | resnet34 | resnet50; conv5 stride is always set to 1
+    backbone: Backbone = "resnet50"     # conv5 stride is always set to 1
     pretrained: bool = True             # ImageNet weights (torchvision cache or weights_path)
     weights_path: str | None = None     # ImageNet state-dict file, overrides the cache; refused with pretrained: false
-    aggregation: str = "sta"            # frame (image baseline) | avg (temporal average) | sta (Eq. 1-4 + F2)
+    aggregation: Aggregation = "sta"    # frame: image baseline; avg: temporal average; sta: Eq. 1-4 + F2
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
     num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
     feat_dim: int = 1024                # [A7] width of the FC retrieval feature (paper: not given)
-    attention: str = "energy"           # [A1] e = sum_d f^2; energy: e/sum(e), as printed | energy_l2: e/||e||_2, the text | norm_l2: sqrt(e)/||sqrt(e)||_2 (was "l2")
-    f2_weights: str = "normalized"      # [A5] normalized (Eq. 4 scores, weighted average) | raw (Eq. 3 block sums, Alg. 1 literally)
-    remainder: str = "last"             # [A4] when K does not divide H: last (last region takes the extra rows) | spread (first H mod K regions get one more)
+    attention: Attention = "energy"     # [A1] e = sum_d f^2; energy: e/sum(e), as printed; energy_l2: e/||e||_2, the text; norm_l2: sqrt(e)/||sqrt(e)||_2 (was "l2")
+    f2_weights: F2Weights = "normalized"  # [A5] normalized: Eq. 4 scores, weighted average; raw: Eq. 3 block sums, Alg. 1 literally
+    remainder: Remainder = "last"       # [A4] when K does not divide H: last: the last region takes the extra rows; spread: the first H mod K regions get one more
     classifier_bias: bool = False       # identity classifier with a bias; Eq. 10's logits W_k^T x have none
 
 
@@ -89,9 +106,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     seq_len: int = 4                    # N at test time (free: the model has no N-dependent weights; Table 2)
-    sampling: str = "evenly"            # [A12] evenly (N evenly spaced frames) | dense (all frames in chunks of N, averaged)
-    distance: str = "euclidean"         # euclidean | cosine
-    ap_rule: str = "trapezoid"          # [A15b] trapezoid (official MARS code) | step (non-interpolated, torchreid)
+    sampling: EvalSampling = "evenly"   # [A12] evenly: N evenly spaced frames; dense: all frames in chunks of N, averaged
+    distance: Distance = "euclidean"
+    ap_rule: ApRule = "trapezoid"       # [A15b] trapezoid: official MARS code; step: non-interpolated, torchreid
     rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]; euclidean distance only
     rerank_k1: int = 20
     rerank_k2: int = 6
@@ -110,22 +127,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Allowed values of the string-valued choices; checked by validate().
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("synthetic", "mars", "duke"),
-    "data.synthetic_size": ("tiny", "small", "default"),
-    "data.train_sampling": ("restricted", "random"),
-    "data.epoch_def": ("identities", "tracklets"),
-    "data.flip_per": ("frame", "clip"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50"),
-    "model.aggregation": ("frame", "avg", "sta"),
-    "model.attention": ("energy", "energy_l2", "norm_l2"),
-    "model.f2_weights": ("normalized", "raw"),
-    "model.remainder": ("last", "spread"),
-    "eval.sampling": ("evenly", "dense"),
-    "eval.distance": ("euclidean", "cosine"),
-    "eval.ap_rule": ("trapezoid", "step"),
-}
+# Allowed values of the string-valued choices, read from their Literal types; checked by validate().
+def _choices() -> dict[str, tuple[str, ...]]:
+    return {f"{name}.{key}": typing.get_args(hint) for name, cls in _section_classes().items()
+            for key, hint in _field_types(cls).items() if typing.get_origin(hint) is Literal}
+
 
 # Choice values that were renamed: refused with a pointer to the new name (a silent alias could be read as the
 # other l2 reading of Eq. 1).
@@ -191,7 +197,7 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: key '{key}' must be a number, got {value!r}")
         return float(value)
-    if hint is str:
+    if hint is str or origin is Literal:     # a Literal's allowed values are checked by validate()
         if not isinstance(value, str):
             raise ConfigError(f"{where}: key '{key}' must be a string, got {value!r}")
         return value
@@ -206,6 +212,9 @@ def allowed_keys() -> list[str]:
 def _section_classes() -> dict[str, type]:
     hints = _field_types(RunConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+CHOICES: dict[str, tuple[str, ...]] = _choices()
 
 
 def flatten_overrides(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -293,11 +302,6 @@ def to_flat_dict(cfg: RunConfig) -> dict[str, Any]:
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def from_dict(tree: Mapping[str, Any], where: str = "config") -> RunConfig:
-    """Inverse of to_dict (also accepts partial trees: missing keys keep their defaults)."""
-    return apply_overrides(RunConfig(), tree, where)
 
 
 # Fields that do not change what a run computes (how fast, how often it is saved), left out of config_hash.

@@ -25,25 +25,17 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from core import claims, figures, protocols
+from core import ambiguities, claims, figures, protocols
 from core.claims import LoadTable
 from core.config import RESULT_NEUTRAL_KEYS, EvalConfig, allowed_keys
 from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
 
 LoadJson = Callable[[str, str], object]
 DATASET_ORDER = ("mars", "duke", "synthetic")
-# figure kind per table: bars of every row, or lines over the swept override key (x label)
-PLOTS: dict[str, tuple[str, str, str]] = {
-    "table1": ("bars", "", ""),
-    "table2": ("lines", "eval.seq_len", "test sequence length N"),
-    "table3": ("lines", "model.num_regions", "number of regions K"),
-}
 # keys in which the seeds of one report row may differ: the seed itself and the keys that cannot change a result
 # (the same list core.config.config_hash leaves out)
 SEED_KEYS = ("train.seed", *RESULT_NEUTRAL_KEYS)
 MARKS = ("†", "‡", "§", "¶")        # footnote marks of the reasons a number has no interval
-PROTOCOL_KEYS = ("eval.ap_rule", "data.gallery_with_queries", "eval.sampling", "eval.distance", "data.epoch_def",
-                 "train.epochs", "model.backbone", "data.height", "data.width")
 
 
 def reference_dataset(spec: Spec, dataset: str) -> str:
@@ -248,6 +240,11 @@ def _values(runs: pd.DataFrame, key: str) -> str:
     return " / ".join(vals) or "—"
 
 
+def _setting(runs: pd.DataFrame, key: str) -> str:
+    """'eval.ap_rule = trapezoid [A15b]': the runs' values of `key`, tagged with the ambiguity it decides."""
+    return f"{key} = {_values(runs, key)}{ambiguities.tag(key)}"
+
+
 def _commits(runs: pd.DataFrame) -> str:
     if "tags.git_commit" not in runs:
         return "—"
@@ -330,12 +327,11 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
                   "the pipeline and are compared with the paper's MARS column only for orientation — they are not "
                   "MARS results.", ""]
     lines += [f"Profile `{profile}`: {desc}", "",
-              f"Protocol: eval.ap_rule = {_values(runs, 'eval.ap_rule')} [A15b], data.gallery_with_queries = "
-              f"{_values(runs, 'data.gallery_with_queries')} [A15a], eval.sampling = {_values(runs, 'eval.sampling')} "
-              f"[A12], eval.distance = {_values(runs, 'eval.distance')}; backbone {_values(runs, 'model.backbone')}, "
-              f"frames {_values(runs, 'data.height')}x{_values(runs, 'data.width')}, "
-              f"{_values(runs, 'train.epochs')} epochs (data.epoch_def = {_values(runs, 'data.epoch_def')} [A10]), "
-              f"loss.reg_weight = {_values(runs, 'loss.reg_weight')} [A8]. Seeds: {', '.join(map(str, seeds))} "
+              f"Protocol: {_setting(runs, 'eval.ap_rule')}, {_setting(runs, 'data.gallery_with_queries')}, "
+              f"{_setting(runs, 'eval.sampling')}, {_setting(runs, 'eval.distance')}; backbone "
+              f"{_values(runs, 'model.backbone')}, frames {_values(runs, 'data.height')}x{_values(runs, 'data.width')}, "
+              f"{_values(runs, 'train.epochs')} epochs ({_setting(runs, 'data.epoch_def')}), "
+              f"{_setting(runs, 'loss.reg_weight')}. Seeds: {', '.join(map(str, seeds))} "
               f"({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: {_commits(runs)}. "
               f"Metrics in percent; Δ = this run − paper.", "", interval_line(runs, seeds), ""]
     others = other_protocols(runs, datasets)
@@ -393,7 +389,7 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
     ref = reference_dataset(spec, ds)
     paper_name, ours_name = f"paper ({DATASET_NAMES[ref]})", f"this run ({run_header(ds)})"
     rows = [r for r in spec.run_rows if ref in r.paper and (runs["tags.row"] == r.label).any()]
-    kind, key, x_name = PLOTS.get(spec.table, ("", "", ""))
+    kind, key, x_name = (spec.figure.kind, spec.figure.x, spec.figure.label) if spec.figure else ("", "", "")
     if rows and kind:
         paper = {m: [r.paper[ref][m] if r.paper[ref][m] is not None else np.nan for r in rows] for m in spec.metrics}
         ours = {m: [row_stats(runs[runs["tags.row"] == r.label], m)[:2] for r in rows] for m in spec.metrics}

@@ -32,7 +32,9 @@ METRICS = ("R1", "R5", "R10", "R20", "mAP")      # what every run computes [A14]
 PAPER_DATASETS = ("mars", "duke")                # datasets the paper reports
 DATASET_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID", "synthetic": "synthetic"}
 SPEC_KEYS = {"table": str, "title": str, "metrics": list, "preset": str, "base": dict, "rows": list, "notes": str,
-             "claims": list, "claims_note": str}
+             "claims": list, "claims_note": str, "figure": dict}
+FIGURE_KEYS = {"kind": str, "x": str, "label": str}
+FIGURE_KINDS = ("bars", "lines")    # bars of every row | lines over the rows' values of the override key x
 CLAIM_KEYS = {"row": str, "beats": list, "metrics": list, "note": str}
 ROW_KEYS = {"label": str, "overrides": dict, "preset": str, "paper": dict, "deviation": str, "run": bool}
 PROFILE_KEYS = {"description": str, "overrides": dict}
@@ -76,6 +78,13 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Figure:
+    kind: str                                    # one of FIGURE_KINDS
+    x: str = ""                                  # lines: the override key the rows sweep
+    label: str = ""                              # lines: the x axis label
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path
     table: str                                   # "table1"
@@ -86,6 +95,7 @@ class Spec:
     notes: str = ""
     claims: tuple[Claim, ...] = ()
     claims_note: str = ""                        # why the claims are these (e.g. a claim that cannot be tested)
+    figure: Figure | None = None                 # the paper-vs-run plot of the report (none: no such plot)
     profile: str | None = None                   # set by load_spec
     dataset: str | None = None
     cli_overrides: dict[str, Any] = field(default_factory=dict)
@@ -252,7 +262,24 @@ def read_spec(path: str | Path, presets_path: str | Path = PRESETS_PATH) -> Spec
     return Spec(path=path, table=tree["table"], title=tree["title"], metrics=metrics, base=base, rows=tuple(rows),
                 notes=" ".join((tree.get("notes") or "").split()),
                 claims=_claims(tree.get("claims") or [], rows, metrics, path),
-                claims_note=" ".join((tree.get("claims_note") or "").split()))
+                claims_note=" ".join((tree.get("claims_note") or "").split()),
+                figure=_figure(tree.get("figure"), f"{path}, figure"))
+
+
+def _figure(raw: dict | None, where: str) -> Figure | None:
+    """The spec's `figure:` ({kind: bars} or {kind: lines, x: <override key>, label: <axis label>})."""
+    if raw is None:
+        return None
+    check_keys(raw, FIGURE_KEYS, where, required=("kind",))
+    kind = raw["kind"]
+    if kind not in FIGURE_KINDS:
+        raise ConfigError(f"{where}: key 'kind' is {kind!r}; allowed: {', '.join(FIGURE_KINDS)}")
+    if kind == "bars" and (raw.get("x") or raw.get("label")):
+        raise ConfigError(f"{where}: keys 'x' and 'label' are for kind 'lines' only")
+    if kind == "lines" and not (raw.get("x") in allowed_keys() and raw.get("label")):
+        raise ConfigError(f"{where}: kind 'lines' needs 'x', a config key the rows override (got {raw.get('x')!r}), "
+                          f"and 'label', the axis label")
+    return Figure(kind, raw.get("x", ""), raw.get("label", ""))
 
 
 def _claims(raw_claims: list, rows: Sequence[Row], metrics: tuple[str, ...], path: Path) -> tuple[Claim, ...]:

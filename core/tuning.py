@@ -54,13 +54,14 @@ import optuna
 from optuna.trial import TrialState
 
 from core import endpoints, leftovers
-from core.config import ConfigError, RunConfig, apply_overrides, config_hash, flatten_overrides, to_flat_dict
+from core.config import RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, apply_overrides, config_hash, flatten_overrides, to_flat_dict
 from core.specs import DATASET_NAMES, EXPERIMENTS, METRICS, load_profiles, load_spec, select_rows, spec_path
 from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
 
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
-# keys that may differ between the workers of one study (paths, devices, loader settings)
-MACHINE_KEYS = ("data.root", "data.num_workers", "train.device", "eval.batch_size")
+# keys that may differ between the workers of one study: those that cannot change a result (config.RESULT_NEUTRAL_KEYS)
+# and, though in the config hash, the dataset's path and the extraction batch size
+MACHINE_KEYS = (*RESULT_NEUTRAL_KEYS, "data.root", "eval.batch_size")
 # keys that only change how the report states its intervals, never a trial: a study may be resumed with others
 REPORT_KEYS = ("eval.bootstrap_resamples", "eval.bootstrap_seed")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -337,7 +338,7 @@ def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wa
         raise ConfigError(f"{where} exists with another validation split {stored}; {plan.spec.path} gives "
                           f"{_validation_key(plan.spec)}; use another --study-name or the spec's validation keys "
                           f"the study was created with")
-    old = study.user_attrs.get("base_config", {})
+    old = {k: v for k, v in study.user_attrs.get("base_config", {}).items() if k not in MACHINE_KEYS}  # older: more
     diff = sorted(k for k in set(old) | set(base) if old.get(k) != base.get(k))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {base.get(k)!r}" for k in diff[:8])

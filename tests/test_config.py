@@ -1,5 +1,5 @@
-"""core/config.py: the allowed values of every choice key (listed by hand, as config.py cannot import torch-heavy
-modules) stay the values the implementing modules accept; every key that can change a result enters the config
+"""core/config.py: the allowed values of every choice key (its Literal type; config.py cannot import the
+torch-heavy registries) stay the values the implementing modules accept; every key that can change a result enters the config
 hash (and the training hash for data/model/loss/train keys); impossible values are refused naming the key."""
 import pytest
 

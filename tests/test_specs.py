@@ -2,6 +2,7 @@
 with a message naming the file, the row and the key."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -182,6 +183,20 @@ def test_bad_top_level_key_and_unknown_profile(tmp_path):
         read_spec(path)
     with pytest.raises(ConfigError, match="unknown profile 'gpu'; allowed: paper, cpu"):
         load_spec(_write(tmp_path, GOOD_ROW), profile="gpu")
+
+
+def test_figure_kind_is_read_from_the_spec_and_bad_ones_are_refused(tmp_path):
+    from core.specs import Figure
+    assert [read_spec(p).figure for p in SPECS[:3]] == [
+        Figure("bars"), Figure("lines", "eval.seq_len", "test sequence length N"),
+        Figure("lines", "model.num_regions", "number of regions K")]
+    head = "table: t\ntitle: t\nmetrics: [R1]\nrows: [{label: A, paper: {mars: {R1: 1.0}}}]\n"
+    for figure, message in [("{kind: pie}", "key 'kind' is 'pie'; allowed: bars, lines"),
+                            ("{kind: lines, x: eval.nope, label: N}", "kind 'lines' needs 'x'"),
+                            ("{kind: bars, x: eval.seq_len}", "keys 'x' and 'label' are for kind 'lines' only")]:
+        (tmp_path / "f.yaml").write_text(head + f"figure: {figure}\n")
+        with pytest.raises(ConfigError, match=re.escape(f"f.yaml, figure: {message}")):
+            read_spec(tmp_path / "f.yaml")
 
 
 def test_full_sta_is_written_once_with_its_lambda_and_reason():

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+import core.config
 import core.engine
 import core.tuning
 from core import tracking
@@ -295,6 +296,21 @@ def test_too_large_p_is_refused_before_the_study_is_saved(tiny_synthetic_root, t
     assert not (tmp_path / "runs" / "optuna").exists()                  # no study in the default journal
     study, created = open_study(plan(4))                                 # the corrected command starts afresh
     assert created and study.user_attrs["base_config"]["data.ids_per_batch"] == 4
+
+
+def test_a_study_resumes_across_result_neutral_keys_and_refuses_others(tiny_synthetic_root, tmp_path):
+    def plan(**overrides):
+        return plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="neutral", n_trials=1,
+                          work_dir=tmp_path / "runs", overrides={"train.epochs": 1, **overrides})
+    study, created = open_study(plan())
+    assert created and not set(study.user_attrs["base_config"]) & set(core.tuning.MACHINE_KEYS)
+    assert set(core.config.RESULT_NEUTRAL_KEYS) <= set(core.tuning.MACHINE_KEYS)     # one list: config's
+    study.set_user_attr("base_config", {**study.user_attrs["base_config"], "train.compile": False})  # older studies
+    neutral = {"train.compile": True, "train.checkpoint_every_s": 1.0, "data.num_workers": 0, "eval.batch_size": 3,
+               "eval.bootstrap_resamples": 7}
+    assert open_study(plan(**neutral))[1] is False
+    with pytest.raises(ConfigError, match=r"another base config \(loss.triplet: True -> False\)"):
+        open_study(plan(**{"loss.triplet": False}))
 
 
 def test_bad_tracking_uri_and_output_folder_are_refused_before_the_study_is_saved(tmp_path, capsys, monkeypatch):

@@ -5,10 +5,13 @@ its frames cyclically in time order, e.g. frames [0, 1, 2] with N = 8 give [0, 1
 """
 from __future__ import annotations
 
+import typing
 from typing import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from core.config import EpochDef, FlipPer
 
 
 def pad_cyclic(indices: np.ndarray, n: int) -> np.ndarray:
@@ -44,7 +47,7 @@ def dense_frames(num_frames: int, n: int) -> list[np.ndarray]:
     return [pad_cyclic(np.arange(s, min(s + n, num_frames)), n) for s in range(0, num_frames, n)]
 
 
-FLIP_PER = ("frame", "clip")  # [A17]
+FLIP_PER = typing.get_args(FlipPer)  # [A17] frame | clip
 
 
 def flip_decisions(n: int, prob: float, per: str, rng: np.random.Generator) -> list[bool]:
@@ -76,7 +79,7 @@ def eval_frames(num_frames: int, n: int, mode: str) -> list[np.ndarray]:
     return EVAL_FRAMES[mode](num_frames, n)
 
 
-EPOCH_DEFS = ("identities", "tracklets")
+EPOCH_DEFS = typing.get_args(EpochDef)  # [A10] identities | tracklets
 
 
 class IdentityBatchSampler(Sampler):

@@ -7,11 +7,14 @@ module, so the fast re-ranking and its reference see bit-identical float32 dista
 from __future__ import annotations
 
 import contextlib
+import typing
 
 import numpy as np
 import torch
 
-METRICS = ("euclidean", "cosine")
+from core.config import Distance
+
+METRICS = typing.get_args(Distance)  # euclidean | cosine
 
 
 def as_tensor(x, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -26,12 +26,15 @@ CMC for that query: [1, 1, 1, ...] (first match at rank 1).
 """
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import torch
 
+from core.config import ApRule
 from core.evaluation.distance import as_tensor
 
-AP_RULES = ("trapezoid", "step")
+AP_RULES = typing.get_args(ApRule)  # [A15b] trapezoid | step
 REPORTED_RANKS = (1, 5, 10, 20)
 
 

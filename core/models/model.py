@@ -9,16 +9,18 @@ one). Nothing depends on N, so any number of frames works at test time.
 """
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor, nn
 
-from core.config import ModelConfig
+from core.config import Aggregation, F2Weights, ModelConfig
 from core.models.backbone import build_backbone
 from core.models.sta import (ATTENTION, REMAINDERS, attention_error, attention_map, block_scores, fuse_pooled,
                              normalize_scores, region_bounds)
 
-AGGREGATIONS = ("frame", "avg", "sta")
-F2_WEIGHTS = ("normalized", "raw")  # [A5] Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
+AGGREGATIONS = typing.get_args(Aggregation)  # frame | avg | sta
+F2_WEIGHTS = typing.get_args(F2Weights)  # [A5] normalized | raw: Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
 
 
 def _check(name: str, value: str, valid) -> None:

@@ -9,12 +9,15 @@ frame (Eq. 4); both then get zero attention / zero scores instead of NaN.
 from __future__ import annotations
 
 import itertools
+import typing
 
 import torch
 from torch import Tensor
 
+from core.config import Remainder
+
 EPS = 1e-12
-REMAINDERS = ("last", "spread")  # [A4] rule for H mod K rows when K does not divide H
+REMAINDERS = typing.get_args(Remainder)  # [A4] last | spread: rule for H mod K rows when K does not divide H
 
 
 def _channel_energy(f: Tensor) -> Tensor:
@@ -101,12 +104,14 @@ def normalize_scores(s: Tensor) -> Tensor:
 
 
 def fuse_maps(f: Tensor, S: Tensor, weights: Tensor, bounds: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """Alg. 1, index bug corrected [A4]: the fused maps F1, F2, each (B, D, H, W), float32.
+    """Alg. 1 with its F1 index bug corrected [A4]: the fused maps F1, F2, each (B, D, H, W), float32.
 
-    F1 (lines "m <- argmax S(:, k); F1(rows of k) <- f_mk"): per region k, the block of the frame with the highest
-    score [A6]; rows H_s*(k-1) ... H_s*k, not the printed H_s ... 2*H_s.
-    F2 (line "F2(rows of k) += f_nk * s_nk"): per region, the sum over frames of the block times its weight;
-    `weights` is S (Eq. 4) or s (Eq. 3) [A5]. Used by tests and drawings; the model uses fuse_pooled.
+    `f` is (B, N, D, H, W), the frames' maps; `S` (B, N, K) the normalised scores (Eq. 4); `weights` (B, N, K) the
+    F2 weights, S (Eq. 4) or s (Eq. 3) [A5]; `bounds` the rows of each region (region_bounds, remainder rule [A4]).
+    F1 (lines "m <- argmax S(:, k); F1(rows of k) <- f_mk"): per region k, rows bounds[k] of the frame with the
+    highest S(:, k) [A6] (region k's own rows, not the printed H_s ... 2*H_s).
+    F2 (line "F2(rows of k) += f_nk * s_nk"): per region k, the sum over frames of rows bounds[k] times weights[:, n, k].
+    The model never builds these maps (it uses fuse_pooled); tests check fuse_pooled against this.
     """
     f = f.float()
     best = S.argmax(1)  # (B, N, K) -> (B, K): frame with the highest score per region
