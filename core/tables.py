@@ -87,16 +87,16 @@ def _barrier() -> None:
 _DATASETS: dict = {}
 
 
-def _dataset(cfg: RunConfig, main: bool):
+def _dataset(cfg: RunConfig, main: bool, progress: bool = True):
     """Load (generating synthetic data on first use) once per data config; rank 0 first under torchrun."""
     from core.data import load_dataset
     key = cfg.data
     if key not in _DATASETS:
         if main:
-            _DATASETS[key] = load_dataset(cfg.data)
+            _DATASETS[key] = load_dataset(cfg.data, progress and main)
         _barrier()
         if not main:
-            _DATASETS[key] = load_dataset(cfg.data)
+            _DATASETS[key] = load_dataset(cfg.data, progress and main)
     return _DATASETS[key]
 
 
@@ -115,7 +115,7 @@ def _row_tags(spec: Spec, job: Job) -> dict[str, str]:
 def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -> None:
     """Train/resume and evaluate one row and seed; on rank 0 log everything into a nested run."""
     from core.engine import run
-    dataset = _dataset(job.cfg, main)
+    dataset = _dataset(job.cfg, main, progress)
     if not main:
         run(job.cfg, work_dir, dataset=dataset, progress=False)
         return

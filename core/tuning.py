@@ -525,7 +525,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     tracking_uri = tracking.configure(tracking_uri)      # an unreachable server fails here, before the study opens
     if "://" in plan.storage:
         endpoints.check(plan.storage, "--storage")       # likewise the database, before the dataset is loaded
-    dataset = load_dataset(plan.config.data)
+    dataset = load_dataset(plan.config.data, progress)
     split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed, plan.spec.val_queries)
     if split.dataset.num_train_pids < plan.config.data.ids_per_batch:
         raise ConfigError(f"{plan.spec.path}, validation.fraction {plan.spec.val_fraction:g} leaves "

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from core.progress import bar as progress_bar
 
 from core.config import RunConfig, config_hash, to_dict
 from core.data import VideoDataset
@@ -175,8 +175,8 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
     gather = gather_rows if ddp.world_size > 1 else None  # batch-hard mining over the whole P x K batch
     writer = CheckpointWriter()
     saved = start - 1 if start else None  # last epoch (0-based) on disk
-    epochs = tqdm(range(start, cfg.train.epochs), desc="epochs", initial=start, total=cfg.train.epochs,
-                  disable=not (progress and ddp.is_main))
+    epochs = progress_bar(range(start, cfg.train.epochs), desc="epochs", initial=start, total=cfg.train.epochs,
+                          enabled=progress and ddp.is_main)
     batches = None
     try:
         if start < cfg.train.epochs:
@@ -235,7 +235,7 @@ def _train_epoch(net, batches, iterations: int, optimizer, scaler, cfg: RunConfi
     meter, timer = LossMeter(LOSS_TERMS, device), StepTimer(device)
     lr = optimizer.param_groups[0]["lr"]
     frames = 0
-    bar = tqdm(total=iterations, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not progress)
+    bar = progress_bar(total=iterations, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, enabled=progress)
     t0 = time.perf_counter()
     for it in range(iterations):
         clips, pids, _camids = next(batches)
