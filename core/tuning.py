@@ -537,7 +537,8 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     budget = StopAtBudget(plan.n_trials)
     test: dict[str, dict] = {}
     report = None
-    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split)):
+    described = tracking.describe(f"Optuna tuning of {plan.spec.table} row '{plan.spec.row}'", plan.spec.path)
+    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split), described):
         remaining = plan.n_trials - budget.count(study)
         objective = Objective(plan, split, progress)
         if remaining > 0:

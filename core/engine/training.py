@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from core.progress import bar as progress_bar
 
 from core.config import RunConfig, config_hash, to_dict
 from core.data import VideoDataset
@@ -38,6 +37,8 @@ from core.engine.device import amp_dtype, autocast, gather_rows, init_distribute
 from core.engine.meter import LossMeter, StepTimer
 from core.losses import compute_losses
 from core.models import build_model
+from core.progress import bar as progress_bar
+from core.specs import EPOCH_WALL_S
 
 LOSS_TERMS = ("ce", "triplet", "reg", "total")
 TRAIN_SECTIONS = ("data", "model", "loss", "train")   # what a trained model depends on (its folder's hash)
@@ -77,7 +78,8 @@ class EpochStats:
     compute_frames_per_s: float = float("nan")  # frames / time of the training steps alone (device time on CUDA)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k not in ("epoch",)}
+        """The per-epoch MLflow metrics: every field but epoch (the step); `seconds` is logged as EPOCH_WALL_S."""
+        return {(EPOCH_WALL_S if k == "seconds" else k): v for k, v in asdict(self).items() if k not in ("epoch",)}
 
 
 EpochCallback = Callable[[EpochStats, torch.nn.Module], None]
