@@ -254,7 +254,8 @@ def _param(value: Any) -> str:
 
 class _EpochLogger:
     """Engine EpochCallback: logs EpochStats.metrics() (ce, triplet, reg, total, train_acc, lr, frames_per_s,
-    compute_frames_per_s, epoch_wall_s, iterations) at step = epoch (0-based) into the active run, and remembers which epochs it logged."""
+    compute_frames_per_s, epoch_wall_s, iterations) at step = epoch (0-based) into the active run, and remembers
+    which epochs it logged."""
 
     def __init__(self) -> None:
         self.logged: set[int] = set()
@@ -287,8 +288,8 @@ def is_percent(name: str) -> bool:
 def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Mapping[str, float] | None = None) -> None:
     """Final metrics of a core.engine.RunResult (R1..mAP of every protocol and their *_ci_low / *_ci_high in
     percent, counts; core.protocols), the last epoch's loss terms as they enter the total (loss_ce, loss_triplet,
-    loss_reg_weighted, loss_total, loss_reg), TRAIN_WALL_S, the epochs the callback did not see, the cmc.json artifact (the
-    report rebuilds its figures from it) and the per-query outcomes as the artifact PER_QUERY."""
+    loss_reg_weighted, loss_total, loss_reg), TRAIN_WALL_S, the epochs the callback did not see, the cmc.json
+    artifact (the report rebuilds its figures from it) and the per-query outcomes as the artifact PER_QUERY."""
     log_history(result.history, logged_by.logged if logged_by else set())
     metrics = {k: 100.0 * v if is_percent(k) else v for k, v in result.metrics.items()}
     metrics.update(result.losses)
