@@ -28,7 +28,7 @@ import pandas as pd
 from core import ambiguities, claims, figures, protocols
 from core.claims import LoadTable
 from core.config import RESULT_NEUTRAL_KEYS, EvalConfig, allowed_keys
-from core.specs import DATASET_NAMES, PAPER_DATASETS, Spec, profile_descriptions
+from core.specs import DATASET_NAMES, OLD_METRIC_NAMES, PAPER_DATASETS, TRAIN_WALL_S, Spec, profile_descriptions
 
 LoadJson = Callable[[str, str], object]
 DATASET_ORDER = ("mars", "duke", "synthetic")
@@ -117,6 +117,15 @@ def row_stats(sel: pd.DataFrame, metric: str, prefix: str = "") -> tuple[float, 
 
 def _markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True)   # keep "64.0" as printed, not "64"
+
+
+def _metric(run: pd.Series, name: str) -> float | None:
+    """A run's metric `name`, or, for a run logged before its rename (OLD_METRIC_NAMES), the old name's."""
+    for key in (name, OLD_METRIC_NAMES.get(name)):
+        value = run.get(f"metrics.{key}") if key else None
+        if value is not None and not pd.isna(value):
+            return value
+    return None
 
 
 def _fmt(v: float | None) -> str:
@@ -360,7 +369,7 @@ def _runs_frame(spec: Spec, runs: pd.DataFrame) -> pd.DataFrame:
     order = {r.label: r.index for r in spec.rows}
     out = [{"row": r["tags.row"], "dataset": r["tags.dataset"], "seed": r["tags.seed"], "run id": r["run_id"],
             "config hash": r.get("tags.config_hash", ""), "epochs": r.get("params.train.epochs", ""),
-            "model training s": _fmt(r.get("metrics.train_seconds")), "device": r.get("tags.device", ""),
+            "model training s": _fmt(_metric(r, TRAIN_WALL_S)), "device": r.get("tags.device", ""),
             **_loss_terms(r), **_set_sizes(r)}
            for _, r in runs.iterrows()]
     df = pd.DataFrame(out)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from core import claims, figures, reporting, tracking
 from core.config import RunConfig, apply_overrides, config_hash
-from core.specs import Row, Spec, read_spec
+from core.specs import ROW_WALL_S, Row, Spec, read_spec
 
 
 @dataclass
@@ -87,16 +87,16 @@ def _barrier() -> None:
 _DATASETS: dict = {}
 
 
-def _dataset(cfg: RunConfig, main: bool):
+def _dataset(cfg: RunConfig, main: bool, progress: bool = True):
     """Load (generating synthetic data on first use) once per data config; rank 0 first under torchrun."""
     from core.data import load_dataset
     key = cfg.data
     if key not in _DATASETS:
         if main:
-            _DATASETS[key] = load_dataset(cfg.data)
+            _DATASETS[key] = load_dataset(cfg.data, progress and main)
         _barrier()
         if not main:
-            _DATASETS[key] = load_dataset(cfg.data)
+            _DATASETS[key] = load_dataset(cfg.data, progress and main)
     return _DATASETS[key]
 
 
@@ -115,7 +115,7 @@ def _row_tags(spec: Spec, job: Job) -> dict[str, str]:
 def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -> None:
     """Train/resume and evaluate one row and seed; on rank 0 log everything into a nested run."""
     from core.engine import run
-    dataset = _dataset(job.cfg, main)
+    dataset = _dataset(job.cfg, main, progress)
     if not main:
         run(job.cfg, work_dir, dataset=dataset, progress=False)
         return
@@ -128,7 +128,7 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -
         callback = tracking.epoch_callback()
         t0 = time.perf_counter()
         result = run(job.cfg, work_dir, callbacks=[callback], dataset=dataset, progress=progress)
-        tracking.log_result(result, logged_by=callback, extra_metrics={"wall_seconds": time.perf_counter() - t0})
+        tracking.log_result(result, logged_by=callback, extra_metrics={ROW_WALL_S: time.perf_counter() - t0})
         _log_figures(job, result, dataset)
         if spec.profile == "paper" and callback.logged:     # the run that trained it (Table 2's others share it)
             tracking.log_file(result.run_dir / "last.pt", "checkpoint")
@@ -169,7 +169,8 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         tracking.configure(tracking_uri)
         tracking.end_orphaned_runs(experiment)     # runs of a killed earlier invocation: RUNNING -> KILLED
     cleared: set[Path] = set()
-    parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo)) if main \
+    parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo),
+                                 tracking.describe(spec.title, spec.path)) if main \
         else contextlib.nullcontext()
     with parent:
         for job in todo:

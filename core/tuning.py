@@ -526,7 +526,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     tracking_uri = tracking.configure(tracking_uri)      # an unreachable server fails here, before the study opens
     if "://" in plan.storage:
         endpoints.check(plan.storage, "--storage")       # likewise the database, before the dataset is loaded
-    dataset = load_dataset(plan.config.data)
+    dataset = load_dataset(plan.config.data, progress)
     split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed, plan.spec.val_queries)
     if split.dataset.num_train_pids < plan.config.data.ids_per_batch:
         raise ConfigError(f"{plan.spec.path}, validation.fraction {plan.spec.val_fraction:g} leaves "
@@ -538,7 +538,8 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     budget = StopAtBudget(plan.n_trials)
     test: dict[str, dict] = {}
     report = None
-    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split)):
+    described = tracking.describe(f"Optuna tuning of {plan.spec.table} row '{plan.spec.row}'", plan.spec.path)
+    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split), described):
         remaining = plan.n_trials - budget.count(study)
         objective = Objective(plan, split, progress)
         if remaining > 0:

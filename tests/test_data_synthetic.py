@@ -193,3 +193,13 @@ def test_plans_are_pinned_and_small_has_a_large_test_split():
     assert (len(train), len(test), sum(s.query for s in test)) == (140, 1294, 425)     # VERSION 1: 140, 156, 55
     v1 = dataclasses.replace(PRESETS["small"], extra_test_ids=0, distractors=24, junk=8)   # VERSION 1's small
     assert _plan_digest(synthetic._plan(v1, 0)[0]) == PLAN_DIGESTS[("small", "train")]  # test-side fields: no effect
+
+
+def test_quiet_generation_prints_nothing_and_a_log_gets_one_line(tmp_path, capsys):
+    """--quiet reaches the generator through load_dataset; on a non-terminal stderr (pytest's capture, a log
+    file) the generator writes one line, not a carriage-return redraw per frame (core.progress)."""
+    load_dataset(DataConfig(dataset="synthetic", root=str(tmp_path / "quiet"), synthetic_size="tiny"), progress=False)
+    assert capsys.readouterr().err == ""
+    generate(tmp_path / "logged", "tiny", seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\r" not in err and err.startswith("synthetic tiny seed 0: ")

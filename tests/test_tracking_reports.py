@@ -21,7 +21,7 @@ class FakeEpoch:
     seconds: float = 1.0
 
     def metrics(self) -> dict[str, float]:
-        return {"ce": 2.0 / (self.epoch + 1), "triplet": 0.1, "lr": 3e-4, "seconds": self.seconds}
+        return {"ce": 2.0 / (self.epoch + 1), "triplet": 0.1, "lr": 3e-4, "epoch_wall_s": self.seconds}
 
 
 @dataclass
@@ -85,7 +85,8 @@ def store(tmp_path_factory):
     t1 = load_spec(spec_path("table1"), "cpu")
     t4 = load_spec(spec_path("table4"), "cpu")
     ids = {}
-    with tracking.parent_run(tracking.experiment_name("table1"), "test", {"table": "table1"}):
+    with tracking.parent_run(tracking.experiment_name("table1"), "test", {"table": "table1"},
+                             tracking.describe(t1.title, t1.path)):
         for seed, r1 in ((0, 0.50), (1, 0.60)):
             ids[("Baseline", seed)] = _log_row(t1, t1.rows[0], seed, r1)
         ids[("Baseline + TL", 0)] = _log_row(t1, t1.rows[1], 0, 0.70)
@@ -108,13 +109,41 @@ def test_configure_prefers_argument_then_environment_then_sqlite(monkeypatch, st
     assert tracking.configure(store["uri"]) == store["uri"]
 
 
+def test_experiments_open_as_model_training_with_the_tables_title_and_spec(store, monkeypatch):
+    """MLflow 3 opens an experiment without mlflow.experimentKind in its GenAI view (issue 13)."""
+    import mlflow
+    tracking.configure(store["uri"])
+    t1 = mlflow.get_experiment_by_name("STA table1").tags
+    assert t1["mlflow.experimentKind"] == "custom_model_development"
+    assert t1["mlflow.note.content"] == f"{store['t1'].title}\n\nSpec: `experiments/table1.yaml`"
+    t2 = mlflow.get_experiment_by_name("STA table2").tags
+    assert t2["mlflow.experimentKind"] == "custom_model_development" and "mlflow.note.content" not in t2
+    monkeypatch.setattr(tracking, "SETTLE_S", 0.0)
+    with tracking.study_run("STA tune test", "s1", "s1", description="Optuna tuning\n\nSpec: `x.yaml`"):
+        pass
+    tags = mlflow.get_experiment_by_name("STA tune test").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "Optuna tuning\n\nSpec: `x.yaml`"
+
+
+def test_timing_metrics_renamed_and_old_runs_still_read():
+    from core.engine.training import EpochStats
+    stats = EpochStats(epoch=0, iterations=1, ce=1.0, triplet=0.0, reg=0.0, total=1.0, train_acc=0.5, lr=1e-3,
+                       frames_per_s=10.0, seconds=2.5)
+    assert stats.metrics()["epoch_wall_s"] == 2.5 and "seconds" not in stats.metrics()
+    old = pd.Series({"metrics.train_wall_s": float("nan"), "metrics.train_seconds": 7.0})   # logged before issue 13
+    new = pd.Series({"metrics.train_wall_s": 3.0, "metrics.train_seconds": float("nan")})
+    assert reporting._metric(old, "train_wall_s") == 7.0 and reporting._metric(new, "train_wall_s") == 3.0
+    assert reporting._metric(pd.Series({"metrics.R1": 1.0}), "train_wall_s") is None
+
+
 def test_row_runs_hold_params_metrics_history_and_artifacts(store):
     tracking.configure(store["uri"])
     runs = tracking.runs_frame("STA table1")
     assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
     assert runs["params.model.aggregation"].eq("frame").all() and runs["params.data.dataset"].eq("synthetic").all()
     assert sorted(runs["metrics.R1"].round(6)) == [50.0, 60.0, 70.0]          # percent
-    assert runs["metrics.train_seconds"].eq(2.0).all()
+    assert runs["metrics.train_wall_s"].eq(2.0).all()
     import mlflow
     rid = store["ids"][("Baseline", 0)]
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(rid, "ce")] == [0, 1]

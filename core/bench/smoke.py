@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(result.history)} epoch(s): a pipeline check, not a result); at the last epoch's wall-clock rate a "
           f"MARS row of {MARS_ITERATIONS:,} iterations would train in {eta_h:.2f} h (evaluation not included)")
     print(json.dumps({"bench": "smoke", "device": device_description(device), "world_size": ddp.world_size,
-                      "torch": torch.__version__, "seconds": seconds, "train_seconds": train_s,
+                      "torch": torch.__version__, "run_wall_s": seconds, "train_wall_s": train_s,
                       "epochs": [h.metrics() for h in result.history], "metrics": result.metrics,
                       "mars_row_train_hours_at_last_epoch_rate": eta_h}))
     if args.work_dir is None:  # nothing of the smoke run is kept (the other ranks are past their last use of it)

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
+from core.progress import bar
 
 from core.data.base import DatasetError, VideoDataset
 from core.data.clips import read_frame
@@ -29,7 +29,7 @@ LOADERS = {"mars": load_mars, "duke": load_duke, "synthetic": _synthetic}
 def decode_all(ds: VideoDataset) -> int:
     """Decode every frame once (raises DatasetError naming the first bad file); returns the number decoded."""
     paths = sorted({p for split in (ds.train, ds.query, ds.gallery) for t in split for p in t.paths})
-    for p in tqdm(paths, desc="decoding", unit="frame", file=sys.stderr):
+    for p in bar(paths, desc="decoding", unit="frame"):
         read_frame(p)
     return len(paths)
 

@@ -27,11 +27,11 @@ def as_synthetic(ds: VideoDataset) -> VideoDataset:
     return dataclasses.replace(ds, name="synthetic (MARS layout)", synthetic=True)
 
 
-def _mars(cfg: DataConfig) -> VideoDataset:
+def _mars(cfg: DataConfig, progress: bool = True) -> VideoDataset:   # reads, no progress bar
     return load_mars(_root(cfg), cfg.gallery_with_queries)
 
 
-def _duke(cfg: DataConfig) -> VideoDataset:
+def _duke(cfg: DataConfig, progress: bool = True) -> VideoDataset:
     return load_duke(_root(cfg))  # gallery_with_queries has no effect on Duke: see load_duke
 
 
@@ -44,8 +44,9 @@ def _root(cfg: DataConfig) -> str:
 DATASETS = {"mars": _mars, "duke": _duke, "synthetic": load_synthetic}
 
 
-def load_dataset(cfg: DataConfig) -> VideoDataset:
-    """The dataset named by cfg.dataset (mars | duke | synthetic), split into train / query / gallery."""
+def load_dataset(cfg: DataConfig, progress: bool = True) -> VideoDataset:
+    """The dataset named by cfg.dataset (mars | duke | synthetic), split into train / query / gallery;
+    `progress=False` (--quiet) silences the synthetic generator's progress bar."""
     if cfg.dataset not in DATASETS:
         raise DatasetError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
-    return DATASETS[cfg.dataset](cfg)
+    return DATASETS[cfg.dataset](cfg, progress)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from core.progress import bar as progress_bar
 
 from core import leftovers
 from core.config import SYNTHETIC_VERSION
@@ -139,7 +139,7 @@ def _save(frame: np.ndarray, path: Path) -> None:
     Image.fromarray(frame).save(path, quality=90)
 
 
-def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: int, cams: list, bar: tqdm,
+def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: int, cams: list, bar,
                  writer: ThreadPoolExecutor) -> dict:
     """Draw the frames of one split and queue their JPEG writes (file creation is slow: a thread pool overlaps
     it with drawing); returns name list, table and query rows in MARS form."""
@@ -206,7 +206,7 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
     tmp = root.parent / f".{root.name}.partial-{leftovers.token()}"
     tmp.mkdir()                          # mode 0o777 less the umask, like any folder (not mkdtemp's 0700)
     try:
-        with tqdm(total=total, desc=f"synthetic {size} seed {seed}", unit="frame", disable=not progress) as bar, \
+        with progress_bar(total=total, desc=f"synthetic {size} seed {seed}", unit="frame", enabled=progress) as bar, \
                 ThreadPoolExecutor(2) as writer:
             out = {split: _write_split(tmp, split, specs, pre, seed, cams, bar, writer)
                    for split, specs in (("train", train), ("test", test))}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+from core.progress import bar
 
 from core.data import Tracklet, make_test_loader
 from core.data.normalize import normalize_clips
@@ -36,7 +36,7 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
     counts = torch.zeros(len(tracklets))
     scores: dict[int, torch.Tensor] = {}
     bad_clips, clips_seen = 0, 0
-    for clips, owner in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for clips, owner in bar(loader, desc=desc, leave=False, enabled=progress):
         with autocast(device, dtype):
             out = model(normalize_clips(clips.to(device, non_blocking=True)))  # clips: (B', N, 3, H, W) uint8
         feat = out["feat"].float().cpu()                          # (B', D)

@@ -117,7 +117,7 @@ def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback]
 
     Under torchrun every rank trains; rank 0 alone evaluates and writes (the others wait at a barrier and get a
     RunResult with empty metrics)."""
-    dataset = dataset or load_dataset(cfg.data)
+    dataset = dataset or load_dataset(cfg.data, progress)
     run_dir = train_dir(cfg, work_dir)
     save_json({"config": to_dict(cfg), "provenance": provenance()}, run_dir / "config.json")
     model, history = train(cfg, dataset, run_dir, callbacks=callbacks, progress=progress)

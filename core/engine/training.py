@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from core.config import RunConfig, config_hash, to_dict
 from core.data import VideoDataset
@@ -38,6 +37,8 @@ from core.engine.device import amp_dtype, autocast, gather_rows, init_distribute
 from core.engine.meter import LossMeter, StepTimer
 from core.losses import compute_losses
 from core.models import build_model
+from core.progress import bar as progress_bar
+from core.specs import EPOCH_WALL_S
 
 LOSS_TERMS = ("ce", "triplet", "reg", "total")
 TRAIN_SECTIONS = ("data", "model", "loss", "train")   # what a trained model depends on (its folder's hash)
@@ -77,7 +78,8 @@ class EpochStats:
     compute_frames_per_s: float = float("nan")  # frames / time of the training steps alone (device time on CUDA)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k not in ("epoch",)}
+        """The per-epoch MLflow metrics: every field but epoch (the step); `seconds` is logged as EPOCH_WALL_S."""
+        return {(EPOCH_WALL_S if k == "seconds" else k): v for k, v in asdict(self).items() if k not in ("epoch",)}
 
 
 EpochCallback = Callable[[EpochStats, torch.nn.Module], None]
@@ -175,8 +177,8 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
     gather = gather_rows if ddp.world_size > 1 else None  # batch-hard mining over the whole P x K batch
     writer = CheckpointWriter()
     saved = start - 1 if start else None  # last epoch (0-based) on disk
-    epochs = tqdm(range(start, cfg.train.epochs), desc="epochs", initial=start, total=cfg.train.epochs,
-                  disable=not (progress and ddp.is_main))
+    epochs = progress_bar(range(start, cfg.train.epochs), desc="epochs", initial=start, total=cfg.train.epochs,
+                          enabled=progress and ddp.is_main)
     batches = None
     try:
         if start < cfg.train.epochs:
@@ -235,7 +237,7 @@ def _train_epoch(net, batches, iterations: int, optimizer, scaler, cfg: RunConfi
     meter, timer = LossMeter(LOSS_TERMS, device), StepTimer(device)
     lr = optimizer.param_groups[0]["lr"]
     frames = 0
-    bar = tqdm(total=iterations, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not progress)
+    bar = progress_bar(total=iterations, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, enabled=progress)
     t0 = time.perf_counter()
     for it in range(iterations):
         clips, pids, _camids = next(batches)
