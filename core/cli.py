@@ -135,12 +135,12 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     ap.add_argument("--reports-dir", default="reports")
     args = ap.parse_args(argv)
-    from core.tables import write_report
+    from core.tables import rebuild_report
     try:
         check_output_dir("--reports-dir", args.reports_dir)
         paths = [spec_path(t) for t in args.tables] if args.tables else all_spec_paths()
         for path in paths:
-            print(write_report(path, args.reports_dir, args.tracking_uri))
+            print(rebuild_report(path, args.reports_dir, args.tracking_uri))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -205,8 +205,8 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     from core.tune_spec import lambda_margin
     from core.tuning import trial_records
     best = best_record(trial_records(out.study))
-    print(f"study {plan.study_name} ({plan.storage_shown}): {out.new_trials} new trial(s), {len(out.study.trials)} in all, "
-          f"in {time.perf_counter() - t0:.0f} s")
+    print(f"study {plan.study_name} ({plan.storage_shown}): {out.new_trials} new trial(s), "
+          f"{len(out.study.trials)} in all, in {time.perf_counter() - t0:.0f} s")
     if best is not None:
         lam, margin = lambda_margin(best["params"])
         print(f"best: trial {best['number']}, lambda {lam:.4g}, margin {margin:.3f}, val mAP {best['value']:.2f}%")
