@@ -1,4 +1,6 @@
-"""Command line of reproduce/tableN.py and reproduce/report.py (argument parsing only; the work is in core.tables)."""
+"""Command line of reproduce/tableN.py, reproduce/report.py and reproduce/tune.py (argument parsing only; the work is
+in core.tables and core.tuning). The flags both pipelines share (dataset, profile, device; --set, stores, folders) are
+added by add_data_flags and add_store_flags."""
 from __future__ import annotations
 
 import argparse
@@ -54,25 +56,35 @@ def check_output_dir(flag: str, path: str | Path) -> None:
         raise ConfigError(f"{flag} {str(path)!r}: {existing} is not writable")
 
 
+def add_data_flags(ap: argparse.ArgumentParser, profile_help: str) -> None:
+    """What every pipeline command (tables, tuning) runs on: --dataset, --data-root, --profile, --device."""
+    ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "mars", "duke"])
+    ap.add_argument("--data-root", help="dataset folder (required for mars/duke; synthetic: where it is generated)")
+    ap.add_argument("--profile", default="cpu", choices=sorted(load_profiles()), help=profile_help)
+    ap.add_argument("--device", help="train.device: auto | cpu | cuda | cuda:<i> (default: the profile's, auto)")
+
+
+def add_store_flags(ap: argparse.ArgumentParser, set_help: str, work_dir_help: str,
+                    reports_dir_help: str | None = None) -> None:
+    """Config overrides and where every pipeline command writes: --set, --tracking-uri, --work-dir, --reports-dir."""
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ap.add_argument("--work-dir", default="runs", help=work_dir_help)
+    ap.add_argument("--reports-dir", default="reports", help=reports_dir_help)
+
+
 def table_parser(table: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=f"reproduce/{table}.py",
         description=f"Train and evaluate every row of the STA paper's {table} (spec experiments/{table}.yaml), "
                     f"log to MLflow, write reports/{table}.md. Without flags: synthetic data, cpu profile.",
         epilog="Multi-GPU: torchrun --nproc_per_node=G reproduce/%s.py --device cuda ... (rank 0 logs)." % table)
-    ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "mars", "duke"])
-    ap.add_argument("--data-root", help="dataset folder (required for mars/duke; synthetic: where it is generated)")
-    ap.add_argument("--profile", default="cpu", choices=sorted(load_profiles()),
-                    help="experiments/profiles.yaml: paper (the paper's recipe, GPU) or cpu (small, fast)")
-    ap.add_argument("--device", help="train.device: auto | cpu | cuda | cuda:<i> (default: the profile's, auto)")
+    add_data_flags(ap, "experiments/profiles.yaml: paper (the paper's recipe, GPU) or cpu (small, fast)")
     ap.add_argument("--rows", nargs="+", metavar="ROW", help="row labels or 1-based indices (default: all rows)")
     ap.add_argument("--seeds", help="number of seeds (3 -> 0,1,2) or a list (0,5,7)")
     ap.add_argument("--epochs", type=int, help="train.epochs (milestones are kept as the profile sets them)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="any config key, e.g. --set loss.reg_weight=0.5 (highest precedence; repeatable)")
-    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    ap.add_argument("--work-dir", default="runs", help="checkpoints (default: ./runs)")
-    ap.add_argument("--reports-dir", default="reports", help="markdown reports and figures (default: ./reports)")
+    add_store_flags(ap, "any config key, e.g. --set loss.reg_weight=0.5 (highest precedence; repeatable)",
+                    "checkpoints (default: ./runs)", "markdown reports and figures (default: ./reports)")
     ap.add_argument("--force", action="store_true", help="retrain rows that already have a finished run")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
@@ -123,13 +135,84 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     ap.add_argument("--reports-dir", default="reports")
     args = ap.parse_args(argv)
-    from core.tables import write_report
+    from core.tables import rebuild_report
     try:
         check_output_dir("--reports-dir", args.reports_dir)
         paths = [spec_path(t) for t in args.tables] if args.tables else all_spec_paths()
         for path in paths:
-            print(write_report(path, args.reports_dir, args.tracking_uri))
+            print(rebuild_report(path, args.reports_dir, args.tracking_uri))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+# ---- reproduce/tune.py ---------------------------------------------------------------------------------------
+
+def tune_parser() -> argparse.ArgumentParser:
+    from core.tune_spec import DEFAULT_SPEC
+    ap = argparse.ArgumentParser(
+        prog="reproduce/tune.py",
+        description="Optuna study of lambda (loss.reg_weight) and the triplet margin (loss.margin) on a validation "
+                    "split of the training identities; the best values and the defaults are then evaluated once on "
+                    "the test split; writes reports/<study>.md. Without flags: synthetic data, cpu profile.",
+        epilog="Several workers on one study: run the same command with the same --study-name and --no-test in N "
+               "shells (the default journal file is shared by local processes) or on N machines with a shared "
+               "--storage postgresql://... / mysql://...; each stops when the study holds --n-trials trials. Then "
+               "run it once with --n-trials 0 to evaluate the best values on the test split and write the report.")
+    ap.add_argument("--spec", default=str(DEFAULT_SPEC), help="search-space spec (default: %(default)s)")
+    add_data_flags(ap, "experiments/profiles.yaml profile (default: cpu); the spec's budgets.<profile> applies")
+    ap.add_argument("--n-trials", type=int, help="the study's total number of trials (default: the spec's budget); "
+                                                 "0: only evaluate and report")
+    ap.add_argument("--timeout", type=float, help="seconds of search in this invocation (default: the spec's "
+                                                  "budget; 0: no limit)")
+    ap.add_argument("--study-name", help="default: the spec's study (+ _<dataset>_<profile> off synthetic/cpu)")
+    ap.add_argument("--storage", help="sqlite:///PATH, postgresql://..., mysql://... or PATH.journal "
+                                      "(default: <work-dir>/optuna/<study>.journal)")
+    add_store_flags(ap, "any config key except loss.reg_weight / loss.margin (repeatable)",
+                    "checkpoints and the default journal (default: ./runs)")
+    ap.add_argument("--no-test", action="store_true", help="workers: no test runs, no report")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars, no per-trial log lines")
+    return ap
+
+
+def tune_plan(args: argparse.Namespace):
+    """The study (core.tune_spec.Plan) that parsed tune flags identify; ConfigError on bad input."""
+    from core.tune_spec import plan_study
+    overrides = parse_set(args.overrides)
+    if args.device:
+        overrides["train.device"] = args.device
+    return plan_study(args.spec, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
+                      overrides=overrides, study_name=args.study_name, storage=args.storage,
+                      n_trials=args.n_trials, timeout=args.timeout, work_dir=args.work_dir)
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    """reproduce/tune.py: run or continue a study, print where the report is; exit 2 on bad input."""
+    args = tune_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        check_output_dir("--work-dir", args.work_dir)
+        check_output_dir("--reports-dir", args.reports_dir)
+        plan = tune_plan(args)
+        from core.tuning import run_study
+        out = run_study(plan, tracking_uri=args.tracking_uri, reports_dir=args.reports_dir,
+                        evaluate_test=not args.no_test, progress=not args.quiet)
+    except ValueError as e:             # ConfigError, DatasetError, ValidationSplitError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from core.tune_report import best_record
+    from core.tune_spec import lambda_margin
+    from core.tuning import trial_records
+    best = best_record(trial_records(out.study))
+    print(f"study {plan.study_name} ({plan.storage_shown}): {out.new_trials} new trial(s), "
+          f"{len(out.study.trials)} in all, in {time.perf_counter() - t0:.0f} s")
+    if best is not None:
+        lam, margin = lambda_margin(best["params"])
+        print(f"best: trial {best['number']}, lambda {lam:.4g}, margin {margin:.3f}, val mAP {best['value']:.2f}%")
+    for label, res in out.test.items():
+        print(f"test ({res['dataset']}), {label}: lambda {res['lambda']:.4g}, margin {res['margin']:.3f}: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in res["metrics"].items()))
+    if out.report:
+        print(f"report: {out.report}")
     return 0

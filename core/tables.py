@@ -198,7 +198,7 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
             tracking.set_tags({"trained": len(outcome.trained), "reused": len(outcome.reused),
                                "failed": len(outcome.failed)})
     if main:
-        outcome.report = write_report(spec.path, reports_dir, tracking_uri)
+        outcome.report = rebuild_report(spec.path, reports_dir, tracking_uri)
     _barrier()
     return outcome
 
@@ -226,7 +226,8 @@ def _clear_checkpoint(cfg: RunConfig, work_dir: Path, cleared: set[Path], main: 
     _barrier()
 
 
-def write_report(spec_path: str | Path, reports_dir: str | Path = "reports", tracking_uri: str | None = None) -> Path:
+def rebuild_report(spec_path: str | Path, reports_dir: str | Path = "reports",
+                   tracking_uri: str | None = None) -> Path:
     """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index; log the
     claim verdicts on the table's parent run (tracking.log_claims)."""
     tracking.configure(tracking_uri)

@@ -17,6 +17,7 @@ values only when they are better; otherwise it recommends keeping the defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -133,3 +134,15 @@ def section(val: Comparison | str, test: Comparison | str, best: int, baseline: 
     what = "keep the defaults" if rec.keep_defaults else "use the chosen values"
     out += [f"**Recommended: {what}, {values_text(rec.values)}** — {rec.text}.", ""]
     return out
+
+
+@dataclass(frozen=True)
+class Compared:
+    """The report's paired comparisons (this module) and the test runs' per-query frames."""
+    best: int                               # trial numbers
+    baseline: int | None                    # the completed baseline trial (the defaults), if any
+    same_values: bool                       # the best trial has the defaults' values
+    val: Any                                # Comparison, or why there is none (str)
+    test: Any
+    recommendation: Any                     # Recommendation
+    test_frames: dict[str, Any]             # "chosen" / "defaults" -> per-query frame of the test run, or None

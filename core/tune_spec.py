@@ -1,5 +1,6 @@
 """The tuning spec (experiments/tune_lambda_margin.yaml): search space, validation split, sampler, pruner and
-per-profile budgets, checked before any trial runs. Read by core.tuning; free of optuna so it can be checked alone.
+per-profile budgets, checked before any trial runs; and the study it resolves to (``plan_study`` -> ``Plan``: config,
+baseline, study name, storage location). Read by core.tuning and core.cli; free of optuna so it can be checked alone.
 """
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from core import endpoints
 from core.config import ConfigError, RunConfig, apply_overrides, flatten_overrides
-from core.specs import EXPERIMENTS, check_keys, load_profiles, read_yaml
+from core.specs import EXPERIMENTS, check_keys, load_profiles, load_spec, read_yaml, select_rows, spec_path
 
 DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
 SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
@@ -20,6 +22,7 @@ SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "
 # (tests/test_tune_compare.py checks that both agree)
 QUERY_MODES = ("all", "one")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,120 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
                     n_startup_trials=sampler.get("n_startup_trials", 10),
                     pruner_startup=pruner.get("n_startup_trials", 5), pruner_warmup=pruner.get("n_warmup_steps", 0),
                     report_every=every, budgets=budgets)
+
+
+# ---- the study a spec resolves to -----------------------------------------------------------------------------
+
+def storage_location(storage: str | None, study_name: str, work_dir: str | Path = "runs") -> str:
+    """The storage of a study: a URL, a journal file path, or by default <work_dir>/optuna/<study>.journal.
+
+    Allowed: sqlite:///path, postgresql[+driver]://..., mysql[+driver]://..., or a path ending in .journal.
+    """
+    if not storage:
+        return str(Path(work_dir) / "optuna" / f"{study_name}.journal")
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0]
+        if scheme.split("+", 1)[0] not in RDB_SCHEMES or (scheme == "sqlite" and not storage.startswith("sqlite:///")):
+            raise ConfigError(f"--storage {storage!r}: unknown URL scheme '{scheme}://'; allowed: sqlite:///PATH, "
+                              f"postgresql[+driver]://..., mysql[+driver]://..., or a journal file path ending "
+                              f"in .journal")
+        return storage
+    if not storage.endswith(".journal"):
+        raise ConfigError(f"--storage {storage!r}: a journal file path must end in .journal (or give a URL: "
+                          f"sqlite:///PATH, postgresql://..., mysql://...)")
+    return storage
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A resolved, validated study: everything checked before a trial runs."""
+    spec: TuneSpec
+    profile: str
+    dataset: str
+    study_name: str
+    storage: str                            # URL or journal path
+    config: RunConfig                       # every trial and test run: this with lambda and margin replaced
+    baseline: dict[str, Any]                # the baseline trial's params (reg, reg_weight, margin)
+    n_trials: int                           # the study's total (finished or running trials)
+    timeout: float | None
+    work_dir: Path
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)   # the command line's --set (flat keys)
+    data_root: str | None = None            # --data-root as given
+
+    @property
+    def experiment(self) -> str:
+        return f"STA {self.spec.study}"
+
+    @property
+    def baseline_values(self) -> tuple[float, float]:
+        return lambda_margin(self.baseline)
+
+    @property
+    def storage_shown(self) -> str:
+        """The storage without its password (reports, tags, messages)."""
+        return endpoints.shown(self.storage)
+
+
+def default_study_name(spec: TuneSpec, dataset: str, profile: str) -> str:
+    return spec.study if (dataset, profile) == ("synthetic", "cpu") else f"{spec.study}_{dataset}_{profile}"
+
+
+def plan_study(spec_file: str | Path = DEFAULT_SPEC, profile: str = "cpu", dataset: str = "synthetic",
+               data_root: str | None = None, overrides: Mapping[str, Any] | None = None,
+               study_name: str | None = None, storage: str | None = None, n_trials: int | None = None,
+               timeout: float | None = None, work_dir: str | Path = "runs") -> Plan:
+    """Read the spec, resolve the tuned row's config (profile <- table base <- row <- budget <- `overrides`) and
+    check the search space, baseline, storage URL and study name. ``timeout`` 0 means no limit."""
+    spec = read_tune_spec(spec_file)
+    if profile not in spec.budgets:
+        raise ConfigError(f"{spec.path}: no budgets.{profile}; profiles with a budget: {', '.join(spec.budgets)}")
+    budget = spec.budgets[profile]
+    cli = flatten_overrides(overrides or {})
+    for key in ("loss.reg_weight", "loss.margin"):
+        if key in cli:
+            raise ConfigError(f"command line: key '{key}' is what the study searches; it cannot be set")
+    table = load_spec(spec_path(spec.table), profile=profile, dataset=dataset, data_root=data_root,
+                      overrides={**budget.overrides, **cli})
+    try:
+        row = select_rows(table, [spec.row]).rows[0]
+    except ConfigError as e:
+        raise ConfigError(f"{spec.path}, config.row: {e}") from e
+    if row.config is None:
+        raise ConfigError(f"{spec.path}, config.row: '{spec.row}' is a quoted literature row, not a run")
+    cfg = row.config
+    lam, margin = cfg.loss.reg_weight, cfg.loss.margin
+    where = f"{spec.path} (baseline from {table.path.name}, row '{spec.row}')"
+    if not spec.margin.low <= margin <= spec.margin.high:
+        raise ConfigError(f"{where}: the baseline margin {margin:g} lies outside search.margin "
+                          f"[{spec.margin.low:g}, {spec.margin.high:g}]")
+    if lam > 0 and not spec.reg_weight.low <= lam <= spec.reg_weight.high:
+        raise ConfigError(f"{where}: the baseline lambda {lam:g} lies outside search.reg_weight "
+                          f"[{spec.reg_weight.low:g}, {spec.reg_weight.high:g}]")
+    if lam == 0 and not spec.reg_off:
+        raise ConfigError(f"{where}: the baseline lambda is 0 but search.reg_off is false")
+    baseline = {"reg": "on", "reg_weight": lam, "margin": margin} if lam > 0 else {"reg": "off", "margin": margin}
+    if not spec.reg_off:
+        baseline.pop("reg")
+    name = study_name or default_study_name(spec, dataset, profile)
+    if not STUDY_NAME.match(name):
+        raise ConfigError(f"--study-name {name!r}: use 1-100 letters, digits, '_', '-', '.' (starting with a "
+                          f"letter or digit)")
+    n = budget.n_trials if n_trials is None else n_trials
+    if n < 0:
+        raise ConfigError(f"--n-trials {n}: must be >= 0 (0: no new trial; test evaluation and report only)")
+    t = budget.timeout if timeout is None else (timeout or None)
+    if t is not None and t < 0:
+        raise ConfigError(f"--timeout {t}: must be >= 0 seconds (0: no limit)")
+    return Plan(spec=spec, profile=profile, dataset=dataset, study_name=name,
+                storage=storage_location(storage, name, work_dir), config=cfg, baseline=baseline, n_trials=n,
+                timeout=t, work_dir=Path(work_dir), overrides=cli, data_root=data_root)
+
+
+def lambda_margin(params: Mapping[str, Any]) -> tuple[float, float]:
+    """(lambda, margin) of a trial's params: lambda = 0 when reg is off."""
+    lam = 0.0 if params.get("reg", "on") == "off" else float(params["reg_weight"])
+    return lam, float(params["margin"])
+
+
+def with_values(cfg: RunConfig, lam: float, margin: float) -> RunConfig:
+    return apply_overrides(cfg, {"loss.reg_weight": lam, "loss.margin": margin}, "tuning")

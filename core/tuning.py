@@ -1,5 +1,7 @@
 """Optuna study of lambda (loss.reg_weight, Eq. 7 [A8]) and the triplet margin (loss.margin, Eq. 9): the only
-module that imports optuna. Run it with ``python reproduce/tune.py`` (``-h`` for the flags).
+module that imports optuna. Run it with ``python reproduce/tune.py`` (``-h`` for the flags: core.cli.tune_parser).
+The study a spec and the flags resolve to (``Plan``, storage location, default study name) is core.tune_spec's; the
+report's words are core.tune_report's (fed plain trial records, ``trial_records``); this module keeps the Optuna code.
 
 Search space (spec ``experiments/tune_lambda_margin.yaml``, checked by core.tune_spec.read_tune_spec):
   ``reg``         categorical {on, off}; off is lambda = 0 (Reg switched off), a legitimate point of the space
@@ -36,60 +38,37 @@ step, final value, VAL_PER_QUERY) and per test run (per_query.parquet).
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import math
 import shutil
 import statistics
-import sys
 import time
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from core import endpoints, leftovers
-from core.config import RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, apply_overrides, config_hash, flatten_overrides, to_flat_dict
-from core.specs import DATASET_NAMES, EXPERIMENTS, METRICS, load_profiles, load_spec, select_rows, spec_path
-from core.tune_spec import DEFAULT_SPEC, STUDY_NAME, TuneSpec, read_tune_spec
-
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
+from core.config import RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, config_hash, to_flat_dict
+from core.specs import METRICS
+from core.tune_compare import Compared
+from core.tune_spec import Plan, TuneSpec, lambda_margin, with_values
 # keys that may differ between the workers of one study: those that cannot change a result (config.RESULT_NEUTRAL_KEYS)
 # and, though in the config hash, the dataset's path and the extraction batch size
 MACHINE_KEYS = (*RESULT_NEUTRAL_KEYS, "data.root", "eval.batch_size")
 # keys that only change how the report states its intervals, never a trial: a study may be resumed with others
 REPORT_KEYS = ("eval.bootstrap_resamples", "eval.bootstrap_seed")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+ENDED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S, GRACE_S = 60, 600          # RDB storages: heartbeat interval, silence after which a trial is failed
 VAL_PER_QUERY = "val_per_query.parquet"  # artifact of a trial run: its last validation's per-query outcomes
 
 
 # ---- storage -------------------------------------------------------------------------------------------------
-
-def storage_location(storage: str | None, study_name: str, work_dir: str | Path = "runs") -> str:
-    """The storage of a study: a URL, a journal file path, or by default <work_dir>/optuna/<study>.journal.
-
-    Allowed: sqlite:///path, postgresql[+driver]://..., mysql[+driver]://..., or a path ending in .journal.
-    """
-    if not storage:
-        return str(Path(work_dir) / "optuna" / f"{study_name}.journal")
-    if "://" in storage:
-        scheme = storage.split("://", 1)[0]
-        if scheme.split("+", 1)[0] not in RDB_SCHEMES or (scheme == "sqlite" and not storage.startswith("sqlite:///")):
-            raise ConfigError(f"--storage {storage!r}: unknown URL scheme '{scheme}://'; allowed: sqlite:///PATH, "
-                              f"postgresql[+driver]://..., mysql[+driver]://..., or a journal file path ending "
-                              f"in .journal")
-        return storage
-    if not storage.endswith(".journal"):
-        raise ConfigError(f"--storage {storage!r}: a journal file path must end in .journal (or give a URL: "
-                          f"sqlite:///PATH, postgresql://..., mysql://...)")
-    return storage
-
 
 def open_storage(location: str) -> optuna.storages.BaseStorage:
     """JournalStorage on a file (several local processes), else RDBStorage with a heartbeat: a trial whose worker
@@ -119,101 +98,6 @@ def _requeue_stale(study: optuna.Study, trial) -> None:
               f"off); its parameters were queued again")
     study.enqueue_trial(_params(trial), user_attrs={"role": trial.user_attrs.get("role", "search"),
                                                   "retry_of": trial.number, "retry_reason": reason})
-
-
-# ---- what a study runs ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Plan:
-    """A resolved, validated study: everything checked before a trial runs."""
-    spec: TuneSpec
-    profile: str
-    dataset: str
-    study_name: str
-    storage: str                            # URL or journal path
-    config: RunConfig                       # every trial and test run: this with lambda and margin replaced
-    baseline: dict[str, Any]                # the baseline trial's params (reg, reg_weight, margin)
-    n_trials: int                           # the study's total (finished or running trials)
-    timeout: float | None
-    work_dir: Path
-
-    @property
-    def experiment(self) -> str:
-        return f"STA {self.spec.study}"
-
-    @property
-    def baseline_values(self) -> tuple[float, float]:
-        return values(self.baseline)
-
-    @property
-    def storage_shown(self) -> str:
-        """The storage without its password (reports, tags, messages)."""
-        return endpoints.shown(self.storage)
-
-
-def default_study_name(spec: TuneSpec, dataset: str, profile: str) -> str:
-    return spec.study if (dataset, profile) == ("synthetic", "cpu") else f"{spec.study}_{dataset}_{profile}"
-
-
-def plan_study(spec_file: str | Path = DEFAULT_SPEC, profile: str = "cpu", dataset: str = "synthetic",
-               data_root: str | None = None, overrides: Mapping[str, Any] | None = None,
-               study_name: str | None = None, storage: str | None = None, n_trials: int | None = None,
-               timeout: float | None = None, work_dir: str | Path = "runs") -> Plan:
-    """Read the spec, resolve the tuned row's config (profile <- table base <- row <- budget <- `overrides`) and
-    check the search space, baseline, storage URL and study name. ``timeout`` 0 means no limit."""
-    spec = read_tune_spec(spec_file)
-    if profile not in spec.budgets:
-        raise ConfigError(f"{spec.path}: no budgets.{profile}; profiles with a budget: {', '.join(spec.budgets)}")
-    budget = spec.budgets[profile]
-    cli = flatten_overrides(overrides or {})
-    for key in ("loss.reg_weight", "loss.margin"):
-        if key in cli:
-            raise ConfigError(f"command line: key '{key}' is what the study searches; it cannot be set")
-    table = load_spec(spec_path(spec.table), profile=profile, dataset=dataset, data_root=data_root,
-                      overrides={**budget.overrides, **cli})
-    try:
-        row = select_rows(table, [spec.row]).rows[0]
-    except ConfigError as e:
-        raise ConfigError(f"{spec.path}, config.row: {e}") from e
-    if row.config is None:
-        raise ConfigError(f"{spec.path}, config.row: '{spec.row}' is a quoted literature row, not a run")
-    cfg = row.config
-    lam, margin = cfg.loss.reg_weight, cfg.loss.margin
-    where = f"{spec.path} (baseline from {table.path.name}, row '{spec.row}')"
-    if not spec.margin.low <= margin <= spec.margin.high:
-        raise ConfigError(f"{where}: the baseline margin {margin:g} lies outside search.margin "
-                          f"[{spec.margin.low:g}, {spec.margin.high:g}]")
-    if lam > 0 and not spec.reg_weight.low <= lam <= spec.reg_weight.high:
-        raise ConfigError(f"{where}: the baseline lambda {lam:g} lies outside search.reg_weight "
-                          f"[{spec.reg_weight.low:g}, {spec.reg_weight.high:g}]")
-    if lam == 0 and not spec.reg_off:
-        raise ConfigError(f"{where}: the baseline lambda is 0 but search.reg_off is false")
-    baseline = {"reg": "on", "reg_weight": lam, "margin": margin} if lam > 0 else {"reg": "off", "margin": margin}
-    if not spec.reg_off:
-        baseline.pop("reg")
-    name = study_name or default_study_name(spec, dataset, profile)
-    if not STUDY_NAME.match(name):
-        raise ConfigError(f"--study-name {name!r}: use 1-100 letters, digits, '_', '-', '.' (starting with a "
-                          f"letter or digit)")
-    n = budget.n_trials if n_trials is None else n_trials
-    if n < 0:
-        raise ConfigError(f"--n-trials {n}: must be >= 0 (0: no new trial; test evaluation and report only)")
-    t = budget.timeout if timeout is None else (timeout or None)
-    if t is not None and t < 0:
-        raise ConfigError(f"--timeout {t}: must be >= 0 seconds (0: no limit)")
-    return Plan(spec=spec, profile=profile, dataset=dataset, study_name=name,
-                storage=storage_location(storage, name, work_dir), config=cfg, baseline=baseline, n_trials=n,
-                timeout=t, work_dir=Path(work_dir))
-
-
-def values(params: Mapping[str, Any]) -> tuple[float, float]:
-    """(lambda, margin) of a trial's params: lambda = 0 when reg is off."""
-    lam = 0.0 if params.get("reg", "on") == "off" else float(params["reg_weight"])
-    return lam, float(params["margin"])
-
-
-def with_values(cfg: RunConfig, lam: float, margin: float) -> RunConfig:
-    return apply_overrides(cfg, {"loss.reg_weight": lam, "loss.margin": margin}, "tuning")
 
 
 def suggest(trial: optuna.Trial, spec: TuneSpec) -> tuple[float, float]:
@@ -272,7 +156,7 @@ class StopAtBudget:
         queued ones included (a worker is about to run them)."""
         trials = study.get_trials(deepcopy=False)
         retried = _retried(trials)
-        states = (*FINISHED, TrialState.RUNNING) + ((TrialState.WAITING,) if before is not None else ())
+        states = (*ENDED_STATES, TrialState.RUNNING) + ((TrialState.WAITING,) if before is not None else ())
         return sum(t.state in states and t.number not in retried and not t.user_attrs.get("surplus")
                    and (before is None or t.number < before) for t in trials)
 
@@ -549,7 +433,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
         if evaluate_test:
             test = evaluate_on_test(study, plan, dataset, progress)
             compared = compare_chosen(study, plan)
-            report = write_report(study, plan, reports_dir, tracking_uri, compared)
+            report = report_study(study, plan, reports_dir, tracking_uri, compared)
             if compared is not None:
                 metrics, tags = _compared_mlflow(compared)
                 tracking.log_metrics(metrics)
@@ -569,14 +453,14 @@ def _study_tags(plan: Plan, split) -> dict[str, str]:
 
 
 def _summary_tags(study: optuna.Study) -> dict[str, str]:
-    counts = {s.name.lower(): 0 for s in (*FINISHED, TrialState.RUNNING)}
+    counts = {s.name.lower(): 0 for s in (*ENDED_STATES, TrialState.RUNNING)}
     for t in study.trials:
         if t.state.name.lower() in counts:
             counts[t.state.name.lower()] += 1
     tags = {f"trials_{k}": str(v) for k, v in counts.items()}
     best = _best(study)
     if best is not None:
-        lam, margin = values(best.params)
+        lam, margin = lambda_margin(best.params)
         tags.update(best_trial=str(best.number), best_lambda=f"{lam:g}", best_margin=f"{margin:g}",
                     best_val_mAP=f"{best.value:.2f}")
     return tags
@@ -605,7 +489,7 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
     if best is None:
         return {}
     out = {}
-    for label, (lam, margin), trial in (("chosen", values(best.params), best.number),
+    for label, (lam, margin), trial in (("chosen", lambda_margin(best.params), best.number),
                                         ("defaults", plan.baseline_values, None)):
         cfg = with_values(plan.config, lam, margin)
         key = f"test:{config_hash(cfg)}"
@@ -634,24 +518,12 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
 
 # ---- chosen vs defaults --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Compared:
-    """The report's paired comparisons (core.tune_compare) and the test runs' per-query frames."""
-    best: int                               # trial numbers
-    baseline: int | None                    # the completed baseline trial (the defaults), if any
-    same_values: bool                       # the best trial has the defaults' values
-    val: Any                                # tune_compare.Comparison, or why there is none (str)
-    test: Any
-    recommendation: Any                     # tune_compare.Recommendation
-    test_frames: dict[str, Any]             # "chosen" / "defaults" -> per-query frame of the test run, or None
-
-
 def _baseline_trial(study: optuna.Study, plan: Plan):
     """The completed trial of the defaults: the one queued as the baseline (open_study; a retry of it keeps its
     role), else any completed trial with the defaults' values."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return next((t for t in done if t.user_attrs.get("role") == "baseline"),
-                next((t for t in done if values(t.params) == plan.baseline_values), None))
+                next((t for t in done if lambda_margin(t.params) == plan.baseline_values), None))
 
 
 def _table(run_id: str | None, name: str):
@@ -668,7 +540,7 @@ def compare_chosen(study: optuna.Study, plan: Plan) -> Compared | None:
     if best is None:
         return None
     resamples, seed = plan.config.eval.bootstrap_resamples, plan.config.eval.bootstrap_seed
-    chosen, defaults = values(best.params), plan.baseline_values
+    chosen, defaults = lambda_margin(best.params), plan.baseline_values
     baseline = _baseline_trial(study, plan)
     tests = {}
     for label, (lam, margin) in (("chosen", chosen), ("defaults", defaults)):
@@ -718,22 +590,12 @@ def _compared_mlflow(c: Compared) -> tuple[dict[str, float], dict[str, str]]:
     return metrics, {"conclusion": conclusion, "recommended_lambda": f"{lam:g}", "recommended_margin": f"{margin:g}"}
 
 
-# ---- report --------------------------------------------------------------------------------------------------
-
-def _fmt(v: float | None, nd: int = 2) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
-def _dataset_label(plan: Plan) -> str:
-    if plan.dataset == "synthetic":
-        return "synthetic (MARS layout) — not MARS"
-    return DATASET_NAMES.get(plan.dataset, plan.dataset)
-
+# ---- report (words: core.tune_report) ------------------------------------------------------------------------
 
 def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str, str]:
     """Optimisation history, parameter importances and the lambda-margin contour as PNGs (Agg backend);
     returns {figure: file name or 'not drawn: why'}. An old PNG of a figure not drawn now is removed by
-    write_report once the new markdown (which no longer links it) is in place."""
+    core.tune_report once the new markdown (which no longer links it) is in place."""
     from core import figures as figs       # sets the Agg backend
     from optuna.visualization import matplotlib as ovm
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -765,238 +627,21 @@ def write_figures(study: optuna.Study, stem: str, figures_dir: Path) -> dict[str
     return out
 
 
-def write_report(study: optuna.Study, plan: Plan, reports_dir: str | Path = "reports",
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """The study's trials as plain records for core.tune_report (state: Optuna's state name, lower-case)."""
+    return [{"number": t.number, "state": t.state.name.lower(), "params": dict(t.params),
+             "intermediate": dict(t.intermediate_values), "value": t.value,
+             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+             if t.datetime_complete and t.datetime_start else None, "user_attrs": dict(t.user_attrs)}
+            for t in study.trials]
+
+
+def report_study(study: optuna.Study, plan: Plan, reports_dir: str | Path = "reports",
                  tracking_uri: str = "sqlite:///mlflow.db", compared: Compared | None = None) -> Path:
-    """reports/<study>.md from the study storage (trials, user attrs), the plan and the per-query frames in MLflow
-    (``compare_chosen``, computed here unless given); figures under figures/."""
-    from core import tune_compare as tc
-    from core.data.validation import describe
-    reports_dir = Path(reports_dir)
+    """reports/<study>.md (core.tune_report) from the study storage (trials, user attrs), the plan and the per-query
+    frames in MLflow (``compare_chosen``, computed here unless given); figures under figures/."""
+    from core.tune_report import write_tuning_report
     compared = compared or compare_chosen(study, plan)
-    stem = plan.study_name
-    figures = write_figures(study, stem, reports_dir / "figures")
-    spec, cfg = plan.spec, plan.config
-    trials = study.trials
-    counts = {s: sum(t.state == s for t in trials) for s in (*FINISHED, TrialState.RUNNING, TrialState.WAITING)}
-    best = _best(study)
-    ds = _dataset_label(plan)
-    lines = [f"# Tuning λ (loss.reg_weight) and the triplet margin (loss.margin) — study `{stem}`", "",
-             f"Generated by `python reproduce/tune.py` from the Optuna study `{stem}` in `{plan.storage_shown}` "
-             f"(spec `{_rel(spec.path)}`); rebuild with the same command and `--n-trials 0`. Do not edit.", "",
-             f"**Dataset: {ds}.**" + (" These numbers check the pipeline on generated data; they say nothing about "
-                                      "λ or the margin on MARS." if plan.dataset == "synthetic" else ""), "",
-             f"Config tuned: Table 1 row “{spec.row}” (`experiments/{spec.table}.yaml`), profile `{plan.profile}` "
-             f"with the spec's `budgets.{plan.profile}` overrides "
-             f"({', '.join(f'{k}={v}' for k, v in spec.budgets[plan.profile].overrides.items()) or 'none'}): "
-             f"{cfg.model.backbone}, {cfg.data.height}x{cfg.data.width} frames, N={cfg.data.seq_len} frames per "
-             f"clip, K={cfg.model.num_regions} regions, batches of {cfg.data.ids_per_batch} identities x "
-             f"{cfg.data.tracklets_per_id} tracklets, {cfg.train.epochs} epochs (lr x{cfg.train.gamma:g} after "
-             f"{', '.join(map(str, cfg.train.milestones))}), seed {cfg.train.seed}.", ""]
-    lines += ["## Chosen values", ""]
-    if best is None:
-        lines += ["No trial has completed yet.", ""]
-    else:
-        lam, margin = values(best.params)
-        lines += [f"Best trial **{best.number}**: λ = **{lam:.4g}**" + (" (Reg off)" if lam == 0 else "") +
-                  f", margin = **{margin:.3f}**, validation mAP {best.value:.2f}%.", ""]
-    lines += _test_section(study, plan, best, compared)
-    if compared is not None:
-        lines += tc.section(compared.val, compared.test, compared.best, compared.baseline, compared.recommendation,
-                            compared.same_values, cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed)
-    split = study.user_attrs.get("validation_split")
-    why = {"all": "Why every held-out tracklet is a query: it scores all of them instead of one per identity, at "
-                  "no cost in training identities (holding out more identities takes them from every trial; "
-                  "repeated splits multiply every trial's cost). The identities, the clusters of the bootstrap, "
-                  "are not more numerous: the validation interval (Chosen vs defaults) says what that buys.",
-           "one": "One query per identity (validation.queries: one): few queries, a noisy objective; "
-                  "validation.queries: all scores every held-out tracklet."}[spec.val_queries]
-    lines += ["## Validation split (the objective)", "",
-              (describe(split, "the synthetic data" if plan.dataset == "synthetic" else
-                        DATASET_NAMES.get(plan.dataset, plan.dataset)) if split else "Not recorded yet.") + " " + why +
-              f" The objective is the validation mAP (%) after the last epoch (headline protocol: the gallery as "
-              f"given, {cfg.eval.ap_rule} AP), with the test options of the config ({cfg.eval.sampling} "
-              f"sampling, N={cfg.eval.seq_len}) (`core/data/validation.py`).", ""]
-    rw, mg = spec.reg_weight, spec.margin
-    lines += ["## Search", "",
-              "- λ: `reg` ∈ {on, off}" + ("" if spec.reg_off else " (off disabled)") +
-              f"; when on, `reg_weight` ∈ [{rw.low:g}, {rw.high:g}] on a log scale; off is λ = 0 (conditional "
-              f"parameter, so λ = 0 is a point of the space, not the end of a log axis).",
-              f"- margin ∈ [{mg.low:g}, {mg.high:g}]" + (" (log scale)" if mg.log else "") + ".",
-              f"- Queued first: the baseline (λ = {plan.baseline_values[0]:g} from the Table 1 row, margin = "
-              f"{plan.baseline_values[1]:g}, the paper's recommendation) and the λ = 0 reference.",
-              f"- TPE, seed {spec.sampler_seed} + trial number, random until {spec.n_startup_trials} trials finished; "
-              f"MedianPruner (n_startup_trials {spec.pruner_startup}, n_warmup_steps {spec.pruner_warmup}); "
-              f"validation every {spec.report_every} epochs.",
-              f"- Trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-              f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running, "
-              f"{counts[TrialState.WAITING]} queued (budget: {plan.n_trials} trials"
-              + (f", {plan.timeout:g} s per invocation" if plan.timeout else "") + ").", ""]
-    lines += ["## Trials", "", "| # | state | role | reg | λ | margin | val mAP (%) per epoch | final val mAP (%) "
-              "| seconds | reason |", "|---|---|---|---|---|---|---|---|---|---|"]
-    retry_reasons = {t.user_attrs["retry_of"]: t.user_attrs.get("retry_reason", "") for t in trials
-                     if "retry_of" in t.user_attrs}
-    for t in trials:
-        if t.state == TrialState.WAITING:
-            continue
-        lam_m = values(t.params) if "margin" in t.params else (None, None)
-        inter = ", ".join(f"{s}: {v:.1f}" for s, v in sorted(t.intermediate_values.items()))
-        secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
-            t.datetime_start else None
-        reason = t.user_attrs.get("reason") or retry_reasons.get(t.number, "")
-        reason = reason.replace("|", "\\|").replace("\n", " ")
-        role = t.user_attrs.get("role", "search") + (f", retry of {t.user_attrs['retry_of']}"
-                                                      if "retry_of" in t.user_attrs else "")
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {role} | "
-                     f"{t.params.get('reg', 'on')} | {'—' if lam_m[0] is None else f'{lam_m[0]:.4g}'} | "
-                     f"{_fmt(lam_m[1], 3) if lam_m[1] is not None else '—'} | {inter or '—'} | "
-                     f"{_fmt(t.value) if t.state == TrialState.COMPLETE else '—'} | {_fmt(secs, 0)} | {reason} |")
-    lines += ["", "## Figures", ""]
-    titles = {"history": "Optimisation history",
-              "importances": "Parameter importances over the completed trials (Optuna's default evaluator: "
-                             "PED-ANOVA from Optuna 5, which also rates the conditional `reg_weight`; older "
-                             "versions leave it out). Few trials make this indicative only",
-              "contour": "λ–margin contour (completed trials with reg = on)"}
-    for name, title in titles.items():
-        what = figures[name]
-        lines.append(f"**{title}.** " + (f"\n\n![{name}](figures/{what})" if not what.startswith("not drawn")
-                                         else f"*{what}*"))
-        lines.append("")
-    spec_flag = "" if spec.path.resolve() == DEFAULT_SPEC.resolve() else f" --spec {_rel(spec.path)}"
-    lines += ["## Commands", "", "```bash", f"python reproduce/tune.py{spec_flag} --study-name {stem} --dataset "
-              f"{plan.dataset} --profile {plan.profile}    # continue (or extend with --n-trials)",
-              *_recommended_commands(plan, compared),
-              f"mlflow ui --backend-store-uri {tracking_uri}    # experiment '{plan.experiment}', parent run "
-              f"'{stem}'", "```", ""]
-    path = reports_dir / f"{stem}.md"
-    from core.engine.checkpoint import save_text
-    save_text("\n".join(lines), path)
-    for name, what in figures.items():       # only now: the old markdown linked them until it was replaced
-        if what.startswith("not drawn"):
-            (reports_dir / "figures" / f"{stem}_{name}.png").unlink(missing_ok=True)
-    return path
-
-
-def _recommended_commands(plan: Plan, compared: Compared | None) -> list[str]:
-    """The table commands with the recommended values (the defaults unless the test comparison says better)."""
-    flags = f"--dataset {plan.dataset} --profile {plan.profile}"
-    if compared is None or compared.recommendation.keep_defaults:
-        lam, margin = plan.baseline_values
-        return [f"python reproduce/table1.py {flags}    # recommended: the defaults, as they are (λ = {lam:g} in "
-                f"experiments/presets.yaml full_sta, margin {margin:g})"]
-    lam, margin = compared.recommendation.values
-    return [f"python reproduce/table2.py {flags} --set loss.reg_weight={lam:g} --set loss.margin={margin:g}    "
-            f"# recommended values (Tables 2-5 run the full model only)",
-            f"python reproduce/table1.py {flags} --set loss.margin={margin:g}    # after setting loss.reg_weight: "
-            f"{lam:g} in experiments/presets.yaml full_sta (a --set would give λ to the rows without Reg too)"]
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(EXPERIMENTS.parent))
-    except ValueError:
-        return str(path)
-
-
-def _test_section(study: optuna.Study, plan: Plan, best, compared: Compared | None) -> list[str]:
-    from core.evaluation import bootstrap
-    from core.tune_compare import headline_rows
-    head = [f"## Test split — {_dataset_label(plan)}", ""]
-    if best is None:
-        return head + ["Not evaluated: no completed trial.", ""]
-    rows, found = [], []
-    resamples, seed = plan.config.eval.bootstrap_resamples, plan.config.eval.bootstrap_seed
-    for (lam, margin), label, what in ((values(best.params), "chosen", f"chosen (trial {best.number})"),
-                                       (plan.baseline_values, "defaults", "defaults (paper margin, Table 1 λ)")):
-        res = study.user_attrs.get(f"test:{config_hash(with_values(plan.config, lam, margin))}")
-        if res is None:
-            rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | not evaluated yet | | | |")
-            continue
-        m = res["metrics"]
-        frame = compared.test_frames.get(label) if compared is not None else None
-        ci = {} if frame is None else bootstrap.intervals(headline_rows(frame), resamples, seed)
-        found.append(res)
-        rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | " + " | ".join(
-            f"{m[k]:.1f}" + (f" [{100 * ci[k].low:.1f}, {100 * ci[k].high:.1f}]" if k in ci else "")
-            for k in ("R1", "R5", "R10", "mAP")) + " |")
-    out = head + ["Each row is trained once on the full training set (all training identities) with its values and "
-                  "evaluated once on the test split (percent, with the 95 % cluster-bootstrap interval over test "
-                  f"query identities, {resamples} resamples, seed {seed}).", "",
-                  "| values | λ | margin | R1 | R5 | R10 | mAP |", "|---|---|---|---|---|---|---|", *rows, ""]
-    if values(best.params) == plan.baseline_values:
-        out += ["The baseline trial is the best: the chosen values are the defaults (one test run).", ""]
-    if found:
-        res = found[0]
-        out += [f"Test split of {res['dataset']}: {res['num_queries']} queries, {res['num_gallery']} gallery "
-                f"tracklets. Each value pair is evaluated once; a resumed study re-evaluates only a new best.", ""]
-    if len(found) < len(rows):
-        out += [f"Missing rows: the study was run with --no-test; run `python reproduce/tune.py --study-name "
-                f"{plan.study_name} --n-trials 0` to evaluate them.", ""]
-    return out
-
-
-# ---- command line --------------------------------------------------------------------------------------------
-
-def tune_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="reproduce/tune.py",
-        description="Optuna study of lambda (loss.reg_weight) and the triplet margin (loss.margin) on a validation "
-                    "split of the training identities; the best values and the defaults are then evaluated once on "
-                    "the test split; writes reports/<study>.md. Without flags: synthetic data, cpu profile.",
-        epilog="Several workers on one study: run the same command with the same --study-name and --no-test in N "
-               "shells (the default journal file is shared by local processes) or on N machines with a shared "
-               "--storage postgresql://... / mysql://...; each stops when the study holds --n-trials trials. Then "
-               "run it once with --n-trials 0 to evaluate the best values on the test split and write the report.")
-    ap.add_argument("--spec", default=str(DEFAULT_SPEC), help="search-space spec (default: %(default)s)")
-    ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "mars", "duke"])
-    ap.add_argument("--data-root", help="dataset folder (required for mars/duke; synthetic: where it is generated)")
-    ap.add_argument("--profile", default="cpu", choices=sorted(load_profiles()),
-                    help="experiments/profiles.yaml profile (default: cpu); the spec's budgets.<profile> applies")
-    ap.add_argument("--device", help="train.device: auto | cpu | cuda | cuda:<i>")
-    ap.add_argument("--n-trials", type=int, help="the study's total number of trials (default: the spec's budget); "
-                                                 "0: only evaluate and report")
-    ap.add_argument("--timeout", type=float, help="seconds of search in this invocation (default: the spec's "
-                                                  "budget; 0: no limit)")
-    ap.add_argument("--study-name", help="default: the spec's study (+ _<dataset>_<profile> off synthetic/cpu)")
-    ap.add_argument("--storage", help="sqlite:///PATH, postgresql://..., mysql://... or PATH.journal "
-                                      "(default: <work-dir>/optuna/<study>.journal)")
-    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="any config key except loss.reg_weight / loss.margin (repeatable)")
-    ap.add_argument("--work-dir", default="runs", help="checkpoints and the default journal (default: ./runs)")
-    ap.add_argument("--reports-dir", default="reports")
-    ap.add_argument("--no-test", action="store_true", help="workers: no test runs, no report")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars, no per-trial log lines")
-    return ap
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """reproduce/tune.py: run or continue a study, print where the report is; exit 2 on bad input."""
-    from core.cli import check_output_dir, parse_set
-    args = tune_parser().parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        check_output_dir("--work-dir", args.work_dir)
-        check_output_dir("--reports-dir", args.reports_dir)
-        overrides = parse_set(args.overrides)
-        if args.device:
-            overrides["train.device"] = args.device
-        plan = plan_study(args.spec, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
-                          overrides=overrides, study_name=args.study_name, storage=args.storage,
-                          n_trials=args.n_trials, timeout=args.timeout, work_dir=args.work_dir)
-        out = run_study(plan, tracking_uri=args.tracking_uri, reports_dir=args.reports_dir,
-                        evaluate_test=not args.no_test, progress=not args.quiet)
-    except ValueError as e:             # ConfigError, DatasetError, ValidationSplitError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    best = _best(out.study)
-    print(f"study {plan.study_name} ({plan.storage_shown}): {out.new_trials} new trial(s), {len(out.study.trials)} in all, "
-          f"in {time.perf_counter() - t0:.0f} s")
-    if best is not None:
-        lam, margin = values(best.params)
-        print(f"best: trial {best.number}, lambda {lam:.4g}, margin {margin:.3f}, val mAP {best.value:.2f}%")
-    for label, res in out.test.items():
-        print(f"test ({res['dataset']}), {label}: lambda {res['lambda']:.4g}, margin {res['margin']:.3f}: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in res["metrics"].items()))
-    if out.report:
-        print(f"report: {out.report}")
-    return 0
+    figures = write_figures(study, plan.study_name, Path(reports_dir) / "figures")
+    return write_tuning_report(plan, trial_records(study), dict(study.user_attrs), figures, compared, reports_dir,
+                               tracking_uri)

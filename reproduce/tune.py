@@ -2,7 +2,7 @@
 (python reproduce/tune.py -h)."""
 import sys
 
-from core.tuning import main
+from core.cli import tune_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(tune_main())

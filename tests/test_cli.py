@@ -101,3 +101,43 @@ def test_report_refuses_a_reports_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert report_main(["--reports-dir", str(tmp_path / "afile")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_tune_report_continue_command_parses_back_to_the_same_study(tmp_path):
+    """The tuning report's "continue" line (core.tune_report.continue_command), read by the real tune parser,
+    resolves to the same study (plan: spec, name, dataset, profile, config with every --set, storage, work dir)."""
+    import shlex
+
+    from core.cli import tune_parser, tune_plan
+    from core.tune_report import continue_command
+    argv = ["--study-name", "lm9", "--set", "train.epochs=3", "--set", "train.milestones=[1, 2]", "--set",
+            "model.fusion=false", "--device", "cpu", "--work-dir", str(tmp_path / "w d"), "--storage",
+            str(tmp_path / "s.journal"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+            "--data-root", str(tmp_path / "data")]
+    args = tune_parser().parse_args(argv)
+    plan = tune_plan(args)
+    words = shlex.split(continue_command(plan, args.tracking_uri))
+    assert words[:2] == ["python", "reproduce/tune.py"]
+    again = tune_parser().parse_args(words[2:])
+    assert tune_plan(again) == plan and again.tracking_uri == args.tracking_uri
+    without_set = words[2:words.index("--set")] + words[words.index("--work-dir"):]
+    assert "--set" not in without_set and tune_plan(tune_parser().parse_args(without_set)) != plan   # they count
+    # defaults: the line is as short as it always was
+    default = tune_plan(tune_parser().parse_args([]))
+    assert continue_command(default, "sqlite:///mlflow.db") == \
+        "python reproduce/tune.py --study-name tune_lambda_margin --dataset synthetic --profile cpu"
+
+
+def test_tuning_command_line_spec_and_report_need_no_optuna():
+    """Only core.tuning imports optuna (and only core.tracking mlflow): the tune command line, the study's
+    resolution and the report's words load without either."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import sys, core.cli, core.tune_report, core.tune_spec, core.tune_compare; "
+            "print(sorted(m for m in ('mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
+    assert out.stdout.strip() == "[]"

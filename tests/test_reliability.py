@@ -134,7 +134,8 @@ def test_non_finite_weights_after_the_last_step_write_no_checkpoint(tiny_synthet
 def test_diverged_trial_fails_with_its_reason_and_is_never_scored(tiny_synthetic_root, tmp_path):
     from optuna.trial import TrialState
 
-    from core.tuning import plan_study, run_study
+    from core.tune_spec import plan_study
+    from core.tuning import run_study
     from tests.test_tuning import runs_of, uri, write_spec
     plan = plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="nan", n_trials=1,
                       work_dir=tmp_path / "runs",
@@ -424,7 +425,7 @@ def test_resumed_study_marks_the_trial_run_of_a_killed_worker_killed(make_tune_p
 
 @pytest.fixture
 def make_tune_plan(tiny_synthetic_root, tmp_path):
-    from core.tuning import plan_study
+    from core.tune_spec import plan_study
     from tests.test_tuning import write_spec
 
     def make(study: str, n_trials: int):

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from core import endpoints, tuning
+from core import cli, endpoints, tune_spec, tuning
 from core.config import ConfigError
 from tests.test_tuning import REPO, write_spec
 
@@ -81,7 +81,7 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
     # the dead worker's trial still counts while RUNNING; `other` failed and retried it only if it opened the study
     # after the kill (a slow start). The same command again on this host always does, if nobody has yet.
     assert tuning.StopAtBudget(3).count(load(storage)) == 3
-    assert tuning.main([*argv, "--no-test"]) == 0
+    assert cli.tune_main([*argv, "--no-test"]) == 0
     study = load(storage)
     trials = study.trials
     assert [t.number for t in trials] == list(range(len(trials)))      # continuous, none lost
@@ -109,7 +109,7 @@ def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, ml
     assert len(numbers) == len(set(numbers)) and ran <= set(numbers) <= ran | {killed}
 
     # once, afterwards: evaluate on the test split and write the report from the database
-    assert tuning.main(argv[:-2] + ["--n-trials", "0"]) == 0
+    assert cli.tune_main(argv[:-2] + ["--n-trials", "0"]) == 0
     study = load(storage)
     assert [k for k in study.user_attrs if k.startswith("test:")]
     assert len(study.trials) == len(trials)                               # no new trial
@@ -145,7 +145,7 @@ def test_heartbeat_fails_a_silent_worker_of_another_machine_and_queues_it_again(
                                                                                tiny_synthetic_root, monkeypatch):
     monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
     monkeypatch.setattr(tuning, "GRACE_S", 1)
-    plan = tuning.plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="hb",
+    plan = tune_spec.plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="hb",
                              storage=postgres_server.create_database("optuna_heartbeat"), work_dir=tmp_path)
     study, _ = tuning.open_study(plan)
     trial = study.ask()
@@ -158,7 +158,7 @@ def test_heartbeat_fails_a_silent_worker_of_another_machine_and_queues_it_again(
     assert trials[0].state == TrialState.FAIL
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].user_attrs["role"] == "baseline"
-    text = tuning.write_report(study, plan, tmp_path / "reports").read_text()
+    text = tuning.report_study(study, plan, tmp_path / "reports").read_text()
     assert "| 0 | fail | baseline |" in text and "worker gpu-node-7:4242 sent no heartbeat for 1 s" in text
 
 
@@ -291,7 +291,7 @@ def test_hung_server_or_database_times_out(silent_port, monkeypatch):
 
 def test_missing_driver_is_one_line_naming_the_package(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "psycopg", None)                   # as if the [postgres] extra were missing
-    assert tuning.main(["--storage", "postgresql://u:pw@127.0.0.1:1/db", "--work-dir", str(tmp_path),
+    assert cli.tune_main(["--storage", "postgresql://u:pw@127.0.0.1:1/db", "--work-dir", str(tmp_path),
                         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: --storage postgresql://u:***@127.0.0.1:1/db: its database driver 'psycopg' is not "

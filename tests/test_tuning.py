@@ -23,7 +23,9 @@ from core import tracking
 from core.config import ConfigError
 from core.data import load_dataset
 from core.data.validation import ValidationSplitError, split_validation
-from core.tuning import VAL_PER_QUERY, main, open_study, plan_study, run_study, suggest, write_report
+from core.cli import tune_main as main
+from core.tune_spec import plan_study
+from core.tuning import VAL_PER_QUERY, open_study, report_study, run_study, suggest
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny config of tests/test_engine.py (tiny_cfg), as overrides of the tuned Table 1 row
@@ -159,7 +161,7 @@ def test_pruned_and_failed_trials_keep_their_reason(make_plan, tmp_path, monkeyp
     assert failed.state == TrialState.FAIL and failed.user_attrs["reason"] == "RuntimeError: boom: disk full"
     assert pruned.state == TrialState.PRUNED and list(pruned.intermediate_values) == [1]
     assert pruned.user_attrs["reason"].startswith("pruned after epoch 1 by AlwaysPrune: val mAP ")
-    text = write_report(out.study, plan, tmp_path / "reports").read_text()
+    text = report_study(out.study, plan, tmp_path / "reports").read_text()
     assert "boom: disk full" in text and "pruned after epoch 1 by AlwaysPrune" in text
     assert "not drawn: no completed trial yet" in text
     runs = runs_of(tmp_path, "p").set_index("tags.trial")

@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 
 from core import tuning
-from core.tune_spec import DEFAULT_SPEC
+from core.tune_spec import DEFAULT_SPEC, Plan, plan_study
 
 
-def objective(plan: tuning.Plan, reports: int):
+def objective(plan: Plan, reports: int):
     """The storage calls of core.tuning.Objective, without training."""
     def run(trial) -> float:
         trial.set_user_attr("worker", "bench:0")
@@ -42,7 +42,7 @@ def objective(plan: tuning.Plan, reports: int):
 
 def study_seconds(location: str, trials: int, reports: int, work: Path) -> tuple[float, float]:
     """(seconds to create the study, seconds for `trials` trials) on a fresh study."""
-    plan = tuning.plan_study(DEFAULT_SPEC, storage=location, study_name=f"bench-{uuid.uuid4().hex[:8]}",
+    plan = plan_study(DEFAULT_SPEC, storage=location, study_name=f"bench-{uuid.uuid4().hex[:8]}",
                              n_trials=trials, work_dir=work)
     t0 = time.perf_counter()
     study, _ = tuning.open_study(plan)
