@@ -11,6 +11,15 @@ def tiny_synthetic_root(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("synthetic") / "tiny_seed0", "tiny", seed=0, progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_synthetic_root):
+    """The tiny synthetic dataset loaded as the tiny configuration (tests.helpers.tiny_cfg) reads it; once per
+    session (a frozen VideoDataset: tests must not change it)."""
+    from core.data import load_dataset
+    from tests.helpers import tiny_cfg
+    return load_dataset(tiny_cfg(tiny_synthetic_root).data)
+
+
 def _unavailable(reason: str):
     """Skip with the reason; under CI (which installs PostgreSQL and the [postgres] extra) fail instead."""
     import os

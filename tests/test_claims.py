@@ -11,6 +11,7 @@ import pytest
 from core import claims, reporting
 from core.config import ConfigError
 from core.specs import read_spec, spec_path
+from tests.helpers import BAD, GOOD, fake_store, per_query, run_row, table1_store
 
 # ---- the schema -----------------------------------------------------------------------------------------------
 
@@ -56,57 +57,6 @@ def test_shipped_claims():
 
 
 # ---- verdicts from hand-made frames ---------------------------------------------------------------------------
-
-def per_query(ranks, pids=None, protocols=("headline", "official", "gao"), reranked_ranks=None) -> pd.DataFrame:
-    """A per-query frame: the same outcomes under every protocol; AP = 1 / rank (NaN rank: no valid match)."""
-    ranks = np.asarray(ranks, dtype=float)
-    pids = np.arange(len(ranks)) // 2 + 1 if pids is None else np.asarray(pids)
-    parts = []
-    for rr, r in ((False, ranks), (True, reranked_ranks)):
-        if r is None:
-            continue
-        r = np.asarray(r, dtype=float)
-        for p in protocols:
-            parts.append(pd.DataFrame({"protocol": p, "reranked": rr, "query": np.arange(len(r)), "pid": pids,
-                                       "camid": 1, "first_match_rank": r, "ap": 1.0 / r}))
-    return pd.concat(parts, ignore_index=True)
-
-
-def run_row(run_id: str, row: str, frame: pd.DataFrame | None, seed: int = 0, rerank: bool = False,
-            dataset: str = "synthetic") -> dict:
-    """A row run as mlflow.search_runs gives it, its logged metrics (percent) computed from `frame`."""
-    out = {"run_id": run_id, "status": "FINISHED", "start_time": pd.Timestamp(seed + 1, unit="s", tz="UTC"),
-           "tags.profile": "cpu", "tags.dataset": dataset, "tags.row": row, "tags.seed": str(seed),
-           "params.eval.rerank": str(rerank), "params.data.gallery_with_queries": "True",
-           "params.eval.ap_rule": "trapezoid", "params.eval.bootstrap_resamples": "200",
-           "params.eval.bootstrap_seed": "0", "params.train.seed": str(seed)}
-    if frame is not None:
-        for p, prefix in (("headline", ""), ("official", "official_"), ("gao", "gao_")):
-            for rr in (False, True):
-                f = frame[(frame["protocol"] == p) & (frame["reranked"] == rr)]
-                if f.empty:
-                    continue
-                key = f"{prefix}{'rerank_' if rr else ''}"
-                valid = f[f["first_match_rank"].notna()]
-                for k in (1, 5, 10, 20):
-                    out[f"metrics.{key}R{k}"] = 100 * float((valid["first_match_rank"] <= k).mean())
-                out[f"metrics.{key}mAP"] = 100 * float(valid["ap"].mean())
-    return out
-
-
-def fake_store(rows: list[tuple[dict, pd.DataFrame | None]]):
-    """(runs frame, load_table) from (run row, per-query frame or None: a run logged before per-query results)."""
-    tables = {r["run_id"]: f for r, f in rows}
-    runs = pd.DataFrame([r for r, _ in rows])
-
-    def load_table(run_id: str, name: str):
-        assert name == claims.PER_QUERY
-        return tables.get(run_id)
-    return runs, load_table
-
-
-GOOD, BAD = [1] * 20, [5] * 20            # 20 queries of 10 identities: every query right at rank 1, or at rank 5
-
 
 def judge(frame_row, frame_beaten, metric="R1", **kw):
     runs, load = fake_store([(run_row("b", "B", frame_row, **kw), frame_row),
@@ -173,15 +123,6 @@ def test_evaluate_claims_numbers_pairs_and_paper_delta(tmp_path):
 
 
 # ---- the report -----------------------------------------------------------------------------------------------
-
-def table1_store():
-    """Table 1's first three rows: Baseline (2 seeds), + TL (1 seed), + Avg (logged before per-query results)."""
-    labels = [r.label for r in read_spec(spec_path("table1")).rows]
-    base0, base1 = per_query([1] * 6 + [5] * 14), per_query([1] * 8 + [5] * 12)
-    tl = per_query(GOOD)
-    return fake_store([(run_row("r0", labels[0], base0, 0), base0), (run_row("r1", labels[0], base1, 1), base1),
-                       (run_row("r2", labels[1], tl, 0), tl), (run_row("r3", labels[2], tl, 0), None)])
-
 
 def test_report_shows_intervals_claims_and_forest_plot(tmp_path):
     runs, load = table1_store()

@@ -8,7 +8,7 @@ import torch
 from core import tracking
 from core.cli import main, parse_seeds, parse_set, report_main
 from core.config import ConfigError, RunConfig, apply_overrides
-from tests.test_data_datasets import write_mars
+from tests.helpers import write_mars
 
 
 @pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("3E-4", 3e-4), (".5", 0.5), ("-2.5e-2", -0.025),
@@ -25,6 +25,12 @@ def test_set_keeps_ints_lists_booleans_and_strings():
                       "model.backbone=resnet18"]) == {"train.epochs": 1000, "train.milestones": [4, 8],
                                                        "model.fusion": False, "data.root": "1e3dir",
                                                        "model.backbone": "resnet18"}
+
+
+def test_seed_and_set_parsing():
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5") == [0, 5] and parse_seeds(None) is None
+    assert parse_set(["model.fusion=false", "train.milestones=[2, 4]"]) == {
+        "model.fusion": False, "train.milestones": [2, 4]}
 
 
 def test_set_with_broken_yaml_names_the_item():

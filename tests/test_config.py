@@ -1,6 +1,7 @@
 """core/config.py: the allowed values of every choice key (its Literal type; config.py cannot import the
 torch-heavy registries) stay the values the implementing modules accept; every key that can change a result enters the config
-hash (and the training hash for data/model/loss/train keys); impossible values are refused naming the key."""
+hash (and the training hash for data/model/loss/train keys), the speed and save knobs do not; impossible values
+are refused naming the key; removed keys (train.eval_every) are unknown keys."""
 import pytest
 
 from core.config import (BACKBONE_STRIDE, CHOICES, RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, allowed_keys,
@@ -14,6 +15,8 @@ from core.evaluation.metrics import AP_RULES
 from core.models.backbone import BACKBONES
 from core.models.model import AGGREGATIONS, F2_WEIGHTS
 from core.models.sta import ATTENTION, REMAINDERS
+from core.specs import load_spec, spec_path
+from tests.helpers import tiny_cfg
 
 IMPLEMENTED = {
     "data.dataset": DATASETS, "data.synthetic_size": PRESETS, "data.train_sampling": TRAIN_FRAMES,
@@ -131,3 +134,26 @@ def test_the_synthetic_generator_version_enters_the_hashes(monkeypatch):
     after = [config_hash(c) for c in (synthetic, mars)] + [train_dir(c, "runs") for c in (synthetic, mars)]
     assert before[0] != after[0] and before[2] != after[2]                # synthetic: both hashes move
     assert before[1] == after[1] and before[3] == after[3]                # real data: untouched
+
+
+def test_config_hash_leaves_out_speed_and_save_knobs(tiny_synthetic_root):
+    base = tiny_cfg(tiny_synthetic_root)
+    same = tiny_cfg(tiny_synthetic_root, **{"train.checkpoint_every_s": 5.0, "train.compile": True,
+                                            "data.num_workers": 3})
+    assert config_hash(base) == config_hash(same)
+    assert config_hash(base) != config_hash(tiny_cfg(tiny_synthetic_root, **{"train.lr": 1e-3}))
+
+
+# ---- config: train.eval_every is gone ------------------------------------------------------------------------
+
+def test_eval_every_is_an_unknown_key(tmp_path, capsys):
+    from core.cli import main
+    from core.config import RunConfig
+    with pytest.raises(ConfigError, match=r"unknown key 'train.eval_every'"):
+        apply_overrides(RunConfig(), {"train.eval_every": 1})
+    spec = tmp_path / "old.yaml"
+    spec.write_text(spec_path("table1").read_text().replace("base: {}", "base: {train.eval_every: 2}"))
+    with pytest.raises(ConfigError, match=r"old.yaml.*unknown key 'train.eval_every'"):
+        load_spec(spec, "cpu")
+    assert main("table1", ["--set", "train.eval_every=1", "--work-dir", str(tmp_path)]) == 2
+    assert "unknown key 'train.eval_every'" in capsys.readouterr().err

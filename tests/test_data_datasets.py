@@ -8,45 +8,12 @@ import os
 import numpy as np
 import pytest
 import scipy.io
-from PIL import Image
 
 from core.config import DataConfig
 from core.data import DatasetError, load_dataset, load_duke, load_mars
 from core.data import check
 from core.data.clips import read_frame
-
-# (pid, camera, frames) per tracklet, in name-list order; MARS folders: 0000 distractors, 00-1 junk
-MARS_TRAIN = [(5, 1, 3), (5, 2, 2), (7, 1, 2), (12, 3, 2), (12, 3, 1)]
-MARS_TEST = [(-1, 1, 2), (0, 3, 2), (3, 1, 2), (3, 2, 2), (3, 4, 1), (9, 2, 2), (9, 5, 2)]
-MARS_QUERY = [3, 6]  # 1-based rows of the test table: pid 3 cam 1, pid 9 cam 2
-
-
-def _jpeg(path, value=128):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 4, 3), value, np.uint8)).save(path)
-
-
-def _folder(pid):
-    return "00-1" if pid == -1 else f"{pid:04d}"
-
-
-def write_mars(root, train=MARS_TRAIN, test=MARS_TEST, query=MARS_QUERY):
-    info = root / "info"
-    info.mkdir(parents=True)
-    for split, spec in (("train", train), ("test", test)):
-        names, rows, count = [], [], {}
-        for pid, cam, n in spec:
-            tnum = count[(pid, cam)] = count.get((pid, cam), 0) + 1
-            rows.append([len(names) + 1, len(names) + n, pid, cam])
-            for f in range(n):
-                name = f"{_folder(pid)}C{cam}T{tnum:04d}F{f + 1:03d}.jpg"
-                _jpeg(root / f"bbox_{split}" / _folder(pid) / name, 40 * f)
-                names.append(name)
-        (info / f"{split}_name.txt").write_text("\n".join(names) + "\n")
-        scipy.io.savemat(info / f"tracks_{split}_info.mat", {f"track_{split}_info": np.array(rows, np.int32)})
-    scipy.io.savemat(info / "query_IDX.mat", {"query_IDX": np.array([query], np.int32)})
-    return root
-
+from tests.helpers import jpeg, write_mars
 
 @pytest.fixture
 def mars_root(tmp_path):
@@ -170,7 +137,7 @@ def duke_root(tmp_path):
     for split, spec in DUKE.items():
         for pid, tnum, cam, frames in spec:
             for f in frames:
-                _jpeg(root / split / f"{pid:04d}" / f"{tnum:04d}" / f"{pid:04d}_C{cam}_F{f:04d}_X{1000 + f:05d}.jpg")
+                jpeg(root / split / f"{pid:04d}" / f"{tnum:04d}" / f"{pid:04d}_C{cam}_F{f:04d}_X{1000 + f:05d}.jpg")
     return root
 
 
@@ -192,12 +159,12 @@ def test_duke_bad_layouts(duke_root):
         load_duke(duke_root)
     empty.rmdir()
     wrong = duke_root / "query" / "0005" / "0001" / "0006_C1_F0005_X00001.jpg"
-    _jpeg(wrong)
+    jpeg(wrong)
     with pytest.raises(DatasetError, match=rf"{wrong}: unexpected frame name"):
         load_duke(duke_root)
     wrong.unlink()
     mixed = duke_root / "gallery" / "0005" / "0002" / "0005_C2_F0010_X00001.jpg"
-    _jpeg(mixed)
+    jpeg(mixed)
     with pytest.raises(DatasetError, match=r"0005/0002: frames from cameras \[2, 4\]"):
         load_duke(duke_root)
     mixed.unlink()

@@ -9,15 +9,13 @@ import pytest
 import core.engine
 from core import tracking
 from core.cli import main
+from tests.helpers import TINY_TABLE, set_args
 
 pytestmark = pytest.mark.slow
 
 
 def _argv(root, tmp_path, *extra):
-    tiny = {"data.synthetic_size": "tiny", "data.height": 64, "data.width": 32, "data.ids_per_batch": 4,
-            "data.tracklets_per_id": 2, "data.num_workers": 0, "model.feat_dim": 32, "train.milestones": "[1]",
-            "eval.batch_size": 16}
-    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    sets = set_args(TINY_TABLE)
     return ["--rows", "Baseline", "6", "--epochs", "1", "--device", "cpu", "--quiet", "--data-root", str(root),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--work-dir", str(tmp_path / "runs"),
             "--reports-dir", str(tmp_path / "reports"), *sets, *extra]

@@ -20,7 +20,7 @@ from core.data import load_dataset
 from core.engine import train
 from core.engine.device import gather_rows
 from core.losses import compute_losses
-from tests.test_engine import tiny_cfg
+from tests.helpers import TINY_TABLE, set_args, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,10 +124,7 @@ def test_two_rank_triplet_loss_and_gradients_equal_one_process(tmp_path):
 # ---- a whole table row under torchrun -------------------------------------------------------------------------
 
 def _table_argv(root, tmp_path) -> list[str]:
-    tiny = {"data.synthetic_size": "tiny", "data.height": 64, "data.width": 32, "data.ids_per_batch": 4,
-            "data.tracklets_per_id": 2, "data.num_workers": 0, "model.feat_dim": 32, "train.milestones": "[1]",
-            "eval.batch_size": 16}
-    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    sets = set_args(TINY_TABLE)
     return ["--rows", "Baseline + TL", "--epochs", "1", "--device", "cpu", "--quiet", "--data-root", str(root),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--work-dir", str(tmp_path / "runs"),
             "--reports-dir", str(tmp_path / "reports"), *sets]

@@ -1,5 +1,6 @@
 """The GPU path on a CPU: device choice per rank, checkpoint interval and background writer, exact resume from a
-mid-run checkpoint, device-side loss sums, torch.compile switch, config hash without the hardware fields."""
+mid-run checkpoint, device-side loss sums, torch.compile switch (the config hash without the speed and save knobs:
+tests/test_config.py)."""
 from __future__ import annotations
 
 import threading
@@ -8,14 +9,12 @@ import pytest
 import torch
 
 import core.engine.training as train_mod
-from core.config import config_hash
-from core.data import load_dataset
 from core.engine import train
 from core.engine.async_ckpt import CheckpointWriter, checkpoint_due, to_host
 from core.engine.checkpoint import load_torch
 from core.engine.device import Dist, pick_device
 from core.engine.meter import LossMeter
-from tests.test_engine import _states_equal, tiny_cfg
+from tests.helpers import states_equal, tiny_cfg
 
 
 @pytest.mark.parametrize("name, ddp, gpus, expected", [
@@ -51,19 +50,6 @@ def test_checkpoint_due_by_hand():
     assert all(checkpoint_due(e, 10, (), 0.0, 0.0) for e in range(10))  # interval 0: every epoch
 
 
-def test_config_hash_leaves_out_speed_and_save_knobs(tiny_synthetic_root):
-    base = tiny_cfg(tiny_synthetic_root)
-    same = tiny_cfg(tiny_synthetic_root, **{"train.checkpoint_every_s": 5.0, "train.compile": True,
-                                            "data.num_workers": 3})
-    assert config_hash(base) == config_hash(same)
-    assert config_hash(base) != config_hash(tiny_cfg(tiny_synthetic_root, **{"train.lr": 1e-3}))
-
-
-@pytest.fixture(scope="module")
-def dataset(tiny_synthetic_root):
-    return load_dataset(tiny_cfg(tiny_synthetic_root).data)
-
-
 def _record_saves(monkeypatch) -> list[int]:
     saves: list[int] = []
     real = CheckpointWriter.submit
@@ -77,11 +63,11 @@ def _record_saves(monkeypatch) -> list[int]:
 
 
 def test_checkpoint_interval_saves_where_promised_and_resume_from_mid_run_is_exact(
-        tiny_synthetic_root, dataset, tmp_path, monkeypatch):
+        tiny_synthetic_root, tiny_dataset, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 3, "train.milestones": [2],
                                            "train.checkpoint_every_s": 1e9})
     saves = _record_saves(monkeypatch)
-    full_model, full_hist = train(cfg, dataset, tmp_path / "full", progress=False)
+    full_model, full_hist = train(cfg, tiny_dataset, tmp_path / "full", progress=False)
     assert saves == [1, 2]  # after the lr milestone (end of epoch 2) and after the last epoch, not after epoch 1
 
     # killed in the 3rd epoch: the checkpoint on disk is the milestone one (epoch 2); resuming ends bit-identical
@@ -96,12 +82,12 @@ def test_checkpoint_interval_saves_where_promised_and_resume_from_mid_run_is_exa
     monkeypatch.setattr(train_mod, "compute_losses", dies_in_epoch_three)
     saves.clear()
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, dataset, tmp_path / "killed", progress=False)
+        train(cfg, tiny_dataset, tmp_path / "killed", progress=False)
     assert saves == [1] and load_torch(tmp_path / "killed" / "last.pt")["epoch"] == 1
     monkeypatch.setattr(train_mod, "compute_losses", real)
-    resumed, hist = train(cfg, dataset, tmp_path / "killed", progress=False)
+    resumed, hist = train(cfg, tiny_dataset, tmp_path / "killed", progress=False)
     assert [h.total for h in hist] == [h.total for h in full_hist]
-    assert _states_equal(resumed.state_dict(), full_model.state_dict())
+    assert states_equal(resumed.state_dict(), full_model.state_dict())
     # wall-clock and compute-only throughput are both logged, finite and positive
     assert all(h.frames_per_s > 0 and h.compute_frames_per_s > 0 and h.seconds > 0 for h in full_hist)
 
@@ -151,7 +137,7 @@ def test_loss_meter_reads_means_and_the_first_non_finite_iteration_by_hand():
     assert it == 2 and values["ce"] == float("inf")
 
 
-def test_compile_flag_compiles_the_training_forward(tiny_synthetic_root, dataset, tmp_path, monkeypatch):
+def test_compile_flag_compiles_the_training_forward(tiny_synthetic_root, tiny_dataset, tmp_path, monkeypatch):
     compiled = []
 
     def fake_compile(module, *args, **kwargs):  # the real one needs a C++ toolchain; the switch is what is tested
@@ -160,6 +146,6 @@ def test_compile_flag_compiles_the_training_forward(tiny_synthetic_root, dataset
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     assert not tiny_cfg(tiny_synthetic_root).train.compile  # off by default
-    model, _ = train(tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1, "train.compile": True}), dataset,
+    model, _ = train(tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1, "train.compile": True}), tiny_dataset,
                      tmp_path / "compiled", progress=False)
     assert compiled == [model]

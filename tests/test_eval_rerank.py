@@ -51,7 +51,7 @@ def test_lambda_one_is_normalised_original_distance():
     np.testing.assert_allclose(k_reciprocal_rerank(q, g, lambda_value=1.0), expected, atol=1e-5)
 
 
-def test_jaccard_part_is_a_distance_in_unit_interval():
+def test_rerank_eq10_jaccard_part_is_a_distance_in_unit_interval():
     q, g = _clusters(6, 20, 80)
     jac = k_reciprocal_rerank(q, g, lambda_value=0.0)
     assert jac.min() >= 0 and jac.max() <= 1
@@ -114,7 +114,7 @@ def _jaccard(a: dict, b: dict) -> float:
     return 1 - sum(min(a.get(j, 0), b.get(j, 0)) for j in cols) / sum(max(a.get(j, 0), b.get(j, 0)) for j in cols)
 
 
-def test_hand_worked_neighbour_sets():
+def test_rerank_eq9_neighbour_sets_by_hand():
     orig = torch.tensor(_hand_original(), dtype=torch.float32)
     ranked = nearest(orig, 3)
     # step 2, by |x_i - x_j|: q0 (0): self, g0 (1), g1 (4) | q1 (10): self, g2 (1), g1 (6) | g0 (1): self, q0 (1),
@@ -141,7 +141,7 @@ def _hand_v() -> dict:
             5: {5: 1.0}}
 
 
-def test_hand_worked_jaccard_with_and_without_query_expansion():
+def test_rerank_eq7_eq10_eq11_jaccard_by_hand():
     q, g = np.array(X[:2], np.float32)[:, None], np.array(X[2:], np.float32)[:, None]
     v = _hand_v()
     # k2 = 1 (no step 6): disjoint sets give 1; q0-g0 and q0-g1 share {q0, g0, g1}, q1-g2 shares {q1, g2}

@@ -7,7 +7,7 @@ import torch
 from core.losses import batch_hard_triplet, compute_losses, inter_frame_reg, pairwise_distances
 
 
-def test_triplet_by_hand():
+def test_eq9_triplet_by_hand():
     x = torch.tensor([[0., 0.], [3., 4.], [1., 0.], [0., 2.]])
     y = torch.tensor([0, 0, 1, 1])
     # distances: d01=5, d02=1, d03=2, d12=sqrt20, d13=sqrt13, d23=sqrt5
@@ -22,7 +22,7 @@ def test_triplet_by_hand():
     assert batch_hard_triplet(far, y, 0.0).item() == 0.0
 
 
-def test_triplet_gradient_finite_for_identical_vectors():
+def test_eq9_triplet_gradient_finite_for_identical_vectors():
     x = torch.tensor([[1., 2.], [1., 2.], [1., 2.], [0., 1.]], requires_grad=True)
     loss = batch_hard_triplet(x, torch.tensor([0, 0, 1, 1]), 0.3)
     loss.backward()
@@ -30,7 +30,7 @@ def test_triplet_gradient_finite_for_identical_vectors():
     assert torch.equal(pairwise_distances(x.detach())[:3, :3], torch.zeros(3, 3))  # identical rows: exactly 0
 
 
-def test_triplet_distances_match_float64_at_feature_norm_37():
+def test_eq9_triplet_distances_match_float64_at_feature_norm_37():
     # audit case: retrieval features of norm ~37; the matmul expansion |a|^2 + |b|^2 - 2ab in float32 lost ~1.5e-5
     # relative precision on typical pairs, far more on close pairs, and gave ~0.02 from a vector to itself
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def test_triplet_distances_match_float64_at_feature_norm_37():
     assert ((old.double() - exact).abs() / exact)[off].max() > 1e-2 and old.diagonal().max() > 1e-3
 
 
-def test_reg_by_hand_plain_and_squared():
+def test_eq6_reg_by_hand_plain_and_squared():
     a = torch.tensor([[[[.5, .5], [0., 0.]], [[.25, .25], [.25, .25]]],   # diff (.25, .25, -.25, -.25): F^2 = .25
                       [[[1., 0.], [0., 0.]], [[0., 0.], [0., 1.]]]])      # diff (1, 0, 0, -1): F^2 = 2
     g = torch.Generator().manual_seed(0)
@@ -55,21 +55,21 @@ def test_reg_by_hand_plain_and_squared():
     assert inter_frame_reg(a, g, squared=True).item() == pytest.approx((0.25 + 2) / 2)
 
 
-def test_reg_picks_two_distinct_frames():
+def test_eq6_reg_picks_two_distinct_frames():
     # every pair of distinct one-hot maps is sqrt2 apart; a pair i == j would give 0 and lower the mean
     a = torch.eye(3).reshape(1, 3, 3, 1).expand(64, -1, -1, -1)
     for seed in range(5):
         assert inter_frame_reg(a, torch.Generator().manual_seed(seed)).item() == pytest.approx(math.sqrt(2))
 
 
-def test_reg_reproducible_and_zero_for_one_frame():
+def test_eq6_reg_reproducible_and_zero_for_one_frame():
     a = torch.rand(8, 4, 5, 3)
     r1 = inter_frame_reg(a, torch.Generator().manual_seed(3))
     assert torch.equal(r1, inter_frame_reg(a, torch.Generator().manual_seed(3)))
     assert inter_frame_reg(torch.rand(8, 1, 5, 3), None).item() == 0.0
 
 
-def test_reg_gradient_finite_for_identical_frames():
+def test_eq6_reg_gradient_finite_for_identical_frames():
     a = torch.rand(2, 1, 4, 2).expand(-1, 3, -1, -1).clone().requires_grad_()
     reg = inter_frame_reg(a, torch.Generator().manual_seed(0))
     reg.backward()
@@ -82,7 +82,7 @@ def _out(b, n, per_clip, classes=5, dim=8):
             "attention": torch.rand(b, n, 4, 2), "frames_per_clip": per_clip}
 
 
-def test_compute_losses_terms_and_total():
+def test_eq7_eq10_eq11_compute_losses_terms_and_total():
     out, pids = _out(4, 3, 1), torch.tensor([0, 0, 1, 1])
     l = compute_losses(out, pids, 0.3, True, 0.5, False, torch.Generator().manual_seed(1))
     assert set(l) == {"ce", "triplet", "reg", "total"}
@@ -93,7 +93,7 @@ def test_compute_losses_terms_and_total():
     assert torch.allclose(off["total"], off["ce"])
 
 
-def test_compute_losses_frame_level_repeats_labels():
+def test_eq9_eq10_compute_losses_frame_level_repeats_labels():
     out, pids = _out(2, 3, 3), torch.tensor([1, 4])
     l = compute_losses(out, pids, 0.3, True, 0.0, False)
     targets = torch.tensor([1, 1, 1, 4, 4, 4])
@@ -101,7 +101,7 @@ def test_compute_losses_frame_level_repeats_labels():
     assert torch.allclose(l["triplet"], batch_hard_triplet(out["feat"], targets, 0.3))
 
 
-def test_triplet_float32_under_autocast():
+def test_eq9_triplet_float32_under_autocast():
     x, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp = batch_hard_triplet(x, y)

@@ -159,7 +159,7 @@ def test_f2_weight_option_reaches_the_head():
     assert torch.equal(a["scores"], b["scores"]) and not torch.allclose(a["feat"], b["feat"])
 
 
-def test_classifier_has_no_bias_by_default_as_eq10():
+def test_eq10_classifier_has_no_bias_by_default():
     # Eq. 10: softmax over W_k^T x; model.classifier_bias = true adds a bias
     x = torch.randn(3, 16)
     plain = tiny("avg")

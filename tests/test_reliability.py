@@ -19,23 +19,16 @@ import torch
 
 import core.engine.training as train_mod
 from core import reporting, tracking
-from core.config import ConfigError, apply_overrides, config_hash
-from core.data import load_dataset
+from core.config import apply_overrides, config_hash
 from core.engine import NonFiniteLossError, extract_features, run, train, train_dir
 from core.engine.checkpoint import atomic_write, load_torch, save_json, save_text, save_torch
 from core.engine.training import non_finite, train_hash
 from core.evaluation import evaluate
 from core.specs import load_spec, read_spec, select_rows, spec_path
-from tests.test_engine import tiny_cfg
-from tests.test_tracking_reports import FakeEpoch, FakeResult, fake_per_query
+from tests.helpers import FakeEpoch, FakeResult, fake_per_query, tiny_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
-
-
-@pytest.fixture(scope="module")
-def dataset(tiny_synthetic_root):
-    return load_dataset(tiny_cfg(tiny_synthetic_root).data)
 
 
 def dead_pid() -> int:
@@ -71,28 +64,28 @@ class NaNForFirstClip(torch.nn.Module):
         return {"feat": feat}
 
 
-def test_extract_refuses_non_finite_features_naming_clips_and_tracklets(dataset):
-    tracklets = dataset.query[:5]
+def test_extract_refuses_non_finite_features_naming_clips_and_tracklets(tiny_dataset):
+    tracklets = tiny_dataset.query[:5]
     with pytest.raises(FloatingPointError, match=r"non-finite features \(NaN or inf\) in 1 of 5 clips, 1 of 5 "
                                                  r"tracklets \(first: #0, id \d+, cam \d+, .*\.jpg\)"):
         extract_features(NaNForFirstClip(), tracklets, seq_len=2, sampling="evenly", height=32, width=16,
                          batch_size=8, num_workers=0, device=torch.device("cpu"), progress=False)
 
 
-def test_lr_1e10_fails_instead_of_scoring_100_percent(tiny_synthetic_root, dataset, tmp_path):
+def test_lr_1e10_fails_instead_of_scoring_100_percent(tiny_synthetic_root, tiny_dataset, tmp_path):
     """The issue's case: one epoch of one iteration at lr 1e10 leaves finite (~1e10) weights whose features are
     NaN; it used to score R1 = mAP = 100 %."""
     cfg = tiny_cfg(tiny_synthetic_root, **{"train.lr": 1e10, "train.epochs": 1, "data.ids_per_batch": 8})
     with pytest.raises(FloatingPointError, match=r"non-finite features .* the model has diverged"):
-        run(cfg, tmp_path, progress=False, dataset=dataset)
+        run(cfg, tmp_path, progress=False, dataset=tiny_dataset)
     assert not list(train_dir(cfg, tmp_path).glob("eval-*.json"))            # no metrics were written
 
 
-def test_divergence_keeps_the_last_finite_checkpoint_and_says_what_to_change(tiny_synthetic_root, dataset,
+def test_divergence_keeps_the_last_finite_checkpoint_and_says_what_to_change(tiny_synthetic_root, tiny_dataset,
                                                                            tmp_path):
     cfg = tiny_cfg(tiny_synthetic_root, **{"train.lr": 1e10, "data.ids_per_batch": 8})
     with pytest.raises(NonFiniteLossError) as err:
-        run(cfg, tmp_path, progress=False, dataset=dataset)
+        run(cfg, tmp_path, progress=False, dataset=tiny_dataset)
     ckpt = train_dir(cfg, tmp_path) / "last.pt"
     msg = str(err.value)
     assert "non-finite loss at epoch 2" in msg and f"the checkpoint of epoch 1 ({ckpt}) is kept" in msg
@@ -102,11 +95,11 @@ def test_divergence_keeps_the_last_finite_checkpoint_and_says_what_to_change(tin
     assert all(math.isfinite(h["total"]) for h in kept["history"])
     # the corrected config trains and scores in its own folder
     sane = apply_overrides(cfg, {"train.lr": 3e-4}, "tests")
-    result = run(sane, tmp_path, progress=False, dataset=dataset)
+    result = run(sane, tmp_path, progress=False, dataset=tiny_dataset)
     assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("R1", "mAP"))
 
 
-def test_non_finite_weights_after_the_last_step_write_no_checkpoint(tiny_synthetic_root, dataset, tmp_path,
+def test_non_finite_weights_after_the_last_step_write_no_checkpoint(tiny_synthetic_root, tiny_dataset, tmp_path,
                                                                   monkeypatch):
     """Every loss of epoch 2 is finite but its last optimiser step leaves NaN weights: the epoch-1 checkpoint
     stays, and resuming it (without the fault) finishes with finite weights."""
@@ -123,11 +116,11 @@ def test_non_finite_weights_after_the_last_step_write_no_checkpoint(tiny_synthet
     monkeypatch.setattr(train_mod, "_train_epoch", last_step_explodes)
     with pytest.raises(NonFiniteLossError, match=r"non-finite weights after epoch 2 .* no checkpoint was written "
                                                  r"for it; the checkpoint of epoch 1 .* is kept"):
-        train(cfg, dataset, tmp_path, progress=False)
+        train(cfg, tiny_dataset, tmp_path, progress=False)
     kept = load_torch(tmp_path / "last.pt")
     assert kept["epoch"] == 0 and non_finite(kept["model"]) == []
     monkeypatch.setattr(train_mod, "_train_epoch", real)
-    model, hist = train(cfg, dataset, tmp_path, progress=False)
+    model, hist = train(cfg, tiny_dataset, tmp_path, progress=False)
     assert len(hist) == 2 and non_finite(model.state_dict()) == []
 
 
@@ -136,7 +129,7 @@ def test_diverged_trial_fails_with_its_reason_and_is_never_scored(tiny_synthetic
 
     from core.tune_spec import plan_study
     from core.tuning import run_study
-    from tests.test_tuning import runs_of, uri, write_spec
+    from tests.helpers import runs_of, uri, write_spec
     plan = plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="nan", n_trials=1,
                       work_dir=tmp_path / "runs",
                       overrides={"train.epochs": 1, "train.lr": 1e10, "data.ids_per_batch": 6})
@@ -150,28 +143,28 @@ def test_diverged_trial_fails_with_its_reason_and_is_never_scored(tiny_synthetic
 
 # ---- resume: same config only, safe loading -----------------------------------------------------------------
 
-def test_resume_refuses_another_config_and_a_mismatched_state(tiny_synthetic_root, dataset, tmp_path):
+def test_resume_refuses_another_config_and_a_mismatched_state(tiny_synthetic_root, tiny_dataset, tmp_path):
     cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1})
-    train(cfg, dataset, tmp_path, progress=False)
+    train(cfg, tiny_dataset, tmp_path, progress=False)
     path = tmp_path / "last.pt"
     where = re.escape(f"checkpoint {path}")
     assert load_torch(path)["config_hash"] == train_hash(cfg)
-    train(apply_overrides(cfg, {"eval.seq_len": 2, "data.num_workers": 1}, "tests"), dataset, tmp_path,
+    train(apply_overrides(cfg, {"eval.seq_len": 2, "data.num_workers": 1}, "tests"), tiny_dataset, tmp_path,
           progress=False)                                   # evaluation-only keys share the trained model
     other = apply_overrides(cfg, {"loss.margin": 0.5}, "tests")
     with pytest.raises(RuntimeError, match=rf"{where} belongs to another config \(training hash "
                                            rf"{train_hash(cfg)}; this run's is {train_hash(other)}\)"):
-        train(other, dataset, tmp_path, progress=False)
+        train(other, tiny_dataset, tmp_path, progress=False)
 
     state = load_torch(path)
     state["model"].pop(next(iter(state["model"])))
     save_torch(state, path)
     with pytest.raises(RuntimeError, match=rf"{where} does not fit the model .*Missing key"):
-        train(cfg, dataset, tmp_path, progress=False)
+        train(cfg, tiny_dataset, tmp_path, progress=False)
     del state["config_hash"]
     save_torch(state, path)
     with pytest.raises(RuntimeError, match=rf"{where} has no config hash"):
-        train(cfg, dataset, tmp_path, progress=False)
+        train(cfg, tiny_dataset, tmp_path, progress=False)
 
 
 class RunsCode:
@@ -184,29 +177,14 @@ class RunsCode:
         return os.mkdir, (str(self.target),)
 
 
-def test_planted_checkpoint_is_refused_without_running_its_code(tiny_synthetic_root, dataset, tmp_path):
+def test_planted_checkpoint_is_refused_without_running_its_code(tiny_synthetic_root, tiny_dataset, tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"epoch": 0, "model": RunsCode(marker)}, tmp_path / "last.pt")
     where = re.escape(f"checkpoint {tmp_path / 'last.pt'}")
     with pytest.raises(RuntimeError, match=rf"{where} was refused by the safe loader \(.*GLOBAL .*mkdir.*nothing "
                                            r"in it was run"):
-        train(tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1}), dataset, tmp_path, progress=False)
+        train(tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1}), tiny_dataset, tmp_path, progress=False)
     assert not marker.exists()
-
-
-# ---- config: train.eval_every is gone ------------------------------------------------------------------------
-
-def test_eval_every_is_an_unknown_key(tmp_path, capsys):
-    from core.cli import main
-    from core.config import RunConfig
-    with pytest.raises(ConfigError, match=r"unknown key 'train.eval_every'"):
-        apply_overrides(RunConfig(), {"train.eval_every": 1})
-    spec = tmp_path / "old.yaml"
-    spec.write_text(spec_path("table1").read_text().replace("base: {}", "base: {train.eval_every: 2}"))
-    with pytest.raises(ConfigError, match=r"old.yaml.*unknown key 'train.eval_every'"):
-        load_spec(spec, "cpu")
-    assert main("table1", ["--set", "train.eval_every=1", "--work-dir", str(tmp_path)]) == 2
-    assert "unknown key 'train.eval_every'" in capsys.readouterr().err
 
 
 # ---- atomic outputs: umask, half-written files, leftovers -----------------------------------------------------
@@ -414,7 +392,7 @@ def test_rerun_marks_the_runs_of_a_killed_table_invocation_killed(tiny_synthetic
 
 def test_resumed_study_marks_the_trial_run_of_a_killed_worker_killed(make_tune_plan, tmp_path):
     from core.tuning import run_study
-    from tests.test_tuning import uri
+    from tests.helpers import uri
     tracking.configure(uri(tmp_path))
     mlflow.search_experiments()
     parent, trial = _killed_invocation(uri(tmp_path), "STA tiny", "trial")
@@ -426,7 +404,7 @@ def test_resumed_study_marks_the_trial_run_of_a_killed_worker_killed(make_tune_p
 @pytest.fixture
 def make_tune_plan(tiny_synthetic_root, tmp_path):
     from core.tune_spec import plan_study
-    from tests.test_tuning import write_spec
+    from tests.helpers import write_spec
 
     def make(study: str, n_trials: int):
         return plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name=study,

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from core import cli, endpoints, tune_spec, tuning
 from core.config import ConfigError
-from tests.test_tuning import REPO, write_spec
+from tests.helpers import REPO, TINY_TABLE, set_args, write_spec
 
 pytestmark = pytest.mark.servers
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -183,10 +183,8 @@ def test_experiment_created_by_another_worker_at_the_same_moment_holds_the_neste
 # ---- MLflow tracking server --------------------------------------------------------------------------------
 
 def table_argv(root: Path, tracking: str, reports: Path, work: Path) -> list[str]:
-    tiny = {"data.synthetic_size": "tiny", "data.height": 32, "data.width": 16, "data.ids_per_batch": 4,
-            "data.tracklets_per_id": 2, "data.num_workers": 0, "model.feat_dim": 32, "model.num_regions": 2,
-            "train.milestones": "[1]", "eval.batch_size": 16}
-    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    # the tiny table at the tiny_cfg frame size (32 x 16) and two regions
+    sets = set_args({**TINY_TABLE, "data.height": 32, "data.width": 16, "model.num_regions": 2})
     return ["--rows", "6", "--epochs", "1", "--device", "cpu", "--quiet", "--data-root", str(root),
             "--tracking-uri", tracking, "--work-dir", str(work), "--reports-dir", str(reports), *sets]
 

@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 
-from core.cli import parse_seeds, parse_set
 from core.config import ConfigError, config_hash
 from core.specs import (METRICS, all_spec_paths, load_profiles, load_spec, read_spec, select_rows)
 
@@ -69,12 +68,6 @@ def test_cli_layer_wins_and_rows_select_by_label_or_index():
     assert [r.label for r in chosen.rows] == ["Baseline", "Baseline + TL + Avg"]
     with pytest.raises(ConfigError, match="no row 'nope'; rows are 1: Baseline"):
         select_rows(spec, ["nope"])
-
-
-def test_seed_and_set_parsing():
-    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,5") == [0, 5] and parse_seeds(None) is None
-    assert parse_set(["model.fusion=false", "train.milestones=[2, 4]"]) == {
-        "model.fusion": False, "train.milestones": [2, 4]}
 
 
 GOOD_ROW = """

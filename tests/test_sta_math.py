@@ -109,7 +109,7 @@ def test_alg1_f2_raw_by_hand():
     assert torch.allclose(f2[0, 0], torch.tensor([[4., 2.], [2., 2.], [10., 1.], [1., 4.]]))
 
 
-def test_remainder_rules_by_hand():
+def test_eq2_remainder_rules_by_hand():
     assert region_bounds(16, 4) == [(0, 4), (4, 8), (8, 12), (12, 16)]
     assert region_bounds(16, 8, "spread") == [(2 * k, 2 * k + 2) for k in range(8)]
     assert region_bounds(5, 2, "last") == [(0, 2), (2, 5)]
@@ -119,7 +119,7 @@ def test_remainder_rules_by_hand():
     assert [len(t) for t in torch.arange(7).tensor_split(3)] == [3, 2, 2]  # "spread" is tensor_split's rule
 
 
-def test_region_errors():
+def test_eq2_region_errors():
     with pytest.raises(ValueError, match="K=5"):
         region_bounds(4, 5)
     with pytest.raises(ValueError, match="last, spread"):
@@ -132,7 +132,7 @@ def _pipeline(f, K, remainder="last", attention="energy"):
     return s, normalize_scores(s), bounds
 
 
-def test_identical_frames_f2_is_average_pooling():
+def test_alg1_identical_frames_f2_is_average_pooling():
     frame = torch.rand(2, 1, 8, 6, 3)
     f = frame.expand(-1, 5, -1, -1, -1)  # (B=2, N=5, D, H, W), all frames equal
     for attention in ("energy", "energy_l2", "norm_l2"):
@@ -143,7 +143,7 @@ def test_identical_frames_f2_is_average_pooling():
         assert torch.allclose(f1, frame[:, 0])
 
 
-def test_zeroed_block_gets_zero_weight():
+def test_eq3_eq4_zeroed_block_gets_zero_weight():
     f = torch.rand(1, 3, 4, 8, 2) + 0.1
     f[0, 1, :, 0:4] = 0  # frame 1, region 0 of K=2 (rows 0-3)
     for attention in ("energy", "energy_l2", "norm_l2"):
@@ -154,7 +154,7 @@ def test_zeroed_block_gets_zero_weight():
 
 @pytest.mark.parametrize("height,K,remainder", [(4, 2, "last"), (8, 4, "spread"), (5, 2, "last"), (5, 2, "spread"),
                                                 (7, 3, "last"), (7, 3, "spread")])
-def test_pooling_commutes_with_fusion(height, K, remainder):
+def test_alg1_pooling_commutes_with_fusion(height, K, remainder):
     # GAP(F1), GAP(F2) from block sums == GAP of the maps Alg. 1 builds, equal and unequal region heights
     f = torch.rand(2, 3, 5, height, 3)
     s, S, bounds = _pipeline(f, K, remainder)
@@ -165,7 +165,7 @@ def test_pooling_commutes_with_fusion(height, K, remainder):
         assert torch.allclose(x2, f2.mean((-2, -1)), atol=1e-6)
 
 
-def test_gradient_flows_through_scores():
+def test_eq4_alg1_gradient_flows_through_scores():
     f = (torch.rand(2, 3, 4, 8, 2) + 0.1).requires_grad_()
     probe = torch.randn(2, 4)
 

@@ -3,7 +3,6 @@ with the specs into markdown (mean ± std over seeds, synthetic labelled as such
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,43 +12,7 @@ import pytest
 from core import reporting, tracking
 from core.config import config_hash
 from core.specs import load_spec, read_spec, spec_path
-
-
-@dataclass(frozen=True)
-class FakeEpoch:
-    epoch: int
-    seconds: float = 1.0
-
-    def metrics(self) -> dict[str, float]:
-        return {"ce": 2.0 / (self.epoch + 1), "triplet": 0.1, "lr": 3e-4, "epoch_wall_s": self.seconds}
-
-
-@dataclass
-class FakeResult:
-    metrics: dict
-    cmc: np.ndarray
-    history: list
-    scores: dict
-    losses: dict
-    per_query: pd.DataFrame
-
-
-def fake_per_query(metrics: dict, num: int = 10) -> pd.DataFrame:
-    """A per-query frame (core.evaluation.PER_QUERY_COLUMNS) whose R1 and mAP are those of `metrics` (R1 a
-    multiple of 1/num): the first R1 * num queries match at rank 1, the others at rank 2 + their position."""
-    frames = []
-    for name, prefix in (("headline", ""), ("official", "official_"), ("gao", "gao_")):
-        for reranked in (False, True):
-            key = f"{prefix}{'rerank_' if reranked else ''}"
-            if f"{key}R1" not in metrics:
-                continue
-            hits = round(metrics[f"{key}R1"] * num)
-            frames.append(pd.DataFrame({
-                "protocol": name, "reranked": reranked, "query": np.arange(num), "pid": np.arange(num) // 2 + 1,
-                "camid": np.ones(num, dtype=np.int64),
-                "first_match_rank": np.where(np.arange(num) < hits, 1.0, 2.0 + np.arange(num)),
-                "ap": np.full(num, metrics[f"{key}mAP"])}))
-    return pd.concat(frames, ignore_index=True)
+from tests.helpers import FakeEpoch, FakeResult, fake_per_query
 
 
 def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank: float | None = None) -> str:
@@ -298,7 +261,7 @@ def test_claim_verdicts_land_on_the_tables_parent_run(store):
     import mlflow
 
     from core import claims
-    from tests.test_claims import table1_store
+    from tests.helpers import table1_store
     tracking.configure(store["uri"])
     runs, load = table1_store()
     spec = read_spec(spec_path("table1"))

@@ -97,7 +97,7 @@ def _identities(tracklets) -> set[str]:
 
 
 def test_every_validation_tracklet_is_a_query_against_the_others(tiny_synthetic_root):
-    from tests.test_engine import tiny_cfg
+    from tests.helpers import tiny_cfg
     ds = load_dataset(tiny_cfg(tiny_synthetic_root).data)
     one, split = split_validation(ds, 0.25, 0, "one"), split_validation(ds, 0.25, 0, "all")
     assert split.val_pids == one.val_pids and split.dataset.train == one.dataset.train   # same held-out identities

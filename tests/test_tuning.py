@@ -13,7 +13,6 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 import core.config
@@ -26,29 +25,7 @@ from core.data.validation import ValidationSplitError, split_validation
 from core.cli import tune_main as main
 from core.tune_spec import plan_study
 from core.tuning import VAL_PER_QUERY, open_study, report_study, run_study, suggest
-
-REPO = Path(__file__).resolve().parent.parent
-# the tiny config of tests/test_engine.py (tiny_cfg), as overrides of the tuned Table 1 row
-TINY = {"data.synthetic_size": "tiny", "data.height": 32, "data.width": 16, "data.seq_len": 2,
-        "data.ids_per_batch": 4, "data.tracklets_per_id": 2, "data.num_workers": 0, "model.backbone": "resnet18",
-        "model.pretrained": False, "model.feat_dim": 32, "model.num_regions": 2, "train.epochs": 2,
-        "train.milestones": [1], "train.device": "cpu", "eval.batch_size": 8}
-SPEC = {
-    "study": "tiny", "config": {"spec": "table1", "row": "Baseline + TL + STA + Fusion + Reg"},
-    "search": {"reg_weight": {"low": 1.0e-3, "high": 10.0}, "reg_off": True, "margin": {"low": 0.1, "high": 0.6}},
-    "validation": {"fraction": 0.25, "seed": 0}, "sampler": {"seed": 0, "n_startup_trials": 2},
-    "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}, "report_every": 1,
-    "budgets": {"cpu": {"n_trials": 3, "timeout": None, "overrides": TINY}},
-}
-
-
-def write_spec(folder: Path, name: str = "tune.yaml", **search) -> Path:
-    spec = yaml.safe_load(yaml.safe_dump(SPEC))
-    spec["search"].update(search)
-    path = folder / name
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
+from tests.helpers import REPO, runs_of, uri, write_spec
 
 @pytest.fixture
 def make_plan(tiny_synthetic_root, tmp_path):
@@ -57,16 +34,6 @@ def make_plan(tiny_synthetic_root, tmp_path):
                           n_trials=n_trials, work_dir=tmp_path / "runs", overrides={"train.epochs": epochs},
                           **kwargs)
     return make
-
-
-def uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-def runs_of(tmp_path: Path, study: str):
-    tracking.configure(uri(tmp_path))
-    exp = mlflow.get_experiment_by_name("STA tiny")
-    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'", output_format="pandas")
 
 
 def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path, monkeypatch):
@@ -179,7 +146,7 @@ def _identities(tracklets) -> set[str]:
 
 
 def test_validation_split_stays_inside_the_training_identities(tiny_synthetic_root):
-    from tests.test_engine import tiny_cfg
+    from tests.helpers import tiny_cfg
     ds = load_dataset(tiny_cfg(tiny_synthetic_root).data)
     split = split_validation(ds, 0.25, seed=0, queries="one")
     val = split.dataset

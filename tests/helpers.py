@@ -1,0 +1,218 @@
+"""Plain helpers shared by several test files (fixtures live in tests/conftest.py).
+
+They are plain functions and constants, not fixtures, because they are called with per-test arguments
+(`tiny_cfg(root, **overrides)`), at import time (the tuning spec embeds TINY) or in spawned worker processes
+(tests/test_engine_ddp.py), where fixtures cannot reach. Test files import them as `from tests.helpers import ...`
+instead of importing from one another."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.io
+import torch
+import yaml
+from PIL import Image
+
+from core import claims
+from core.config import RunConfig, apply_overrides
+from core.specs import read_spec, spec_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# ---- the tiny configuration ------------------------------------------------------------------------------------
+# The tiny CPU configuration of the engine tests, as overrides (without the dataset, its root and loss.reg_weight,
+# which the tuning study searches). tiny_cfg() builds the whole RunConfig on the tiny synthetic dataset.
+TINY = {"data.synthetic_size": "tiny", "data.height": 32, "data.width": 16, "data.seq_len": 2,
+        "data.ids_per_batch": 4, "data.tracklets_per_id": 2, "data.num_workers": 0, "model.backbone": "resnet18",
+        "model.pretrained": False, "model.feat_dim": 32, "model.num_regions": 2, "train.epochs": 2,
+        "train.milestones": [1], "train.device": "cpu", "eval.batch_size": 8}
+
+
+def tiny_cfg(root, **overrides) -> RunConfig:
+    """The tiny configuration on the synthetic dataset at `root`, with `overrides` (dotted keys) on top."""
+    base = {"data.dataset": "synthetic", "data.root": str(root), **TINY, "loss.reg_weight": 0.5}
+    base.update(overrides)
+    return apply_overrides(RunConfig(), base, "tests")
+
+
+# The tiny table run of the command-line end-to-end tests (64 x 32 frames), as `--set` overrides.
+TINY_TABLE = {"data.synthetic_size": "tiny", "data.height": 64, "data.width": 32, "data.ids_per_batch": 4,
+              "data.tracklets_per_id": 2, "data.num_workers": 0, "model.feat_dim": 32, "train.milestones": "[1]",
+              "eval.batch_size": 16}
+
+
+def set_args(overrides: dict) -> list[str]:
+    """`--set key=value` arguments of the command line for each override."""
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    """Two state dicts with the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- a hand-written MARS tree ------------------------------------------------------------------------------------
+# (pid, camera, frames) per tracklet, in name-list order; MARS folders: 0000 distractors, 00-1 junk
+MARS_TRAIN = [(5, 1, 3), (5, 2, 2), (7, 1, 2), (12, 3, 2), (12, 3, 1)]
+MARS_TEST = [(-1, 1, 2), (0, 3, 2), (3, 1, 2), (3, 2, 2), (3, 4, 1), (9, 2, 2), (9, 5, 2)]
+MARS_QUERY = [3, 6]  # 1-based rows of the test table: pid 3 cam 1, pid 9 cam 2
+
+
+def jpeg(path, value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 4, 3), value, np.uint8)).save(path)
+
+
+def mars_folder(pid):
+    return "00-1" if pid == -1 else f"{pid:04d}"
+
+
+def write_mars(root, train=MARS_TRAIN, test=MARS_TEST, query=MARS_QUERY):
+    info = root / "info"
+    info.mkdir(parents=True)
+    for split, spec in (("train", train), ("test", test)):
+        names, rows, count = [], [], {}
+        for pid, cam, n in spec:
+            tnum = count[(pid, cam)] = count.get((pid, cam), 0) + 1
+            rows.append([len(names) + 1, len(names) + n, pid, cam])
+            for f in range(n):
+                name = f"{mars_folder(pid)}C{cam}T{tnum:04d}F{f + 1:03d}.jpg"
+                jpeg(root / f"bbox_{split}" / mars_folder(pid) / name, 40 * f)
+                names.append(name)
+        (info / f"{split}_name.txt").write_text("\n".join(names) + "\n")
+        scipy.io.savemat(info / f"tracks_{split}_info.mat", {f"track_{split}_info": np.array(rows, np.int32)})
+    scipy.io.savemat(info / "query_IDX.mat", {"query_IDX": np.array([query], np.int32)})
+    return root
+
+
+# ---- a tiny tuning study -----------------------------------------------------------------------------------------
+SPEC = {
+    "study": "tiny", "config": {"spec": "table1", "row": "Baseline + TL + STA + Fusion + Reg"},
+    "search": {"reg_weight": {"low": 1.0e-3, "high": 10.0}, "reg_off": True, "margin": {"low": 0.1, "high": 0.6}},
+    "validation": {"fraction": 0.25, "seed": 0}, "sampler": {"seed": 0, "n_startup_trials": 2},
+    "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}, "report_every": 1,
+    "budgets": {"cpu": {"n_trials": 3, "timeout": None, "overrides": TINY}},
+}
+
+
+def write_spec(folder: Path, name: str = "tune.yaml", **search) -> Path:
+    spec = yaml.safe_load(yaml.safe_dump(SPEC))
+    spec["search"].update(search)
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def runs_of(tmp_path: Path, study: str):
+    import mlflow
+
+    from core import tracking
+    tracking.configure(uri(tmp_path))
+    exp = mlflow.get_experiment_by_name("STA tiny")
+    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'", output_format="pandas")
+
+
+# ---- fake run results (tracking and reports without training) -----------------------------------------------------
+@dataclass(frozen=True)
+class FakeEpoch:
+    epoch: int
+    seconds: float = 1.0
+
+    def metrics(self) -> dict[str, float]:
+        return {"ce": 2.0 / (self.epoch + 1), "triplet": 0.1, "lr": 3e-4, "epoch_wall_s": self.seconds}
+
+
+@dataclass
+class FakeResult:
+    metrics: dict
+    cmc: np.ndarray
+    history: list
+    scores: dict
+    losses: dict
+    per_query: pd.DataFrame
+
+
+def fake_per_query(metrics: dict, num: int = 10) -> pd.DataFrame:
+    """A per-query frame (core.evaluation.PER_QUERY_COLUMNS) whose R1 and mAP are those of `metrics` (R1 a
+    multiple of 1/num): the first R1 * num queries match at rank 1, the others at rank 2 + their position."""
+    frames = []
+    for name, prefix in (("headline", ""), ("official", "official_"), ("gao", "gao_")):
+        for reranked in (False, True):
+            key = f"{prefix}{'rerank_' if reranked else ''}"
+            if f"{key}R1" not in metrics:
+                continue
+            hits = round(metrics[f"{key}R1"] * num)
+            frames.append(pd.DataFrame({
+                "protocol": name, "reranked": reranked, "query": np.arange(num), "pid": np.arange(num) // 2 + 1,
+                "camid": np.ones(num, dtype=np.int64),
+                "first_match_rank": np.where(np.arange(num) < hits, 1.0, 2.0 + np.arange(num)),
+                "ap": np.full(num, metrics[f"{key}mAP"])}))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---- per-query frames and a fake MLflow store (claims and reports without training) -----------------------------
+def per_query(ranks, pids=None, protocols=("headline", "official", "gao"), reranked_ranks=None) -> pd.DataFrame:
+    """A per-query frame: the same outcomes under every protocol; AP = 1 / rank (NaN rank: no valid match)."""
+    ranks = np.asarray(ranks, dtype=float)
+    pids = np.arange(len(ranks)) // 2 + 1 if pids is None else np.asarray(pids)
+    parts = []
+    for rr, r in ((False, ranks), (True, reranked_ranks)):
+        if r is None:
+            continue
+        r = np.asarray(r, dtype=float)
+        for p in protocols:
+            parts.append(pd.DataFrame({"protocol": p, "reranked": rr, "query": np.arange(len(r)), "pid": pids,
+                                       "camid": 1, "first_match_rank": r, "ap": 1.0 / r}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_row(run_id: str, row: str, frame: pd.DataFrame | None, seed: int = 0, rerank: bool = False,
+            dataset: str = "synthetic") -> dict:
+    """A row run as mlflow.search_runs gives it, its logged metrics (percent) computed from `frame`."""
+    out = {"run_id": run_id, "status": "FINISHED", "start_time": pd.Timestamp(seed + 1, unit="s", tz="UTC"),
+           "tags.profile": "cpu", "tags.dataset": dataset, "tags.row": row, "tags.seed": str(seed),
+           "params.eval.rerank": str(rerank), "params.data.gallery_with_queries": "True",
+           "params.eval.ap_rule": "trapezoid", "params.eval.bootstrap_resamples": "200",
+           "params.eval.bootstrap_seed": "0", "params.train.seed": str(seed)}
+    if frame is not None:
+        for p, prefix in (("headline", ""), ("official", "official_"), ("gao", "gao_")):
+            for rr in (False, True):
+                f = frame[(frame["protocol"] == p) & (frame["reranked"] == rr)]
+                if f.empty:
+                    continue
+                key = f"{prefix}{'rerank_' if rr else ''}"
+                valid = f[f["first_match_rank"].notna()]
+                for k in (1, 5, 10, 20):
+                    out[f"metrics.{key}R{k}"] = 100 * float((valid["first_match_rank"] <= k).mean())
+                out[f"metrics.{key}mAP"] = 100 * float(valid["ap"].mean())
+    return out
+
+
+def fake_store(rows: list[tuple[dict, pd.DataFrame | None]]):
+    """(runs frame, load_table) from (run row, per-query frame or None: a run logged before per-query results)."""
+    tables = {r["run_id"]: f for r, f in rows}
+    runs = pd.DataFrame([r for r, _ in rows])
+
+    def load_table(run_id: str, name: str):
+        assert name == claims.PER_QUERY
+        return tables.get(run_id)
+    return runs, load_table
+
+
+GOOD, BAD = [1] * 20, [5] * 20            # 20 queries of 10 identities: every query right at rank 1, or at rank 5
+
+
+def table1_store():
+    """Table 1's first three rows: Baseline (2 seeds), + TL (1 seed), + Avg (logged before per-query results)."""
+    labels = [r.label for r in read_spec(spec_path("table1")).rows]
+    base0, base1 = per_query([1] * 6 + [5] * 14), per_query([1] * 8 + [5] * 12)
+    tl = per_query(GOOD)
+    return fake_store([(run_row("r0", labels[0], base0, 0), base0), (run_row("r1", labels[0], base1, 1), base1),
+                       (run_row("r2", labels[1], tl, 0), tl), (run_row("r3", labels[2], tl, 0), None)])
