@@ -136,8 +136,19 @@ def use_experiment(name: str, description: str | None = None) -> str:
     client = MlflowClient()
     for key, value in tags.items():
         if exp.tags.get(key) != value:
-            client.set_experiment_tag(exp.experiment_id, key, value)
+            _set_experiment_tag(client, exp.experiment_id, key, value)
     return exp.experiment_id
+
+
+def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that another worker may be setting at the same moment: the store's upsert is a read
+    then an insert, so the second of two simultaneous inserts can fail on the key the first just wrote. Then the tag
+    is already there; if it is not (another error), one more try, which raises if it fails too."""
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except mlflow.exceptions.MlflowException:
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 @contextlib.contextmanager

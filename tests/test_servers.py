@@ -53,7 +53,8 @@ def wait_running_trial(storage: str, worker: str, proc: subprocess.Popen, timeou
         except KeyError:                   # the study is not created yet
             pass
         time.sleep(0.2)
-    raise AssertionError(f"worker {worker} ran no trial (exit code {proc.poll()})")
+    out = proc.stdout.read()[-3000:] if proc.poll() is not None and proc.stdout else ""
+    raise AssertionError(f"worker {worker} ran no trial (exit code {proc.poll()}); its output ends:\n{out}")
 
 
 def test_workers_share_a_postgres_study_one_killed_mid_trial(postgres_server, mlflow_server, tiny_synthetic_root,

@@ -89,6 +89,32 @@ def test_experiments_open_as_model_training_with_the_tables_title_and_spec(store
     assert tags["mlflow.note.content"] == "Optuna tuning\n\nSpec: `x.yaml`"
 
 
+def test_a_worker_losing_the_race_to_tag_a_new_experiment_goes_on(store, monkeypatch):
+    # two workers tagging a fresh experiment at once: the second insert of the same tag key fails in the store
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    tracking.configure(store["uri"])
+    real, calls = MlflowClient.set_experiment_tag, []
+
+    def other_worker_was_first(self, experiment_id, key, value):
+        calls.append(key)
+        real(self, experiment_id, key, value)                            # the other worker's write lands ...
+        if len(calls) == 1:
+            raise MlflowException("UNIQUE constraint failed: experiment_tags.key")  # ... and ours collides
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", other_worker_was_first)
+    tracking.use_experiment("STA race", "Race\n\nSpec: `r.yaml`")
+    tags = mlflow.get_experiment_by_name("STA race").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and tags["mlflow.note.content"].startswith("Race")
+    assert calls == ["mlflow.experimentKind", "mlflow.note.content"]   # no blind retry after the collision
+
+    def always_fails(self, experiment_id, key, value):
+        raise MlflowException("store is read-only")
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", always_fails)
+    with pytest.raises(MlflowException, match="read-only"):
+        tracking.use_experiment("STA race 2", "other")
+
+
 def test_timing_metrics_renamed_and_old_runs_still_read():
     from core.engine.training import EpochStats
     stats = EpochStats(epoch=0, iterations=1, ce=1.0, triplet=0.0, reg=0.0, total=1.0, train_acc=0.5, lr=1e-3,
