@@ -35,7 +35,7 @@ from core.specs import Spec
 if TYPE_CHECKING:
     from core.evaluation.bootstrap import Estimate
 
-PER_QUERY = "per_query.parquet"                  # the row runs' artifact (tracking.PER_QUERY)
+PER_QUERY = "per_query.parquet"                  # the row runs' artifact (logged by tracking.log_result)
 NO_INTERVAL = "no interval: run logged before per-query results"
 HEADLINE = "headline"                            # the per-query frames' name of the runs' own protocol
 LoadTable = Callable[[str, str], "pd.DataFrame | None"]

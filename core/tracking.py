@@ -37,6 +37,7 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from core import endpoints, leftovers  # noqa: E402
+from core.claims import PER_QUERY  # noqa: E402
 from core.config import ConfigError, RunConfig, to_dict, to_flat_dict  # noqa: E402
 from core.provenance import provenance  # noqa: E402
 from core.specs import EXPERIMENTS, METRICS, TRAIN_WALL_S  # noqa: E402
@@ -54,8 +55,8 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc", "uc")
 ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
 STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
-PER_QUERY = "per_query.parquet"              # artifact of a row run: core.evaluation.PER_QUERY_COLUMNS, one row per
-                                             # (protocol, reranked, query); read it with load_table(run_id, PER_QUERY)
+# PER_QUERY (claims.PER_QUERY, "per_query.parquet"): artifact of a row run, core.evaluation.PER_QUERY_COLUMNS, one row
+# per (protocol, reranked, query); read it with load_table(run_id, PER_QUERY)
 CLAIMS = "claims.json"                       # artifact of a table's parent run: reporting.claim_records (log_claims)
 CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges) and asks which kind it is; the

@@ -96,7 +96,7 @@ def _as_list(frames) -> list[pd.DataFrame]:
     return [frames] if isinstance(frames, pd.DataFrame) else list(frames)
 
 
-def _seed_matrix(frames: Sequence[pd.DataFrame], metric: str, order: np.ndarray | None = None):
+def _seed_matrix(frames: Sequence[pd.DataFrame], metric: str):
     """Per-identity sums [S, C] and counts [C] of S seeds' frames over the same valid queries."""
     per_seed = [query_values(f, metric) for f in frames]
     keys = [np.sort(f.loc[f["first_match_rank"].notna(), "query"].to_numpy()) for f in frames]
@@ -105,7 +105,7 @@ def _seed_matrix(frames: Sequence[pd.DataFrame], metric: str, order: np.ndarray 
             raise ValueError(f"the runs were scored on different valid queries ({len(keys[0])} vs {len(k)}): "
                              "only runs on the same test split and protocol can be combined")
     pids = per_seed[0][1]
-    order = np.unique(pids) if order is None else order
+    order = np.unique(pids)
     sums = np.stack([_cluster_sums(v, p, order)[0] for v, p in per_seed])
     return sums, _cluster_sums(per_seed[0][0], pids, order)[1], order
 
@@ -136,10 +136,9 @@ def paired_difference(frames_b, frames_a, metric: str, resamples: int, seed: int
                       level: float = LEVEL) -> Estimate:
     """b − a for two rows scored on the same queries (each one run or several seeds), paired: every resample draws
     one set of query identities for both rows (and seeds independently per row, as in ``seeds_interval``)."""
-    sums_a, counts, order = _seed_matrix(_as_list(frames_a), metric)
-    frames_b = _as_list(frames_b)
-    _seed_matrix([_as_list(frames_a)[0], *frames_b], metric)            # same valid queries as a, or raise
-    sums_b, _, _ = _seed_matrix(frames_b, metric, order)
+    frames_a, frames_b = _as_list(frames_a), _as_list(frames_b)
+    sums, counts, order = _seed_matrix([*frames_a, *frames_b], metric)  # one query set for both rows, or raise
+    sums_a, sums_b = sums[:len(frames_a)], sums[len(frames_a):]
     w = cluster_draws(len(order), resamples, seed)
     rng = np.random.default_rng([seed, 1])
     boot = _seed_resampled(sums_b, counts, w, rng) - _seed_resampled(sums_a, counts, w, rng)
