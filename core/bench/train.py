@@ -116,8 +116,9 @@ def bench_variant(cfg: RunConfig, device: torch.device, iters: int, warmup: int,
                   device=device, dtype=dtype, progress=False)
     if device.type == "cuda":   # the synthetic test split is ~2k frames: repeat it so loader start-up is not the figure
         tracklets *= -(-EXTRACT_MIN_FRAMES // (len(tracklets) * cfg.eval.seq_len))
-    # warm-up: one full batch and one of the last batch's size, so cuDNN autotunes both shapes untimed (on an H100
-    # autotuning ResNet-50 for a new batch shape took ~9 s, which had made this figure 1.7k instead of 6.7k frames/s)
+    # warm-up: one full batch and one of the last batch's size, so cuDNN autotunes both shapes untimed. (On an H100
+    # this figure still read ~1.8k frames/s against 5-7k for the same call in a standalone script: cause unknown,
+    # README "Speed on a GPU".)
     extract_features(model, tracklets[:cfg.eval.batch_size + len(tracklets) % cfg.eval.batch_size], **kwargs)
     _sync(device)
     t0 = time.perf_counter()
