@@ -119,13 +119,26 @@ def test_resnet18_shapes_at_128x64_for_both_embeddings():
     assert tiny(stan_embed="per_model").stan.temporal.weight.shape == (6, 16)
 
 
-def test_resnet50_256x128_cpu_smoke():
-    torch.manual_seed(0)
-    model = VideoReIDModel(5, backbone="resnet50", pretrained=False, aggregation="stan").eval()
+def test_bf16_autocast_keeps_attention_in_float32():
+    model = tiny(stan_models=3).eval()
+    clips = torch.randn(2, 3, 3, 64, 32)
     with torch.no_grad():
-        out = model(torch.randn(1, 2, 3, 256, 128))
+        ref = model(clips)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = model(clips)
+    assert amp["spatial"].dtype == torch.float32 and amp["scores"].dtype == torch.float32
+    assert torch.allclose(amp["spatial"], ref["spatial"], atol=0.05) and torch.isfinite(amp["feat"]).all()
+
+
+def test_resnet50_256x128_cpu_smoke():
+    """The paper profile's model (ResNet-50, 256 x 128, 16 x 8 maps) on 1 clip of 2 frames: one training step."""
+    torch.manual_seed(0)
+    model = VideoReIDModel(5, backbone="resnet50", pretrained=False, aggregation="stan")
+    out = model(torch.randn(1, 2, 3, 256, 128))
     assert model.fc.in_features == 6 * 2048 and out["feat"].shape == (1, 1024)
     assert out["spatial"].shape == (1, 2, 6, 128) and torch.isfinite(out["feat"]).all()
+    compute_losses(out, torch.tensor([0]), 0.3, True, 0.0, False, div_weight=1.0)["total"].backward()
+    assert torch.isfinite(model.stan.spatial.hidden.weight.grad).all()
 
 
 def test_config_keys_and_errors():
