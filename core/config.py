@@ -12,6 +12,9 @@ the model options to code.
 A17 (not in ambiguities.md; found by audit): "each frame is augmented by random horizontal
 flipping" flips every frame of a clip independently; most video re-ID code flips a whole
 clip at once. ``data.flip_per`` chooses.
+
+[S1]..[S6] mark the readings of STAN (Li et al. 2018, ``model.aggregation: stan``) where the material we had is
+silent; ``core/models/README.md`` ("STAN") lists them.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ TrainSampling = Literal["restricted", "random"]                # [A12]
 EpochDef = Literal["identities", "tracklets"]                  # [A10]
 FlipPer = Literal["frame", "clip"]                             # [A17]
 Backbone = Literal["resnet18", "resnet34", "resnet50"]
-Aggregation = Literal["frame", "avg", "sta"]
+Aggregation = Literal["frame", "avg", "sta", "stan"]
+StanEmbed = Literal["concat", "per_model"]                     # [S4] STAN (core/models/README.md)
 Attention = Literal["energy", "energy_l2", "norm_l2"]          # [A1]
 F2Weights = Literal["normalized", "raw"]                       # [A5]
 Remainder = Literal["last", "spread"]                          # [A4]
@@ -70,7 +74,7 @@ class ModelConfig:
     backbone: Backbone = "resnet50"     # conv5 stride is always set to 1
     pretrained: bool = True             # ImageNet weights (torchvision cache or weights_path)
     weights_path: str | None = None     # ImageNet state-dict file, overrides the cache; refused with pretrained: false
-    aggregation: Aggregation = "sta"    # frame: image baseline; avg: temporal average; sta: Eq. 1-4 + F2
+    aggregation: Aggregation = "sta"    # frame: image baseline; avg: temporal average; sta: Eq. 1-4 + F2; stan: Li et al. 2018 (core/models/stan.py)
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
     num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
     feat_dim: int = 1024                # [A7] width of the FC retrieval feature (paper: not given)
@@ -78,6 +82,9 @@ class ModelConfig:
     f2_weights: F2Weights = "normalized"  # [A5] normalized: Eq. 4 scores, weighted average; raw: Eq. 3 block sums, Alg. 1 literally
     remainder: Remainder = "last"       # [A4] when K does not divide H: last: the last region takes the extra rows; spread: the first H mod K regions get one more
     classifier_bias: bool = False       # identity classifier with a bias; Eq. 10's logits W_k^T x have none
+    stan_models: int = 6                # [S1] stan only: K spatial attention models (paper's figures: 6; authors' release: 3)
+    stan_hidden: int = 64               # [S2] stan only: width of the spatial scorer's hidden 1x1 conv (authors' release: 64)
+    stan_embed: StanEmbed = "concat"    # [S4] stan only: concat: K temporally attended D-dim features -> FC(K*D, feat_dim); per_model: shared Linear(D, feat_dim) + l2 per model, concat = K*feat_dim feature (authors' release)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ class LossConfig:
     margin: float = 0.3                 # triplet margin alpha (paper: 0.3, "recommended")
     reg_weight: float = 0.0             # lambda of Eq. 7 [A8: never given; tune.py searches it]; 0 disables Reg
     reg_squared: bool = False           # [A8] False: ||g_i - g_j||_F as in Eq. 6; True: squared, as the text says
+    div_weight: float = 1.0             # [S5] stan only: weight of STAN's diversity term ||QQ^T - I||_F^2 (authors' release adds it with 1; the paper's value was not available)
+    div_squared: bool = True            # [S5] True: ||QQ^T - I||_F^2 as the paper writes it; False: ||QQ^T - I||_F
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,7 @@ MINIMUM: dict[str, float] = {
     "data.height": 32, "data.width": 16, "data.seq_len": 1, "data.ids_per_batch": 2,
     "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
     "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
+    "model.stan_models": 1, "model.stan_hidden": 1, "loss.div_weight": 0.0,
     "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
     "train.checkpoint_every_s": 0.0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1, "eval.bootstrap_resamples": 1, "eval.bootstrap_seed": 0,

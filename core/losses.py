@@ -1,5 +1,5 @@
 """Losses: batch-hard triplet (Eq. 9), softmax cross entropy (Eq. 10), inter-frame regulariser (Eq. 6),
-combined as L_total + lambda * Reg (Eq. 7, Eq. 11)."""
+combined as L_total + lambda * Reg (Eq. 7, Eq. 11); for STAN also its diversity term (core.models.stan)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.models.sta import EPS
+from core.models.stan import diversity_penalty
 
 
 def pairwise_distances(x: Tensor) -> Tensor:
@@ -63,13 +64,17 @@ def inter_frame_reg(attention: Tensor, generator: torch.Generator | None = None,
 
 def compute_losses(out: dict, pids: Tensor, margin: float, use_triplet: bool, reg_weight: float, reg_squared: bool,
                    generator: torch.Generator | None = None,
-                   gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """{"ce", "triplet", "reg", "total"} for a model output dict; total = ce + triplet + reg_weight * reg (Eq. 7, 11).
+                   gather: Callable[[Tensor], Tensor] | None = None, div_weight: float = 0.0,
+                   div_squared: bool = True) -> dict[str, Tensor]:
+    """{"ce", "triplet", "reg", "div", "total"} for a model output dict;
+    total = ce + triplet + reg_weight * reg (Eq. 7, 11) + div_weight * div.
 
     "reg" is the unweighted Eq. 6 value, computed (and detached) even when reg_weight is 0 so it can be logged.
     For frame-level training (frames_per_clip > 1) each label is repeated for the frames of its clip.
     `gather` (core.engine.device.gather_rows under torchrun) joins the ranks' features and labels so that
     batch-hard mining (Eq. 9) sees the whole P x K batch, as in one process.
+    "div" is STAN's diversity term ||QQ^T - I||_F^2 on out["spatial"] [S5] (0 for models without it), logged like
+    "reg": computed (and detached) even when div_weight is 0.
     """
     targets = pids.repeat_interleave(out["frames_per_clip"])  # (B,) -> (B * frames_per_clip,)
     ce = F.cross_entropy(out["logits"].float(), targets)  # Eq. 10 (averaged over the batch)
@@ -77,9 +82,15 @@ def compute_losses(out: dict, pids: Tensor, margin: float, use_triplet: bool, re
     triplet = batch_hard_triplet(gather(out["feat"]), gather(targets), margin) if use_triplet \
         else ce.new_zeros(())  # Eq. 9
     reg = inter_frame_reg(out["attention"], generator, reg_squared)  # Eq. 6
+    spatial = out.get("spatial")
+    div = diversity_penalty(spatial, div_squared) if spatial is not None else ce.new_zeros(())  # STAN [S5]
     total = ce + triplet  # Eq. 11
     if reg_weight > 0:
         total = total + reg_weight * reg  # Eq. 7
     else:
         reg = reg.detach()
-    return {"ce": ce, "triplet": triplet, "reg": reg, "total": total}
+    if div_weight > 0 and spatial is not None:
+        total = total + div_weight * div
+    else:
+        div = div.detach()
+    return {"ce": ce, "triplet": triplet, "reg": reg, "div": div, "total": total}

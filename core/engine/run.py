@@ -41,12 +41,14 @@ class RunResult:
 def last_epoch_losses(history: Sequence[EpochStats], cfg: RunConfig) -> dict[str, float]:
     """Mean loss terms of the last epoch, each weighted as it enters the total (Eq. 7, 11): loss_ce, loss_triplet
     (0 without the triplet loss), loss_reg_weighted = lambda * Reg (0 when lambda = 0), loss_total; and loss_reg,
-    the unweighted Reg (Eq. 6), so a reader sees whether Reg does anything at that lambda."""
+    the unweighted Reg (Eq. 6), so a reader sees whether Reg does anything at that lambda; loss_div and
+    loss_div_weighted likewise for STAN's diversity term (0 for the other models)."""
     if not history:
         return {}
     h = history[-1]
     return {"loss_ce": h.ce, "loss_triplet": h.triplet, "loss_reg_weighted": cfg.loss.reg_weight * h.reg,
-            "loss_total": h.total, "loss_reg": h.reg}
+            "loss_total": h.total, "loss_reg": h.reg, "loss_div": h.div,
+            "loss_div_weighted": cfg.loss.div_weight * h.div}
 
 
 def train_dir(cfg: RunConfig, work_dir: str | Path) -> Path:

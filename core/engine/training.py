@@ -40,7 +40,7 @@ from core.models import build_model
 from core.progress import bar as progress_bar
 from core.specs import EPOCH_WALL_S
 
-LOSS_TERMS = ("ce", "triplet", "reg", "total")
+LOSS_TERMS = ("ce", "triplet", "reg", "div", "total")
 TRAIN_SECTIONS = ("data", "model", "loss", "train")   # what a trained model depends on (its folder's hash)
 LOG_EVERY = 20  # iterations between progress-bar reads of the device sums (each read is one host-device sync)
 
@@ -76,6 +76,7 @@ class EpochStats:
     frames_per_s: float     # frames (all ranks) / seconds: wall clock, data waits, checkpoint copy and logging included
     seconds: float          # wall clock between the ends of the previous epoch and this one
     compute_frames_per_s: float = float("nan")  # frames / time of the training steps alone (device time on CUDA)
+    div: float = 0.0        # unweighted STAN diversity term [S5] (0 for other models; default: older histories)
 
     def metrics(self) -> dict[str, float]:
         """The per-epoch MLflow metrics: every field but epoch (the step); `seconds` is logged as EPOCH_WALL_S."""
@@ -248,7 +249,8 @@ def _train_epoch(net, batches, iterations: int, optimizer, scaler, cfg: RunConfi
             out = net(clips)
         losses = compute_losses(out, pids, margin=cfg.loss.margin, use_triplet=cfg.loss.triplet,
                                 reg_weight=cfg.loss.reg_weight, reg_squared=cfg.loss.reg_squared,
-                                generator=generator, gather=gather)
+                                generator=generator, gather=gather, div_weight=cfg.loss.div_weight,
+                                div_squared=cfg.loss.div_squared)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)

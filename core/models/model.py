@@ -5,7 +5,9 @@ frame FC outputs [A13]. "avg": temporal average pooling of the frame maps. "sta"
 with fusion=True also F1, concatenated along channels [A7]. The head is GAP -> Linear(D or 2D, feat_dim) (the
 retrieval feature; plain Linear, no BN/ReLU: the paper says only "a fully connected layer" [A7]) ->
 Linear(feat_dim, num_classes), without a bias by default: Eq. 10's logits are W_k^T x (classifier_bias=True adds
-one). Nothing depends on N, so any number of frames works at test time.
+one). "stan": Li et al. 2018 (core/models/stan.py): K spatial attention models, temporal attention per model,
+concatenation [S1-S4]; its FC takes the K*D concatenation ("concat") or is replaced by the per-model projection
+("per_model", the classifier then sees K*feat_dim). Nothing depends on N, so any number of frames works at test time.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from torch import Tensor, nn
 
 from core.config import Aggregation, F2Weights, ModelConfig
 from core.models.backbone import build_backbone
+from core.models.stan import STANHead
 from core.models.sta import (ATTENTION, REMAINDERS, attention_error, attention_map, block_scores, fuse_pooled,
                              normalize_scores, region_bounds)
 
-AGGREGATIONS = typing.get_args(Aggregation)  # frame | avg | sta
+AGGREGATIONS = typing.get_args(Aggregation)  # frame | avg | sta | stan
 F2_WEIGHTS = typing.get_args(F2Weights)  # [A5] normalized | raw: Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
 
 
@@ -32,7 +35,8 @@ class VideoReIDModel(nn.Module):
     def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained: bool = True,
                  weights_path: str | None = None, aggregation: str = "sta", fusion: bool = True, num_regions: int = 4,
                  feat_dim: int = 1024, attention: str = "energy", f2_weights: str = "normalized",
-                 remainder: str = "last", classifier_bias: bool = False):
+                 remainder: str = "last", classifier_bias: bool = False, stan_models: int = 6, stan_hidden: int = 64,
+                 stan_embed: str = "concat"):
         super().__init__()
         _check("aggregation", aggregation, AGGREGATIONS)
         if attention not in ATTENTION:
@@ -46,16 +50,24 @@ class VideoReIDModel(nn.Module):
         self.fusion = fusion and aggregation == "sta"  # fusion only exists for STA; ignored for frame/avg
         self.num_regions = num_regions
         self.backbone, channels = build_backbone(backbone, pretrained, weights_path)
-        self.fc = nn.Linear(channels * (2 if self.fusion else 1), feat_dim)
-        self.classifier = nn.Linear(feat_dim, num_classes, bias=classifier_bias)  # Eq. 10: W_k^T x, no bias
-        nn.init.kaiming_normal_(self.fc.weight, mode="fan_out")
-        nn.init.zeros_(self.fc.bias)
+        self.stan = STANHead(channels, stan_models, stan_hidden, stan_embed, feat_dim) if aggregation == "stan" \
+            else None
+        fc_in = self.stan.out_dim if self.stan is not None else channels * (2 if self.fusion else 1)
+        # [S4] per_model: the head's projection is the FC, the concatenation the retrieval feature
+        self.fc = nn.Identity() if self.stan is not None and stan_embed == "per_model" else nn.Linear(fc_in, feat_dim)
+        width = fc_in if isinstance(self.fc, nn.Identity) else feat_dim
+        self.classifier = nn.Linear(width, num_classes, bias=classifier_bias)  # Eq. 10: W_k^T x, no bias
+        for lin in (self.fc, getattr(self.stan, "project", None)):
+            if isinstance(lin, nn.Linear):
+                nn.init.kaiming_normal_(lin.weight, mode="fan_out")
+                nn.init.zeros_(lin.bias)
         nn.init.normal_(self.classifier.weight, std=0.001)  # initial logits ~0: CE starts at log(num_classes)
         if classifier_bias:
             nn.init.zeros_(self.classifier.bias)
 
     def forward(self, clips: Tensor) -> dict:
-        """clips (B, N, 3, H, W) -> {"feat", "logits", "scores", "attention", "frames_per_clip"} (see README.md)."""
+        """clips (B, N, 3, H, W) -> {"feat", "logits", "scores", "attention", "frames_per_clip"}, and for stan
+        "spatial" (see README.md)."""
         b, n = clips.shape[:2]
         f = self.backbone(clips.flatten(0, 1))  # (B, N, 3, H, W) -> (B*N, 3, H, W) -> (B*N, D, h, w)
         return self.aggregate(f.unflatten(0, (b, n)))  # (B*N, D, h, w) -> (B, N, D, h, w)
@@ -64,7 +76,7 @@ class VideoReIDModel(nn.Module):
         """Everything after the backbone: frame maps f (B, N, D, h, w) -> the output dict of forward."""
         b, n = f.shape[:2]
         g = attention_map(f, self.attention)  # Eq. 1: (B, N, h, w), float32; also feeds Reg (Eq. 6) and drawings
-        scores, per_clip = None, 1
+        scores, per_clip, extra = None, 1, {}
         if self.aggregation == "frame":
             v = f.mean((-2, -1), dtype=torch.float32)  # GAP per frame: (B, N, D, h, w) -> (B, N, D)
             feat = self.fc(v.flatten(0, 1))  # (B, N, D) -> (B*N, D) -> (B*N, feat_dim)
@@ -74,6 +86,11 @@ class VideoReIDModel(nn.Module):
                 feat = feat.unflatten(0, (b, n)).mean(1)  # [A13] (B*N, F) -> (B, N, F) -> (B, F)
         elif self.aggregation == "avg":
             feat = self.fc(f.mean((-2, -1), dtype=torch.float32).mean(1))  # (B, N, D, h, w) -> (B, N, D) -> (B, D)
+        elif self.aggregation == "stan":
+            head = self.stan(f)  # spatial attention, temporal attention per model, concatenation
+            feat = self.fc(head["clip"])  # [S4] (B, K*D) -> (B, feat_dim); per_model: (B, K*feat_dim) unchanged
+            scores = head["temporal"]  # [S6] (B, N, K_s) temporal weights, columns sum to 1 over the frames
+            extra = {"spatial": head["spatial"]}  # (B, N, K_s, h*w), for the diversity term (core.losses)
         else:
             bounds = region_bounds(f.shape[-2], self.num_regions, self.remainder)  # Eq. 2
             s = block_scores(g, bounds)  # Eq. 3: (B, N, K)
@@ -81,11 +98,12 @@ class VideoReIDModel(nn.Module):
             x1, x2 = fuse_pooled(f, scores, scores if self.f2_weights == "normalized" else s, bounds)  # Alg. 1 + GAP
             feat = self.fc(torch.cat([x1, x2], 1) if self.fusion else x2)  # [A7] (B, 2D) or (B, D) -> (B, feat_dim)
         return {"feat": feat, "logits": self.classifier(feat), "scores": scores, "attention": g,
-                "frames_per_clip": per_clip}
+                "frames_per_clip": per_clip, **extra}
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> VideoReIDModel:
     return VideoReIDModel(num_classes, backbone=cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
                           aggregation=cfg.aggregation, fusion=cfg.fusion, num_regions=cfg.num_regions,
                           feat_dim=cfg.feat_dim, attention=cfg.attention, f2_weights=cfg.f2_weights,
-                          remainder=cfg.remainder, classifier_bias=cfg.classifier_bias)
+                          remainder=cfg.remainder, classifier_bias=cfg.classifier_bias, stan_models=cfg.stan_models,
+                          stan_hidden=cfg.stan_hidden, stan_embed=cfg.stan_embed)
