@@ -4,6 +4,7 @@ Written into the run folder (train_dir) per full config hash: eval-<hash>.json (
 per_query-<hash>.parquet (every query's outcome per protocol, core.evaluation.scoring.PER_QUERY_COLUMNS)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,10 @@ def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[
     protocols = [headline(ds, cfg.data.gallery_with_queries, cfg.eval.ap_rule),
                  *(named(ds).values() if named_protocols else ())]
     rerank = (cfg.eval.rerank_k1, cfg.eval.rerank_k2, cfg.eval.rerank_lambda) if cfg.eval.rerank else None
+    layout = out.layout and dataclasses.replace(out.layout, global_weight=cfg.eval.stal_global_weight)  # STAL
     scored = score_protocols(out.feats, q_rows, g_rows, np.array([t.pid for t in tracklets]),
-                             np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank)
+                             np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank,
+                             layout=layout)
     q_scores = {i: out.scores[r] for i, r in enumerate(q_rows.tolist()) if r in out.scores}
     return Evaluation(scored.metrics, scored.cmcs["cmc"], scored.per_query, q_scores)
 

@@ -35,7 +35,7 @@ from core.engine.async_ckpt import CheckpointWriter, checkpoint_due
 from core.engine.checkpoint import load_torch
 from core.engine.device import amp_dtype, autocast, gather_rows, init_distributed, resolve_device, seed_everything
 from core.engine.meter import LossMeter, StepTimer
-from core.losses import compute_losses
+from core.losses import StalWeights, compute_losses
 from core.models import build_model
 from core.progress import bar as progress_bar
 from core.specs import EPOCH_WALL_S
@@ -248,7 +248,7 @@ def _train_epoch(net, batches, iterations: int, optimizer, scaler, cfg: RunConfi
             out = net(clips)
         losses = compute_losses(out, pids, margin=cfg.loss.margin, use_triplet=cfg.loss.triplet,
                                 reg_weight=cfg.loss.reg_weight, reg_squared=cfg.loss.reg_squared,
-                                generator=generator, gather=gather)
+                                generator=generator, gather=gather, stal=StalWeights.from_config(cfg.loss))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)

@@ -2,7 +2,8 @@
 
 aggregation="frame": image baseline, every frame is a sample in training; test-time feature = mean of the N
 frame FC outputs [A13]. "avg": temporal average pooling of the frame maps. "sta": Eq. 1-4 and Alg. 1's F2,
-with fusion=True also F1, concatenated along channels [A7]. The head is GAP -> Linear(D or 2D, feat_dim) (the
+with fusion=True also F1, concatenated along channels [A7]. "stal": Chen et al. 2019 (core/models/stal.py), its
+global branch through the same fc and classifier. The head is GAP -> Linear(D or 2D, feat_dim) (the
 retrieval feature; plain Linear, no BN/ReLU: the paper says only "a fully connected layer" [A7]) ->
 Linear(feat_dim, num_classes), without a bias by default: Eq. 10's logits are W_k^T x (classifier_bias=True adds
 one). Nothing depends on N, so any number of frames works at test time.
@@ -18,8 +19,9 @@ from core.config import Aggregation, F2Weights, ModelConfig
 from core.models.backbone import build_backbone
 from core.models.sta import (ATTENTION, REMAINDERS, attention_error, attention_map, block_scores, fuse_pooled,
                              normalize_scores, region_bounds)
+from core.models.stal import STALHead
 
-AGGREGATIONS = typing.get_args(Aggregation)  # frame | avg | sta
+AGGREGATIONS = typing.get_args(Aggregation)  # frame | avg | sta | stal
 F2_WEIGHTS = typing.get_args(F2Weights)  # [A5] normalized | raw: Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
 
 
@@ -32,7 +34,8 @@ class VideoReIDModel(nn.Module):
     def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained: bool = True,
                  weights_path: str | None = None, aggregation: str = "sta", fusion: bool = True, num_regions: int = 4,
                  feat_dim: int = 1024, attention: str = "energy", f2_weights: str = "normalized",
-                 remainder: str = "last", classifier_bias: bool = False):
+                 remainder: str = "last", classifier_bias: bool = False, stal_parts: int = 6, stal_ran: bool = True,
+                 stal_part_norm: str = "l1"):
         super().__init__()
         _check("aggregation", aggregation, AGGREGATIONS)
         if attention not in ATTENTION:
@@ -53,6 +56,8 @@ class VideoReIDModel(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.001)  # initial logits ~0: CE starts at log(num_classes)
         if classifier_bias:
             nn.init.zeros_(self.classifier.bias)
+        self.stal = STALHead(channels, feat_dim, num_classes, stal_parts, stal_ran, stal_part_norm, remainder,
+                             classifier_bias) if aggregation == "stal" else None
 
     def forward(self, clips: Tensor) -> dict:
         """clips (B, N, 3, H, W) -> {"feat", "logits", "scores", "attention", "frames_per_clip"} (see README.md)."""
@@ -72,6 +77,8 @@ class VideoReIDModel(nn.Module):
                 per_clip = n  # every frame is a sample; the caller repeats labels with repeat_interleave
             else:
                 feat = feat.unflatten(0, (b, n)).mean(1)  # [A13] (B*N, F) -> (B, N, F) -> (B, F)
+        elif self.aggregation == "stal":  # Chen et al. 2019: global and local branch, Eq. 1, 2, 8, 9
+            return {**self.stal(f, self.fc, self.classifier), "attention": g, "frames_per_clip": 1}
         elif self.aggregation == "avg":
             feat = self.fc(f.mean((-2, -1), dtype=torch.float32).mean(1))  # (B, N, D, h, w) -> (B, N, D) -> (B, D)
         else:
@@ -88,4 +95,5 @@ def build_model(cfg: ModelConfig, num_classes: int) -> VideoReIDModel:
     return VideoReIDModel(num_classes, backbone=cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
                           aggregation=cfg.aggregation, fusion=cfg.fusion, num_regions=cfg.num_regions,
                           feat_dim=cfg.feat_dim, attention=cfg.attention, f2_weights=cfg.f2_weights,
-                          remainder=cfg.remainder, classifier_bias=cfg.classifier_bias)
+                          remainder=cfg.remainder, classifier_bias=cfg.classifier_bias, stal_parts=cfg.stal_parts,
+                          stal_ran=cfg.stal_ran, stal_part_norm=cfg.stal_part_norm)
