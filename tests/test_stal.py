@@ -26,7 +26,7 @@ UNITS = torch.tensor([[[[4., 0.], [2., 2.]], [[0., 4.], [6., -2.]]]])  # (1, N, 
 WEIGHTS = StalWeights(margin_global=1.2, margin_local=0.8, local_weight=0.3, consist_weight=0.5)
 
 
-def test_attention_normalisations_by_hand():
+def test_stal_eq8_eq9_attention_normalisations_by_hand():
     # the L1 normalisation layer divides by the clip's sum 0.2 + 0.9 + 0.6 + 0.3 = 2
     assert torch.allclose(l1_normalize_map(A), A / 2)
     # Eq. 9's weights: part 0: 0.2 / 0.8, 0.6 / 0.8; part 1: 0.9 / 1.2, 0.3 / 1.2 -- columns sum to 1 over frames
@@ -38,7 +38,7 @@ def test_attention_normalisations_by_hand():
         spatial_weights(A, "l3")
 
 
-def test_eq9_attention_weighted_temporal_aggregation_by_hand():
+def test_stal_eq9_attention_weighted_temporal_aggregation_by_hand():
     # f^0 = 0.25 [4, 0] + 0.75 [0, 4] = [1, 3]; f^1 = 0.75 [2, 2] + 0.25 [6, -2] = [3, 1]
     expected = torch.tensor([[[1., 3.], [3., 1.]]])
     assert torch.allclose(aggregate_parts(UNITS, A), expected)
@@ -47,7 +47,7 @@ def test_eq9_attention_weighted_temporal_aggregation_by_hand():
     assert torch.allclose(aggregate_parts(UNITS, torch.ones(1, 2, 2)), UNITS.mean(1))
 
 
-def test_eq8_local_distance_by_hand():
+def test_stal_eq2_eq8_local_distance_by_hand():
     fi, wi = torch.tensor([[[1., 3.], [3., 1.]]]), torch.tensor([[0.4, 0.6]])
     fj, wj = torch.tensor([[[1., 0.], [0., 5.]]]), torch.tensor([[0.5, 0.5]])
     # part 0: ||[1,3] - [1,0]|| = 3, weight 0.4 * 0.5; part 1: ||[3,1] - [0,5]|| = 5, weight 0.6 * 0.5
@@ -74,7 +74,7 @@ def _stal_out(parts, global_feat, logits_pid_col):
             "part_logits": part_logits}
 
 
-def test_eq3_terms_by_hand():
+def test_stal_eq3_eq4_eq5_eq6_terms_by_hand():
     y = torch.tensor([0, 0, 1, 1])
     glob = torch.tensor([[0., 0.], [3., 4.], [1., 0.], [0., 2.]])
     parts = torch.tensor([0., 1., 3., 7.]).reshape(4, 1, 1)          # R = 1, weight 1: d_l = |p_i - p_j|
@@ -166,7 +166,7 @@ def test_config_keys_and_refusals():
 LAYOUT = PartLayout(global_dim=2, num_parts=2, part_dim=1, global_weight=0.3)
 
 
-def test_summed_test_distance_by_hand():
+def test_stal_test_distance_by_hand():
     q = torch.tensor([[0., 0., 0., 0., 0.5, 0.5]])                   # [global (2), part 1, part 2, w1, w2]
     g = torch.tensor([[3., 4., 4., 2., 0.25, 0.75],                  # d_g = 5, parts 4 and 2 away
                       [0., 0., 0., 0., 0.9, 0.1]])                   # identical features: 0
