@@ -82,7 +82,8 @@ def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndar
     feats = as_tensor(feats, device)
     qs = np.unique(q_rows)                                   # distinct query rows, sorted
     q_pos = torch.as_tensor(np.searchsorted(qs, q_rows))      # each query's row among qs
-    dist = pairwise_distance(feats[torch.as_tensor(qs)], feats, distance, layout=layout)[q_pos.to(feats.device)]  # [m, T]
+    dist = pairwise_distance(feats[torch.as_tensor(qs)], feats, distance,
+                             layout=layout)[q_pos.to(feats.device)]                             # [m, T]
     reranked = _rerank_all(feats, qs, rerank, layout)[q_pos] if rerank is not None else None    # [m, T]
     metrics: dict[str, float] = {}
     cmcs: dict[str, np.ndarray] = {}

@@ -155,7 +155,7 @@ class STALHead(nn.Module):
         glob = fc(x.mean((-2, -1), dtype=torch.float32).mean(1))  # temporal pooling: (B, N, C) -> (B, C) -> (B, F)
         bounds = region_bounds(f.shape[-2], self.num_parts, self.remainder)
         stripes = stripe_features(f, bounds)  # (B, N, R, C)
-        units = torch.stack([self.part_fc[r](stripes[:, :, r]) for r in range(self.num_parts)], 2)  # Eq. 1: (B, N, R, F)
+        units = torch.stack([self.part_fc[r](stripes[:, :, r]) for r in range(self.num_parts)], 2)  # Eq. 1: (B,N,R,F)
         part_logits = torch.stack([self.part_cls[r](units[:, :, r]) for r in range(self.num_parts)], 2)  # (B, N, R, K)
         a = l1_normalize_map(self.attention(f))  # (B, N, R), float32
         parts = aggregate_parts(units, a)  # Eq. 9: (B, R, F)
