@@ -40,11 +40,12 @@ TrainSampling = Literal["restricted", "random"]                # [A12]
 EpochDef = Literal["identities", "tracklets"]                  # [A10]
 FlipPer = Literal["frame", "clip"]                             # [A17]
 Backbone = Literal["resnet18", "resnet34", "resnet50"]
-Aggregation = Literal["frame", "avg", "sta", "stan"]
+Aggregation = Literal["frame", "avg", "sta", "stan", "stal"]
 StanEmbed = Literal["concat", "per_model"]                     # [S4] STAN (core/models/README.md)
 Attention = Literal["energy", "energy_l2", "norm_l2"]          # [A1]
 F2Weights = Literal["normalized", "raw"]                       # [A5]
 Remainder = Literal["last", "spread"]                          # [A4]
+StalPartNorm = Literal["l1", "l2"]                             # STAL [L4]: ||a_bar|| of Eq. 8
 EvalSampling = Literal["evenly", "dense"]                      # [A12]
 Distance = Literal["euclidean", "cosine"]
 ApRule = Literal["trapezoid", "step"]                          # [A15b]
@@ -85,6 +86,10 @@ class ModelConfig:
     stan_models: int = 6                # [S1] stan only: K spatial attention models (paper's figures: 6; authors' release: 3)
     stan_hidden: int = 64               # [S2] stan only: width of the spatial scorer's hidden 1x1 conv (authors' release: 64)
     stan_embed: StanEmbed = "concat"    # [S4] stan only: concat: K temporally attended D-dim features -> FC(K*D, feat_dim); per_model: shared Linear(D, feat_dim) + l2 per model, concat = K*feat_dim feature (authors' release)
+    # STAL (Chen et al. 2019; aggregation=stal only, ignored otherwise; experiments/README.md "STAL", L1..L8)
+    stal_parts: int = 6                 # [L1] R body parts, here R horizontal stripes of the map (paper: 6 pose parts); <= map height
+    stal_ran: bool = True               # [L2] residual attention (1 + M) * f on the global branch (on the backbone's output map)
+    stal_part_norm: StalPartNorm = "l1"  # [L4] ||a_bar|| in Eq. 8: l1 (Eq. 12's gradient, the "L1 normalization layer") | l2
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,11 @@ class LossConfig:
     reg_squared: bool = False           # [A8] False: ||g_i - g_j||_F as in Eq. 6; True: squared, as the text says
     div_weight: float = 1.0             # [S5] stan only: weight of STAN's diversity term ||QQ^T - I||_F^2 (authors' release adds it with 1; the paper's value was not available)
     div_squared: bool = True            # [S5] True: ||QQ^T - I||_F^2 as the paper writes it; False: ||QQ^T - I||_F
+    # STAL's objective, Eq. 3-6 (aggregation=stal only; its global triplet uses stal_margin_global, not margin)
+    stal_margin_global: float = 1.2     # m_g of Eq. 4 (STAL III-E)
+    stal_margin_local: float = 0.8      # m_l of Eq. 4 (STAL III-E)
+    stal_local_weight: float = 0.3      # lambda of Eq. 4, on the local triplet term (STAL III-E)
+    stal_consist_weight: float = 1.0    # [L6] weight of the consistency constraint C_cons (Eq. 3: 1)
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class EvalConfig:
     sampling: EvalSampling = "evenly"   # [A12] evenly: N evenly spaced frames; dense: all frames in chunks of N, averaged
     distance: Distance = "euclidean"
     ap_rule: ApRule = "trapezoid"       # [A15b] trapezoid: official MARS code; step: non-interpolated, torchreid
+    stal_global_weight: float = 0.3     # [L7] STAL test distance d = d_l + w * d_g: 0.3 (III-E); 1.0: "we add them" (III-A)
     rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]; euclidean distance only
     rerank_k1: int = 20
     rerank_k2: int = 6
@@ -155,6 +166,8 @@ MINIMUM: dict[str, float] = {
     "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
     "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
     "model.stan_models": 1, "model.stan_hidden": 1, "loss.div_weight": 0.0,
+    "model.stal_parts": 1, "loss.stal_margin_global": 0.0, "loss.stal_margin_local": 0.0,
+    "loss.stal_local_weight": 0.0, "loss.stal_consist_weight": 0.0, "eval.stal_global_weight": 0.0,
     "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
     "train.checkpoint_every_s": 0.0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1, "eval.bootstrap_resamples": 1, "eval.bootstrap_seed": 0,
@@ -283,6 +296,10 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
         raise ConfigError(
             f"{where}: key 'model.num_regions' is {cfg.model.num_regions} but a {cfg.data.height}-pixel frame gives "
             f"feature maps of height {fmap_h}; K must be <= {fmap_h} (raise data.height or lower K)")
+    if cfg.model.aggregation == "stal" and cfg.model.stal_parts > fmap_h:
+        raise ConfigError(
+            f"{where}: key 'model.stal_parts' is {cfg.model.stal_parts} but a {cfg.data.height}-pixel frame gives "
+            f"feature maps of height {fmap_h}; STAL's R stripes must be <= {fmap_h} (raise data.height or lower R)")
     if cfg.data.height % BACKBONE_STRIDE or cfg.data.width % BACKBONE_STRIDE:
         raise ConfigError(f"{where}: keys 'data.height'/'data.width' ({cfg.data.height}x{cfg.data.width}) "
                           f"must be multiples of {BACKBONE_STRIDE}")

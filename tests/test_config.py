@@ -16,6 +16,7 @@ from core.models.backbone import BACKBONES
 from core.models.model import AGGREGATIONS, F2_WEIGHTS
 from core.models.sta import ATTENTION, REMAINDERS
 from core.models.stan import STAN_EMBEDS
+from core.models.stal import PART_NORMS
 from core.specs import load_spec, spec_path
 from tests.helpers import tiny_cfg
 
@@ -24,6 +25,7 @@ IMPLEMENTED = {
     "data.epoch_def": EPOCH_DEFS, "data.flip_per": FLIP_PER, "model.backbone": BACKBONES, "model.aggregation": AGGREGATIONS,
     "model.attention": ATTENTION, "model.f2_weights": F2_WEIGHTS, "model.remainder": REMAINDERS,
     "model.stan_embed": STAN_EMBEDS,
+    "model.stal_part_norm": PART_NORMS,
     "eval.sampling": EVAL_FRAMES, "eval.distance": DISTANCES, "eval.ap_rule": AP_RULES,
 }
 

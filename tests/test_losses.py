@@ -85,7 +85,7 @@ def _out(b, n, per_clip, classes=5, dim=8):
 def test_eq7_eq10_eq11_compute_losses_terms_and_total():
     out, pids = _out(4, 3, 1), torch.tensor([0, 0, 1, 1])
     l = compute_losses(out, pids, 0.3, True, 0.5, False, torch.Generator().manual_seed(1))
-    assert set(l) == {"ce", "triplet", "reg", "div", "total"} and l["div"].item() == 0.0  # no STAN maps: no div
+    assert set(l) == {"ce", "triplet", "reg", "div", "triplet_local", "consist", "total"} and l["div"].item() == 0.0  # no STAN maps: no div
     assert torch.allclose(l["ce"], torch.nn.functional.cross_entropy(out["logits"], pids))
     assert torch.allclose(l["total"], l["ce"] + l["triplet"] + 0.5 * l["reg"])
     off = compute_losses(out, pids, 0.3, False, 0.0, False, torch.Generator().manual_seed(1))

@@ -1,9 +1,10 @@
-"""python -m core.bench model: training-step frames/s of avg, sta, sta+fusion and stan; head overhead over avg.
+"""python -m core.bench model: training-step frames/s of avg, sta, sta+fusion, stan and stal; each head's
+overhead over avg's.
 
 Two figures per variant, each the minimum over iterations (other processes only ever add time, so the minimum
 is the best estimate on a shared machine), timed round-robin so drifts in load hit all variants alike: a full
 training step (backbone + head + losses, forward and backward), and the head alone (VideoReIDModel.aggregate +
-losses on fixed backbone maps, HEAD_REPS samples per iteration). The overhead is the extra head time over avg's,
+losses on fixed backbone maps, HEAD_REPS samples per iteration). A head's overhead is its extra head time over avg's,
 as a fraction of avg's full step: the full-step ratio alone is too noisy on a shared CPU to resolve 1-2 %.
 Without --backbone, two presets run: ResNet-50 at 256x128 (the paper's setting) and ResNet-18 at 128x64 (CPU).
 CUDA (when available): bf16 autocast and channels_last, as in training; CPU: float32.
@@ -15,12 +16,15 @@ import time
 
 import torch
 
-from core.losses import compute_losses
+from core.config import LossConfig
+from core.losses import StalWeights, compute_losses
 from core.models import VideoReIDModel
 
 HEAD_REPS = 10  # head-only steps per iteration and variant
 VARIANTS = {"avg": ("avg", False), "sta": ("sta", False), "sta+fusion": ("sta", True),
-            "stan": ("stan", False)}  # stan: its defaults (6 spatial models, concat -> FC) and its div term
+            "stan": ("stan", False),  # its defaults (6 spatial models, concat -> FC) and its div term
+            "stal": ("stal", False)}  # its defaults (6 stripes, RAN) and its Eq. 3-6 terms
+STAL = StalWeights.from_config(LossConfig())  # STAL's loss weights at their defaults (Eq. 3, 4)
 
 
 def bench(backbone: str, height: int, width: int, clips: int, frames: int, iters: int, warmup: int,
@@ -30,7 +34,8 @@ def bench(backbone: str, height: int, width: int, clips: int, frames: int, iters
     torch.manual_seed(0)
     models = {}
     for name, (aggregation, fusion) in VARIANTS.items():
-        m = VideoReIDModel(625, backbone=backbone, pretrained=False, aggregation=aggregation, fusion=fusion)
+        m = VideoReIDModel(625, backbone=backbone, pretrained=False, aggregation=aggregation, fusion=fusion,
+                           stal_parts=min(6, height // 16))  # STAL: the paper's R = 6 where the map is tall enough
         if models:
             m.backbone.load_state_dict(models["avg"].backbone.state_dict())
         models[name] = m.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format).train()
@@ -43,7 +48,7 @@ def bench(backbone: str, height: int, width: int, clips: int, frames: int, iters
     def step(model, head_only):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out = model.aggregate(fmaps) if head_only else model(x)
-        loss = compute_losses(out, pids, 0.3, True, 0.0, False, div_weight=1.0)["total"]  # div: stan only
+        loss = compute_losses(out, pids, 0.3, True, 0.0, False, div_weight=1.0, stal=STAL)["total"]
         model.zero_grad(set_to_none=True)
         loss.backward()
 
@@ -87,7 +92,7 @@ def main(argv: list[str]) -> int:
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; {'bf16 autocast, channels_last' if cuda else 'float32'}; {clips} clips x "
           f"{args.frames} frames; minima of {iters} timed iterations after {args.warmup} warm-up")
-    print("| backbone | input | variant | ms/step | frames/s | step vs avg | head ms | overhead vs avg |")
+    print("| backbone | input | variant | ms/step | frames/s | step vs avg | head ms | head overhead |")
     print("|---|---|---|---|---|---|---|---|")
     for backbone, h, w in presets:
         sec = bench(backbone, h, w, clips, args.frames, iters, args.warmup, device)

@@ -9,12 +9,14 @@ from core.progress import bar
 from core.data import Tracklet, make_test_loader
 from core.data.normalize import normalize_clips
 from core.engine.device import autocast
+from core.evaluation.distance import PartLayout
 
 
 @dataclass(frozen=True)
 class Extracted:
     feats: torch.Tensor            # (T, D) float32, one row per tracklet (mean over its clips)
     scores: dict[int, torch.Tensor]  # tracklet index -> (N, K) attention scores of its first clip (STA models only)
+    layout: PartLayout | None = None  # how the model's feats are read as a sum of distances (STAL), None: one vector
 
 
 @torch.no_grad()
@@ -36,10 +38,12 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
     counts = torch.zeros(len(tracklets))
     scores: dict[int, torch.Tensor] = {}
     bad_clips, clips_seen = 0, 0
+    layout = None
     for clips, owner in bar(loader, desc=desc, leave=False, enabled=progress):
         with autocast(device, dtype):
             out = model(normalize_clips(clips.to(device, non_blocking=True)))  # clips: (B', N, 3, H, W) uint8
         feat = out["feat"].float().cpu()                          # (B', D)
+        layout = out.get("layout")
         bad_clips += int((~torch.isfinite(feat).all(1)).sum())
         clips_seen += len(feat)
         if sums is None:
@@ -59,4 +63,4 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
         raise FloatingPointError(f"non-finite features (NaN or inf) in {bad_clips} of {clips_seen} clips, {len(bad)} "
                                  f"of {len(tracklets)} tracklets (first: #{bad[0]}, id {t.pid}, cam {t.camid}, "
                                  f"{t.paths[0]}); the model has diverged and cannot be evaluated")
-    return Extracted(feats=feats, scores=scores)
+    return Extracted(feats=feats, scores=scores, layout=layout)

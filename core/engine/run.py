@@ -4,6 +4,7 @@ Written into the run folder (train_dir) per full config hash: eval-<hash>.json (
 per_query-<hash>.parquet (every query's outcome per protocol, core.evaluation.scoring.PER_QUERY_COLUMNS)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +43,16 @@ def last_epoch_losses(history: Sequence[EpochStats], cfg: RunConfig) -> dict[str
     """Mean loss terms of the last epoch, each weighted as it enters the total (Eq. 7, 11): loss_ce, loss_triplet
     (0 without the triplet loss), loss_reg_weighted = lambda * Reg (0 when lambda = 0), loss_total; and loss_reg,
     the unweighted Reg (Eq. 6), so a reader sees whether Reg does anything at that lambda; loss_div and
-    loss_div_weighted likewise for STAN's diversity term (0 for the other models)."""
+    loss_div_weighted likewise for STAN's diversity term, loss_triplet_local(_weighted) and loss_consist(_weighted)
+    for STAL's Eq. 4 local triplet and Eq. 6 consistency term (0 for the other models)."""
     if not history:
         return {}
     h = history[-1]
     return {"loss_ce": h.ce, "loss_triplet": h.triplet, "loss_reg_weighted": cfg.loss.reg_weight * h.reg,
             "loss_total": h.total, "loss_reg": h.reg, "loss_div": h.div,
-            "loss_div_weighted": cfg.loss.div_weight * h.div}
+            "loss_div_weighted": cfg.loss.div_weight * h.div, "loss_triplet_local": h.triplet_local,
+            "loss_triplet_local_weighted": cfg.loss.stal_local_weight * h.triplet_local, "loss_consist": h.consist,
+            "loss_consist_weighted": cfg.loss.stal_consist_weight * h.consist}
 
 
 def train_dir(cfg: RunConfig, work_dir: str | Path) -> Path:
@@ -100,8 +104,10 @@ def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[
     protocols = [headline(ds, cfg.data.gallery_with_queries, cfg.eval.ap_rule),
                  *(named(ds).values() if named_protocols else ())]
     rerank = (cfg.eval.rerank_k1, cfg.eval.rerank_k2, cfg.eval.rerank_lambda) if cfg.eval.rerank else None
+    layout = out.layout and dataclasses.replace(out.layout, global_weight=cfg.eval.stal_global_weight)  # STAL
     scored = score_protocols(out.feats, q_rows, g_rows, np.array([t.pid for t in tracklets]),
-                             np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank)
+                             np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank,
+                             layout=layout)
     q_scores = {i: out.scores[r] for i, r in enumerate(q_rows.tolist()) if r in out.scores}
     return Evaluation(scored.metrics, scored.cmcs["cmc"], scored.per_query, q_scores)
 

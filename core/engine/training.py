@@ -35,12 +35,12 @@ from core.engine.async_ckpt import CheckpointWriter, checkpoint_due
 from core.engine.checkpoint import load_torch
 from core.engine.device import amp_dtype, autocast, gather_rows, init_distributed, resolve_device, seed_everything
 from core.engine.meter import LossMeter, StepTimer
-from core.losses import compute_losses
+from core.losses import StalWeights, compute_losses
 from core.models import build_model
 from core.progress import bar as progress_bar
 from core.specs import EPOCH_WALL_S
 
-LOSS_TERMS = ("ce", "triplet", "reg", "div", "total")
+LOSS_TERMS = ("ce", "triplet", "reg", "div", "triplet_local", "consist", "total")
 TRAIN_SECTIONS = ("data", "model", "loss", "train")   # what a trained model depends on (its folder's hash)
 LOG_EVERY = 20  # iterations between progress-bar reads of the device sums (each read is one host-device sync)
 
@@ -77,6 +77,8 @@ class EpochStats:
     seconds: float          # wall clock between the ends of the previous epoch and this one
     compute_frames_per_s: float = float("nan")  # frames / time of the training steps alone (device time on CUDA)
     div: float = 0.0        # unweighted STAN diversity term [S5] (0 for other models; default: older histories)
+    triplet_local: float = 0.0  # unweighted STAL local triplet (Eq. 4, second sum) [L5]; 0 for other models
+    consist: float = 0.0    # unweighted STAL consistency constraint (Eq. 6) [L6]; 0 for other models
 
     def metrics(self) -> dict[str, float]:
         """The per-epoch MLflow metrics: every field but epoch (the step); `seconds` is logged as EPOCH_WALL_S."""
@@ -250,7 +252,7 @@ def _train_epoch(net, batches, iterations: int, optimizer, scaler, cfg: RunConfi
         losses = compute_losses(out, pids, margin=cfg.loss.margin, use_triplet=cfg.loss.triplet,
                                 reg_weight=cfg.loss.reg_weight, reg_squared=cfg.loss.reg_squared,
                                 generator=generator, gather=gather, div_weight=cfg.loss.div_weight,
-                                div_squared=cfg.loss.div_squared)
+                                div_squared=cfg.loss.div_squared, stal=StalWeights.from_config(cfg.loss))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import typing
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +16,47 @@ import torch
 from core.config import Distance
 
 METRICS = typing.get_args(Distance)  # euclidean | cosine
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """How a model's retrieval vector is read as a sum of distances (STAL's test distance, d = d_l + w * d_g).
+
+    A row is [global (global_dim), part 1 .. part R (part_dim each), part weights (R)]. The distance of rows i, j
+    is global_weight * d(global_i, global_j) + sum_r wt_i^r wt_j^r d(part_i^r, part_j^r) (STAL Eq. 8), d the
+    chosen metric on each slice. A model declares it in its output ("layout"); others have none and are ranked by
+    one distance over the whole vector.
+    """
+    global_dim: int
+    num_parts: int
+    part_dim: int
+    global_weight: float = 1.0
+
+    @property
+    def width(self) -> int:
+        return self.global_dim + self.num_parts * (self.part_dim + 1)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """[M, width] -> (global [M, global_dim], R x part [M, part_dim], weights [M, R])."""
+        if x.ndim != 2 or x.shape[1] != self.width:
+            raise ValueError(f"features of shape {tuple(x.shape)} do not match the part layout {self} "
+                             f"(rows of width {self.width})")
+        parts = x[:, self.global_dim:self.width - self.num_parts]
+        return x[:, :self.global_dim], list(parts.split(self.part_dim, 1)), x[:, self.width - self.num_parts:]
+
+
+def parts_distance(q: torch.Tensor, g: torch.Tensor, layout: PartLayout, dist) -> torch.Tensor:
+    """layout.global_weight * dist(global) + sum_r (wq^r wg^r) * dist(part r) -> [m, n].
+
+    `dist(a, b)` gives one slice's [m, n] distances. The weight product is formed before it multiplies the
+    distance, so a symmetric `dist` gives an exactly symmetric sum (the re-ranking relies on that).
+    """
+    qg, q_parts, qw = layout.split(q)
+    gg, g_parts, gw = layout.split(g)
+    out = dist(qg, gg).mul_(layout.global_weight)
+    for r, (a, b) in enumerate(zip(q_parts, g_parts)):
+        out.add_(dist(a, b).mul_(qw[:, r, None] * gw[None, :, r]))
+    return out
 
 
 def as_tensor(x, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -44,7 +86,8 @@ def _euclidean_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq:
     return d2.clamp_(min=0.0).sqrt_()
 
 
-def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device=None) -> torch.Tensor:
+def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device=None,
+                      layout: PartLayout | None = None) -> torch.Tensor:
     """Distance of every query feature to every gallery feature.
 
     Args:
@@ -53,6 +96,8 @@ def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device
         metric: "euclidean" (plain L2 distance, not squared) or "cosine" (1 - cosine similarity).
         chunk: query rows computed per matmul (bounds the temporaries to chunk x n).
         device: where to compute (None: the device of `q` if it is a tensor, else CPU).
+        layout: None: one distance over the whole vector; a PartLayout: its weighted sum of the metric over the
+            slices (``parts_distance``).
 
     Returns:
         float32 tensor of shape [m, n] on the compute device.
@@ -61,6 +106,8 @@ def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     q = as_tensor(q, device)
     g = as_tensor(g, q.device)
+    if layout is not None:
+        return parts_distance(q, g, layout, lambda a, b: pairwise_distance(a, b, metric, chunk))
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"features must be [m, d] and [n, d], got {tuple(q.shape)} and {tuple(g.shape)}")
     out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=q.device)
@@ -77,7 +124,7 @@ def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device
     return out
 
 
-def self_euclidean(x, block: int = 1024, device=None) -> torch.Tensor:
+def self_euclidean(x, block: int = 1024, device=None, layout: PartLayout | None = None) -> torch.Tensor:
     """Plain Euclidean distances among all rows of x, exactly symmetric, zero diagonal.
 
     Only the blocks on and above the diagonal are multiplied (half the flops of x @ x.T),
@@ -89,11 +136,15 @@ def self_euclidean(x, block: int = 1024, device=None) -> torch.Tensor:
         x: features, numpy array or tensor of shape [N, d].
         block: side of the square blocks (temporaries: about one block x block float32).
         device: where to compute (None: x's device, CPU for numpy).
+        layout: a PartLayout: the weighted sum of the slices' self_euclidean (still exactly symmetric, zero
+            diagonal: ``parts_distance``).
 
     Returns:
         float32 tensor of shape [N, N] on the compute device.
     """
     x = as_tensor(x, device)
+    if layout is not None:
+        return parts_distance(x, x, layout, lambda a, _: self_euclidean(a, block))
     n = x.shape[0]
     sq = (x * x).sum(1)
     out = torch.empty(n, n, dtype=torch.float32, device=x.device)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.evaluation.distance import as_tensor, self_euclidean
+from core.evaluation.distance import PartLayout, as_tensor, self_euclidean
 
 
 def default_device() -> torch.device:
@@ -30,7 +30,8 @@ def default_device() -> torch.device:
 
 
 def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                        device=None, chunk: int = 2048, include_queries: bool = False) -> np.ndarray:
+                        device=None, chunk: int = 2048, include_queries: bool = False,
+                        layout: PartLayout | None = None) -> np.ndarray:
     """Re-ranked query x gallery distance of Zhong et al. 2017 (the authors' numpy release, fast).
 
     The release takes distance matrices; this takes features and feeds the release's steps
@@ -62,6 +63,8 @@ def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_valu
         device: where to compute; None: CUDA when available, else CPU (torch's thread count).
         chunk: rows processed at once in the blockwise steps.
         include_queries: also return the query columns.
+        layout: the original distance is the PartLayout's sum of distances (STAL) instead of one Euclidean
+            distance over the whole vector.
 
     Returns:
         float32 numpy array of shape [m, n], or [m, m + n] (queries, then gallery) with include_queries.
@@ -71,7 +74,7 @@ def k_reciprocal_rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_valu
     m, num = q.shape[0], q.shape[0] + g.shape[0]
     if num <= max(k1 + 1, k2):
         raise ValueError(f"re-ranking needs more than max(k1 + 1, k2) = {max(k1 + 1, k2)} items, got {num}")
-    orig = self_euclidean(torch.cat([q, g]))                           # step 1: [N, N], symmetric
+    orig = self_euclidean(torch.cat([q, g]), layout=layout)             # step 1: [N, N], symmetric
     orig.mul_(orig)                                                     # release squares its input
     orig.div_(orig.amax(dim=1, keepdim=True))                           # column max == row max (symmetric)
     half = int(round(k1 / 2.0))                                         # np.around: round half to even

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.evaluation.distance import as_tensor, pairwise_distance
+from core.evaluation.distance import PartLayout, as_tensor, pairwise_distance
 from core.evaluation.metrics import REPORTED_RANKS, evaluate
 from core.evaluation.rerank import k_reciprocal_rerank
 from core.protocols import Protocol
@@ -57,7 +57,8 @@ def protocol_gallery(q_rows: np.ndarray, g_rows: np.ndarray, protocol: Protocol)
 
 def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndarray, camids: np.ndarray,
                     protocols: Sequence[Protocol], distance: str = "euclidean",
-                    rerank: tuple[int, int, float] | None = None, device=None) -> Scores:
+                    rerank: tuple[int, int, float] | None = None, device=None,
+                    layout: PartLayout | None = None) -> Scores:
     """CMC/mAP and per-query outcomes of every protocol from one set of features.
 
     Args:
@@ -67,6 +68,8 @@ def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndar
         protocols: scored in order; a protocol whose (gallery, AP rule) equals an earlier one reuses its numbers.
         distance: "euclidean" | "cosine" (re-ranking needs "euclidean").
         rerank: (k1, k2, lambda) to also score the re-ranked distances, else None.
+        layout: the model's PartLayout (STAL: d = d_l + w * d_g), used by the distances and the re-ranking alike;
+            None: one distance over the whole feature.
 
     Returns:
         Scores: metrics as MLflow names (fractions and counts; ``core.protocols``); cmcs the float64 [20] CMC
@@ -79,8 +82,9 @@ def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndar
     feats = as_tensor(feats, device)
     qs = np.unique(q_rows)                                   # distinct query rows, sorted
     q_pos = torch.as_tensor(np.searchsorted(qs, q_rows))      # each query's row among qs
-    dist = pairwise_distance(feats[torch.as_tensor(qs)], feats, distance)[q_pos.to(feats.device)]  # [m, T]
-    reranked = _rerank_all(feats, qs, rerank)[q_pos] if rerank is not None else None            # [m, T]
+    dist = pairwise_distance(feats[torch.as_tensor(qs)], feats, distance,
+                             layout=layout)[q_pos.to(feats.device)]                             # [m, T]
+    reranked = _rerank_all(feats, qs, rerank, layout)[q_pos] if rerank is not None else None    # [m, T]
     metrics: dict[str, float] = {}
     cmcs: dict[str, np.ndarray] = {}
     done: dict[tuple, tuple[dict, dict, dict]] = {}
@@ -114,13 +118,14 @@ def _per_query_rows(protocol: str, reranked: bool, q_rows: np.ndarray, pids, cam
                          "first_match_rank": first, "ap": ap}, columns=list(PER_QUERY_COLUMNS))
 
 
-def _rerank_all(feats: torch.Tensor, qs: np.ndarray, params: tuple[int, int, float]) -> torch.Tensor:
+def _rerank_all(feats: torch.Tensor, qs: np.ndarray, params: tuple[int, int, float],
+                layout: PartLayout | None = None) -> torch.Tensor:
     """Re-ranked distance of the distinct queries `qs` to every row of feats: [len(qs), T], columns in row order."""
     k1, k2, lam = params
     others = np.setdiff1d(np.arange(feats.shape[0]), qs)
     order = np.concatenate([qs, others])                    # queries first, as the re-ranking expects
     rr = k_reciprocal_rerank(feats[torch.as_tensor(qs)], feats[torch.as_tensor(others)], k1=k1, k2=k2,
-                             lambda_value=lam, include_queries=True)
+                             lambda_value=lam, include_queries=True, layout=layout)
     back = np.empty_like(order)
     back[order] = np.arange(len(order))                     # column of each row in `rr`
     return torch.from_numpy(rr[:, back])

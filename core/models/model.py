@@ -2,7 +2,8 @@
 
 aggregation="frame": image baseline, every frame is a sample in training; test-time feature = mean of the N
 frame FC outputs [A13]. "avg": temporal average pooling of the frame maps. "sta": Eq. 1-4 and Alg. 1's F2,
-with fusion=True also F1, concatenated along channels [A7]. The head is GAP -> Linear(D or 2D, feat_dim) (the
+with fusion=True also F1, concatenated along channels [A7]. "stal": Chen et al. 2019 (core/models/stal.py), its
+global branch through the same fc and classifier. The head is GAP -> Linear(D or 2D, feat_dim) (the
 retrieval feature; plain Linear, no BN/ReLU: the paper says only "a fully connected layer" [A7]) ->
 Linear(feat_dim, num_classes), without a bias by default: Eq. 10's logits are W_k^T x (classifier_bias=True adds
 one). "stan": Li et al. 2018 (core/models/stan.py): K spatial attention models, temporal attention per model,
@@ -21,8 +22,9 @@ from core.models.backbone import build_backbone
 from core.models.stan import STANHead
 from core.models.sta import (ATTENTION, REMAINDERS, attention_error, attention_map, block_scores, fuse_pooled,
                              normalize_scores, region_bounds)
+from core.models.stal import STALHead
 
-AGGREGATIONS = typing.get_args(Aggregation)  # frame | avg | sta | stan
+AGGREGATIONS = typing.get_args(Aggregation)  # frame | avg | sta | stan | stal
 F2_WEIGHTS = typing.get_args(F2Weights)  # [A5] normalized | raw: Eq. 4 scores S | Eq. 3 block sums s (Alg. 1 literally)
 
 
@@ -36,7 +38,8 @@ class VideoReIDModel(nn.Module):
                  weights_path: str | None = None, aggregation: str = "sta", fusion: bool = True, num_regions: int = 4,
                  feat_dim: int = 1024, attention: str = "energy", f2_weights: str = "normalized",
                  remainder: str = "last", classifier_bias: bool = False, stan_models: int = 6, stan_hidden: int = 64,
-                 stan_embed: str = "concat"):
+                 stan_embed: str = "concat", stal_parts: int = 6, stal_ran: bool = True,
+                 stal_part_norm: str = "l1"):
         super().__init__()
         _check("aggregation", aggregation, AGGREGATIONS)
         if attention not in ATTENTION:
@@ -64,6 +67,8 @@ class VideoReIDModel(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.001)  # initial logits ~0: CE starts at log(num_classes)
         if classifier_bias:
             nn.init.zeros_(self.classifier.bias)
+        self.stal = STALHead(channels, feat_dim, num_classes, stal_parts, stal_ran, stal_part_norm, remainder,
+                             classifier_bias) if aggregation == "stal" else None
 
     def forward(self, clips: Tensor) -> dict:
         """clips (B, N, 3, H, W) -> {"feat", "logits", "scores", "attention", "frames_per_clip"}, and for stan
@@ -84,6 +89,8 @@ class VideoReIDModel(nn.Module):
                 per_clip = n  # every frame is a sample; the caller repeats labels with repeat_interleave
             else:
                 feat = feat.unflatten(0, (b, n)).mean(1)  # [A13] (B*N, F) -> (B, N, F) -> (B, F)
+        elif self.aggregation == "stal":  # Chen et al. 2019: global and local branch, Eq. 1, 2, 8, 9
+            return {**self.stal(f, self.fc, self.classifier), "attention": g, "frames_per_clip": 1}
         elif self.aggregation == "avg":
             feat = self.fc(f.mean((-2, -1), dtype=torch.float32).mean(1))  # (B, N, D, h, w) -> (B, N, D) -> (B, D)
         elif self.aggregation == "stan":
@@ -106,4 +113,5 @@ def build_model(cfg: ModelConfig, num_classes: int) -> VideoReIDModel:
                           aggregation=cfg.aggregation, fusion=cfg.fusion, num_regions=cfg.num_regions,
                           feat_dim=cfg.feat_dim, attention=cfg.attention, f2_weights=cfg.f2_weights,
                           remainder=cfg.remainder, classifier_bias=cfg.classifier_bias, stan_models=cfg.stan_models,
-                          stan_hidden=cfg.stan_hidden, stan_embed=cfg.stan_embed)
+                          stan_hidden=cfg.stan_hidden, stan_embed=cfg.stan_embed, stal_parts=cfg.stal_parts,
+                          stal_ran=cfg.stal_ran, stal_part_norm=cfg.stal_part_norm)
