@@ -42,7 +42,7 @@ def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """One SQLite store for the module: table1 rows 1-2 with 2 seeds, table4's STA and STA + ReRank."""
+    """One SQLite store for the module: table1 rows 1-2 with 2 seeds, table4's run rows (STA, STA + ReRank, STAN, STAL)."""
     folder = tmp_path_factory.mktemp("store")
     uri = tracking.configure(f"sqlite:///{folder}/mlflow.db")
     t1 = load_spec(spec_path("table1"), "cpu")
@@ -58,9 +58,11 @@ def store(tmp_path_factory):
         for row, r1 in zip(t2.rows, (0.3, 0.4, 0.42, 0.41)):
             _log_row(t2, row, 0, r1)
     with tracking.parent_run(tracking.experiment_name("table4"), "test", {"table": "table4"}):
-        sta, rr = (r for r in t4.rows if r.run)
-        _log_row(t4, sta, 0, 0.40)
-        _log_row(t4, rr, 0, 0.40, rerank=0.45)
+        rows = {r.label: r for r in t4.rows if r.run}
+        _log_row(t4, rows["STA"], 0, 0.40)
+        _log_row(t4, rows["STA + ReRank"], 0, 0.40, rerank=0.45)
+        _log_row(t4, rows["STAN (this suite)"], 0, 0.35)
+        _log_row(t4, rows["STAL (this suite)"], 0, 0.38)
     return {"uri": uri, "folder": folder, "ids": ids, "t1": t1}
 
 
@@ -223,10 +225,14 @@ def test_rerank_row_reports_reranked_metrics_and_literature_rows_are_quoted(stor
     tracking.configure(store["uri"])
     text = reporting.write_report(read_spec(spec_path("table4")), tracking.runs_frame("STA table4"), tmp_path,
                                   load_json=tracking.load_json, load_table=tracking.load_table).read_text()
-    sta = next(ln for ln in text.splitlines() if ln.startswith("| 11 "))
-    rerank = next(ln for ln in text.splitlines() if ln.startswith("| 12 "))
-    assert "40.0" in sta and "45.0" in rerank and "87.2" in rerank
-    assert "57.5" in next(ln for ln in text[text.index("**Protocol `gao`**"):].splitlines() if ln.startswith("| 12 "))
+    line = {ln.split("|")[1].strip(): ln for ln in text[:text.index("**Protocol `gao`**")].splitlines()
+            if ln.startswith("| ") and ln.split("|")[1].strip().isdigit()}
+    sta, rerank, stan, stal = line["12"], line["15"], line["13"], line["14"]
+    assert "| STA " in sta and "40.0" in sta and "45.0" in rerank and "87.2" in rerank
+    assert "STAN (this suite)" in stan and "35.0" in stan and "82.3" in stan and "quoted" not in stan
+    assert "STAL (this suite)" in stal and "38.0" in stal and "82.2" in stal and "quoted" not in stal
+    assert "quoted from its own paper" in line["11"] and line["11"].split("|")[4].strip() == "quoted"
+    assert "57.5" in next(ln for ln in text[text.index("**Protocol `gao`**"):].splitlines() if ln.startswith("| 15 "))
     assert "re-ranked set" in text and "11310" in text
     assert "preset `full_sta`" in text and "never gives it (A8)" in text and "placeholder" not in text
     qan = next(ln for ln in text.splitlines() if ln.startswith("| 4 "))
