@@ -210,6 +210,6 @@ def _figure_clip(tracklets: Sequence[Tracklet], truth: pd.DataFrame, key: tuple[
     damaged = rows[rows["kind"] != NONE]
     rects = [damaged.loc[damaged["name"] == nm, ["y0", "y1", "x0", "x1"]].astype(int).values.tolist() for nm in names]
     bounds = region_bounds(feat_h, scores.shape[1], cfg.model.remainder)
-    return {"label": f"tracklet {owner}" + (f" clip {clip}" if clip else ""), "query": int(owner), "pid": int(t.pid), "camid": int(t.camid),
-            "frames": [t.paths[i] for i in frames], "scores": np.asarray(scores, float).round(5).tolist(),
-            "damage": rects, "frame_size": size, "edges": [b[0] / feat_h for b in bounds] + [1.0]}
+    return {"label": f"tracklet {owner}" + (f" clip {clip}" if clip else ""), "query": int(owner), "pid": int(t.pid),
+            "camid": int(t.camid), "frames": [t.paths[i] for i in frames],
+            "scores": np.asarray(scores, float).round(5).tolist(), "damage": rects, "frame_size": size, "edges": [b[0] / feat_h for b in bounds] + [1.0]}

@@ -30,8 +30,9 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
 
     ``keep_scores_for`` keeps the N x K score matrix of the first clip of tracklets 0..keep_scores_for-1
     (for the attention figures). ``collect(owner, out)``, when given, sees every batch's owners [B'] and model
-    output (e.g. core.engine.audit.ClipCollector keeps the attention audit's scores and maps). NaN or inf features (a diverged model) raise FloatingPointError naming how many
-    clips and which tracklets: they must never be ranked and scored.
+    output (e.g. core.engine.audit.ClipCollector keeps the attention audit's scores and maps). NaN or inf
+    features (a diverged model) raise FloatingPointError naming how many clips and which tracklets: they must never
+    be ranked and scored.
     """
     model.eval()
     loader = make_test_loader(tracklets, seq_len=seq_len, sampling=sampling, height=height, width=width,
