@@ -143,3 +143,20 @@ def test_the_occlusion_threshold_must_be_a_fraction(value):
     from core.config import ConfigError, RunConfig, apply_overrides
     with pytest.raises(ConfigError, match="eval.audit_occluded"):
         apply_overrides(RunConfig(), {"eval.audit_occluded": value})
+
+
+def test_sta_rows_that_differ_in_the_head_share_one_untrained_pass(tiny_synthetic_root, tiny_dataset, monkeypatch):
+    # the backbone is drawn first from the seed, so fusion, feat_dim and the losses leave it (and Eq. 1-4) unchanged
+    a = tiny_cfg(tiny_synthetic_root, **{"model.fusion": False, "loss.reg_weight": 0.0})
+    b = tiny_cfg(tiny_synthetic_root, **{"model.fusion": True, "model.feat_dim": 16})
+    cpu = torch.device("cpu")
+    ba, bb = (audit.untrained_model(c, 5, cpu).backbone.state_dict() for c in (a, b))
+    assert all(torch.equal(v, bb[k]) for k, v in ba.items())
+    calls = []
+    real = audit.extract_features
+    monkeypatch.setattr(audit, "extract_features", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    monkeypatch.setattr(audit, "_UNTRAINED", {})
+    keys = [(0, 0), (2, 0)]
+    first = audit._untrained_outputs(a, 5, cpu, tiny_dataset.query, keys, False)
+    second = audit._untrained_outputs(b, 5, cpu, tiny_dataset.query, keys, False)
+    assert len(calls) == 1 and first[0].shape == (2, a.eval.seq_len, 2) and second is first

@@ -7,7 +7,9 @@ MARS tracklets take < 1 MB); the (N, h, w) Eq. 1 maps are kept (float32, so ties
 tracklets with damage in the synthetic ground truth (core.data.truth), i.e. none on MARS or DukeMTMC-VideoReID.
 
 Audit (``audit``): uniformity of the scores over all clips (any dataset); on a synthetic tree with its truth table,
-the AUCs of the scores (region-frames) and of the maps (grid cells) against the damage, with cluster-bootstrap
+the AUCs of the scores (region-frames) and of the maps (grid cells) against the damage (every damaged rectangle of
+the truth table, whatever its kind; the whole-frame camera blur and box jitter are per-frame numbers, not
+rectangles, and do not count), with cluster-bootstrap
 intervals over identities (distractor and junk tracklets each their own cluster), eval.bootstrap_resamples /
 eval.bootstrap_seed; and the same for the untrained model: the architecture with the weights training starts from
 (seed_everything(train.seed), build_model: random weights, or the ImageNet backbone under model.pretrained), read only

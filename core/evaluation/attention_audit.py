@@ -17,6 +17,12 @@ per region and pooled over regions (every pair counts once). The Eq. 1 map is au
 formed within one frame: g at clean grid cells against g at occluded ones (cell fractions). 0.5: no preference;
 1: every clean region-frame (cell) above every occluded one of its clip (frame).
 
+Threshold (eval.audit_occluded, default 0.5): a region-frame (cell) counts as occluded when most of its pixels are
+damaged. A lower value admits region-frames whose visible part may still be discriminative, where a high score is
+no error of the attention; a higher one leaves few pairs (1.0: only fully covered regions, rare for bands that do
+not align with the model's rows). Region-frames strictly between 0 and the threshold take no part, so the test
+contrasts clearly clean with clearly damaged.
+
 Counting (Mann-Whitney): within a group, the sum of the clean values' average ranks among the group's clean and
 occluded values minus n_c (n_c + 1) / 2 is exactly the number of wins plus half the ties; ranks are half-integers,
 so the counts are exact in float64. The tests check it against explicit loops over pairs.
