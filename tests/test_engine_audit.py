@@ -160,3 +160,14 @@ def test_sta_rows_that_differ_in_the_head_share_one_untrained_pass(tiny_syntheti
     first = audit._untrained_outputs(a, 5, cpu, tiny_dataset.query, keys, False)
     second = audit._untrained_outputs(b, 5, cpu, tiny_dataset.query, keys, False)
     assert len(calls) == 1 and first[0].shape == (2, a.eval.seq_len, 2) and second is first
+
+
+def test_a_truth_table_without_a_test_frame_is_refused_by_name():
+    from core.data.base import DatasetError
+    from core.data.truth import TRUTH_COLUMNS as cols
+    table = pd.DataFrame([dict(split="test", name="a.jpg", track=0, frame=0, kind="none", y0=0, y1=0, x0=0, x1=0,
+                               height=4, width=4, blur=0.0, dx=0.0, dy=0.0, scale=0.9, junk=False)], columns=list(cols))
+    regions, cells = audit.frame_fractions(table, ["a.jpg"], 2, 1, 2, "last")
+    assert regions.tolist() == [[0.0, 0.0]] and cells.shape == (1, 2, 1)
+    with pytest.raises(DatasetError, match="truth.parquet: no row for 1 test frames \\(first: b.jpg\\)"):
+        audit.frame_fractions(table, ["a.jpg", "b.jpg"], 2, 1, 2, "last")

@@ -30,9 +30,10 @@ import torch
 
 from core.config import RunConfig
 from core.data import Tracklet, VideoDataset
+from core.data.base import DatasetError
 from core.data.sampling import eval_frames
 from core.data.synthetic import default_root
-from core.data.truth import NONE, cell_fractions, frame_masks, load_truth, region_fractions, truth_path
+from core.data.truth import NONE, TRUTH, cell_fractions, frame_masks, load_truth, region_fractions, truth_path
 from core.engine.device import amp_dtype, seed_everything
 from core.engine.extract import extract_features
 from core.evaluation import attention_audit as aa
@@ -98,7 +99,12 @@ def frame_fractions(truth: pd.DataFrame, names: Sequence[str], feat_h: int, feat
                     remainder: str) -> tuple[np.ndarray, np.ndarray]:
     """Occluded fraction of each region (F, K) and grid cell (F, h, w) of the test frames `names` (every damage
     kind of the truth table), built a chunk of frames of one stored size at a time."""
-    sizes = truth[truth["split"] == "test"].groupby("name")[["height", "width"]].first().loc[list(names)]
+    sizes = truth[truth["split"] == "test"].groupby("name")[["height", "width"]].first()
+    missing = sorted(set(names) - set(sizes.index))
+    if missing:
+        raise DatasetError(f"{TRUTH}: no row for {len(missing)} test frames (first: {missing[0]}); the truth table "
+                           f"must list every frame of the tree: regenerate the synthetic tree")
+    sizes = sizes.loc[list(names)]
     regions, cells = np.zeros((len(names), num_regions)), np.zeros((len(names), feat_h, feat_w))
     for _, idx in sizes.reset_index(drop=True).groupby(["height", "width"]).groups.items():
         idx = np.asarray(idx)
