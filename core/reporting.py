@@ -362,12 +362,12 @@ def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str
                           "mean \\|S − 1/N\\|": _audit_cell(sel, "attn_dev_uniform", 4),
                           "entropy / log N": _audit_cell(sel, "attn_entropy", 4),
                           f"AUC scores ({synthetic})": _audit_cell(sel, "attn_auc_region"),
-                          "untrained": _audit_cell(sel, "attn_auc_region_untrained"),
-                          "gain": _audit_cell(sel, "attn_auc_region_gain"),
+                          "scores untrained": _audit_cell(sel, "attn_auc_region_untrained"),
+                          "scores gain": _audit_cell(sel, "attn_auc_region_gain"),
                           "per region (trained)": _regions_cell(sel, "attn_auc_region"),
                           f"AUC Eq. 1 map ({synthetic})": _audit_cell(sel, "attn_auc_map"),
-                          "untrained ": _audit_cell(sel, "attn_auc_map_untrained"),
-                          "gain ": _audit_cell(sel, "attn_auc_map_gain"),
+                          "map untrained": _audit_cell(sel, "attn_auc_map_untrained"),
+                          "map gain": _audit_cell(sel, "attn_auc_map_gain"),
                           "pairs (region-frames / cells)": pairs})
     if not table:
         return []

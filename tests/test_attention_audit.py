@@ -37,6 +37,9 @@ def test_a_hand_counted_clip():
     # one clip, 3 frames, 1 region: clean 0.4 and 0.3, occluded 0.3 -> 1 win + 1 tie of 2 pairs: AUC 0.75
     wins, pairs = aa.region_pairs(np.array([[[0.4], [0.3], [0.3]]]), np.array([[[0.0], [0.0], [0.7]]]), 0.5)
     assert wins.tolist() == [[1.5]] and pairs.tolist() == [[2.0]]
+    # nothing clean-and-occluded (fractions between 0 and the threshold): no pairs
+    wins, pairs = aa.region_pairs(np.full((2, 3, 2), 1 / 3), np.full((2, 3, 2), 0.2), 0.5)
+    assert not wins.any() and not pairs.any() and pairs.shape == (2, 2)
 
 
 def _slow_pairs(values, labels, groups, num_groups):
