@@ -86,7 +86,7 @@ def test_audit_metrics_reach_the_run_result(tmp_path):
     m = result.metrics
     for name in ("attn_dev_uniform", "attn_entropy", "attn_auc_region", "attn_auc_region_ci_low", "attn_auc_map",
                  "attn_auc_region_untrained", "attn_auc_map_untrained_ci_high", "attn_auc_region_gain_ci_low",
-                 "attn_dev_uniform_untrained"):
+                 "attn_dev_uniform_untrained", "attn_entropy_audited"):
         assert name in m and np.isfinite(m[name]), name
     assert 0.0 <= m["attn_auc_region_ci_low"] <= m["attn_auc_region"] <= m["attn_auc_region_ci_high"] <= 1.0
     assert "attn_auc_region_k2" not in m          # the bottom region is never damaged: no pairs, not logged

@@ -162,16 +162,17 @@ def audit(model_scores: ClipCollector, tracklets: Sequence[Tracklet], truth: pd.
 
     Metrics: attn_dev_uniform, attn_entropy (all test clips); with a truth table also attn_auc_region (pooled) and
     attn_auc_region_k<k>, attn_auc_map, each with _ci_low / _ci_high; the same with the suffix _untrained (and
-    attn_dev_uniform_untrained, attn_entropy_untrained on the audited clips); attn_auc_region_gain and
+    attn_dev_uniform_untrained, attn_entropy_untrained on the audited clips, beside attn_dev_uniform_audited and
+    attn_entropy_audited, the trained model's on the same clips); attn_auc_region_gain and
     attn_auc_map_gain (trained − untrained, paired interval); attn_audit_clips, attn_pairs_region, attn_pairs_map.
     """
     scores = model_scores.score_array()                                   # (C, N, K)
     if not scores.size:
         return {}, []
-    metrics = {f"attn_{k}": v for k, v in aa.uniformity(scores).items() if np.isfinite(v)}  # entropy: N > 1
+    metrics = {f"attn_{name}": v for name, v in aa.uniformity(scores).items()}
     rows = sorted(model_scores.maps)
     if truth is None or not rows:
-        return metrics, []
+        return _finite(metrics), []
     owners = [model_scores.owners[r] for r in rows]
     keys = [(o, model_scores.clips[r]) for o, r in zip(owners, rows)]
     n, k = scores.shape[1:]
@@ -185,9 +186,10 @@ def audit(model_scores: ClipCollector, tracklets: Sequence[Tracklet], truth: pd.
     rw, rp = aa.region_pairs(scores[rows], region_frac, thr)               # (R, K) each
     mw, mp = aa.map_pairs(maps, cell_frac, thr)                            # (R,) each
     use = np.flatnonzero((rp.sum(1) > 0) | (mp > 0))
-    metrics.update(attn_audit_clips=float(len(use)), attn_pairs_region=float(rp.sum()), attn_pairs_map=float(mp.sum()))
+    metrics.update(attn_audit_clips=float(len(use)), attn_pairs_region=float(rp.sum()),
+                   attn_pairs_map=float(mp.sum()))
     if not len(use):
-        return metrics, []
+        return _finite(metrics), []
     clusters = _clusters(tracklets, [owners[i] for i in use])
     res, seed = cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed
     u_scores, u_maps = _untrained_outputs(cfg, num_classes, device, tracklets, [keys[i] for i in use], progress)
@@ -199,11 +201,16 @@ def audit(model_scores: ClipCollector, tracklets: Sequence[Tracklet], truth: pd.
     metrics.update(aa.auc_metrics("attn_auc_map_untrained", umw, mp[use], clusters, res, seed))
     metrics.update(aa.gain_metrics("attn_auc_region_gain", rw[use], urw, rp[use], clusters, res, seed))
     metrics.update(aa.gain_metrics("attn_auc_map_gain", mw[use], umw, mp[use], clusters, res, seed))
-    metrics.update({f"attn_{k}_untrained": v for k, v in aa.uniformity(u_scores).items()})
+    metrics.update({f"attn_{name}_untrained": v for name, v in aa.uniformity(u_scores).items()})
+    metrics.update({f"attn_{name}_audited": v for name, v in aa.uniformity(scores[rows][use]).items()})
     pick = use[np.argsort(-rp[use].sum(1), kind="stable")[:FIGURE_CLIPS]]
-    metrics = {name: v for name, v in metrics.items() if np.isfinite(v)}   # e.g. a region without pairs: not logged
-    return metrics, [_figure_clip(tracklets, truth, keys[i], names[i], scores[rows[i]], maps.shape[2], cfg)
+    return _finite(metrics), [_figure_clip(tracklets, truth, keys[i], names[i], scores[rows[i]], maps.shape[2], cfg)
                      for i in pick]
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics that exist: a region without pairs has no AUC, one frame (N = 1) no entropy."""
+    return {name: float(v) for name, v in metrics.items() if np.isfinite(v)}
 
 
 def _figure_clip(tracklets: Sequence[Tracklet], truth: pd.DataFrame, key: tuple[int, int], names: list[str],
@@ -220,4 +227,5 @@ def _figure_clip(tracklets: Sequence[Tracklet], truth: pd.DataFrame, key: tuple[
     bounds = region_bounds(feat_h, scores.shape[1], cfg.model.remainder)
     return {"label": f"tracklet {owner}" + (f" clip {clip}" if clip else ""), "query": int(owner), "pid": int(t.pid),
             "camid": int(t.camid), "frames": [t.paths[i] for i in frames],
-            "scores": np.asarray(scores, float).round(5).tolist(), "damage": rects, "frame_size": size, "edges": [b[0] / feat_h for b in bounds] + [1.0]}
+            "scores": np.asarray(scores, float).round(5).tolist(), "damage": rects, "frame_size": size,
+            "edges": [b[0] / feat_h for b in bounds] + [1.0]}
