@@ -361,6 +361,9 @@ def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str
             table.append({"row": row.label, "data": run_header(ds),
                           "mean \\|S − 1/N\\|": _audit_cell(sel, "attn_dev_uniform", 4),
                           "entropy / log N": _audit_cell(sel, "attn_entropy", 4),
+                          "mean \\|S − 1/N\\| on audited clips: trained / untrained":
+                              f"{_audit_cell(sel, 'attn_dev_uniform_audited', 4)} / "
+                              f"{_audit_cell(sel, 'attn_dev_uniform_untrained', 4)}",
                           f"AUC scores ({synthetic})": _audit_cell(sel, "attn_auc_region"),
                           "scores untrained": _audit_cell(sel, "attn_auc_region_untrained"),
                           "scores gain": _audit_cell(sel, "attn_auc_region_gain"),
@@ -381,7 +384,8 @@ def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str
             "only (the generator's ground truth of what it occluded, blurred or cut): the probability that a clean "
             "region-frame (nothing damaged) scores above an occluded one (a damaged fraction of at least "
             f"eval.audit_occluded = {thr}) of the same region and clip, ties counting half, pooled over regions; "
-            "for the Eq. 1 map the same with clean against occluded grid cells of one frame. **0.5 = no preference**, "
+            "for the Eq. 1 map the same with clean against occluded grid cells of one frame (audited clips: those with "
+            "such a pair). **0.5 = no preference**, "
             "1 = clean always above occluded, below 0.5 = occluded preferred. *Untrained*: the same architecture "
             "with the weights training starts from (seed train.seed), on the same pairs: the AUC that the energy "
             "of Eq. 1 gives without training; *gain* = trained − untrained (paired). Intervals: 95 % cluster "
