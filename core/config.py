@@ -136,6 +136,7 @@ class EvalConfig:
     batch_size: int = 32                # clips per extraction batch
     bootstrap_resamples: int = 1000     # identity resamples of the 95 % intervals (core.evaluation.bootstrap)
     bootstrap_seed: int = 0             # their generator's seed (intervals are reproducible)
+    audit_occluded: float = 0.5         # attention audit (synthetic data): a region-frame or grid cell counts as occluded when at least this fraction of its pixels is damaged (clean: 0); 0.5 = mostly damaged (core.evaluation.attention_audit)
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,9 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     for key, low in MINIMUM.items():
         if flat[key] < low:
             raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}; must be >= {low}")
+    if not 0.0 < cfg.eval.audit_occluded <= 1.0:
+        raise ConfigError(f"{where}: key 'eval.audit_occluded' is {cfg.eval.audit_occluded}; must be in (0, 1] (the "
+                          f"damaged fraction from which a region-frame counts as occluded; 0 is 'clean')")
     if not 0.0 <= cfg.data.flip_prob <= 1.0:
         raise ConfigError(f"{where}: key 'data.flip_prob' is {cfg.data.flip_prob}; must be in [0, 1]")
     fmap_h = cfg.data.height // BACKBONE_STRIDE

@@ -125,7 +125,12 @@ def attention_clips(scores: Mapping[int, object], query: Sequence, seq_len: int,
 def attention_figure(clips: Sequence[Mapping], title: str, size: tuple[int, int] = (128, 64)):
     """Each clip a row of its N frames; each frame split into K horizontal bands shaded by its score s_{n,k}
     (Eq. 4: each region's scores sum to 1 over the N frames, so 1/N is "no preference"): red above 1/N, blue
-    below, the value printed. Missing frame files are drawn grey."""
+    below, the value printed. Missing frame files are drawn grey.
+
+    Optional keys of a clip (the attention audit's clips, core.engine.audit): "edges", the K + 1 region edges as
+    fractions of the frame height (default: K equal bands); "damage", per frame the true damaged rectangles
+    [y0, y1, x0, x1] in pixels of the stored frame of size "frame_size" [H, W], outlined in green; "label", the
+    row's title (default: the query, identity and camera)."""
     from matplotlib.colors import TwoSlopeNorm
     n_max = max(len(c["scores"]) for c in clips)
     fig, axes = plt.subplots(len(clips), n_max, figsize=(1.35 * n_max, 2.5 * len(clips)), squeeze=False)
@@ -143,17 +148,32 @@ def attention_figure(clips: Sequence[Mapping], title: str, size: tuple[int, int]
             img = _load_frame(clip["frames"][n] if n < len(clip.get("frames", [])) else None, size)
             h = img.shape[0]
             ax.imshow(img)
-            edges = np.linspace(0, h, s.shape[1] + 1)
+            edges = h * np.asarray(clip["edges"], dtype=float) if "edges" in clip \
+                else np.linspace(0, h, s.shape[1] + 1)
             for k, score in enumerate(s[n]):
                 ax.axhspan(edges[k], edges[k + 1], color=cmap(norm(float(score))), alpha=0.5, lw=0)
                 ax.text(2, (edges[k] + edges[k + 1]) / 2, f"{score:.2f}", color="white", fontsize=6,
                         va="center", bbox={"facecolor": "black", "alpha": 0.4, "pad": 0.5, "lw": 0})
-            ax.set_title(f"frame {n + 1}" if n else f"query {clip['query']} (id {clip['pid']}, cam {clip['camid']})",
+            if clip.get("damage"):
+                _outline(ax, clip["damage"][n], clip["frame_size"], img.shape[:2])
+            head = clip.get("label") or f"query {clip['query']}"
+            ax.set_title(f"frame {n + 1}" if n else f"{head} (id {clip['pid']}, cam {clip['camid']})",
                          fontsize=6, loc="left")
-    fig.suptitle(title + "\nred: region score above 1/N (the frame is preferred for that region), blue: below",
-                 fontsize=8)
+    damage = "; green outline: the truly damaged pixels" if any(c.get("damage") for c in clips) else ""
+    fig.suptitle(title + "\nred: region score above 1/N (the frame is preferred for that region), blue: below"
+                 + damage, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _outline(ax, rects: Sequence[Sequence[int]], frame_size: Sequence[int], shown: tuple[int, int]) -> None:
+    """Green outlines of damaged rectangles [y0, y1, x0, x1] (pixels of a frame_size [H, W] frame) on a frame drawn
+    at `shown` (h, w) pixels."""
+    from matplotlib.patches import Rectangle
+    sy, sx = shown[0] / frame_size[0], shown[1] / frame_size[1]
+    for y0, y1, x0, x1 in rects:
+        ax.add_patch(Rectangle((x0 * sx - 0.5, y0 * sy - 0.5), (x1 - x0) * sx, (y1 - y0) * sy, fill=False,
+                               edgecolor="#00d000", lw=1.2))
 
 
 def _load_frame(path: str | None, size: tuple[int, int]) -> np.ndarray:

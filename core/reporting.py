@@ -36,6 +36,7 @@ DATASET_ORDER = ("mars", "duke", "synthetic")
 # (the same list core.config.config_hash leaves out)
 SEED_KEYS = ("train.seed", *RESULT_NEUTRAL_KEYS)
 MARKS = ("†", "‡", "§", "¶")        # footnote marks of the reasons a number has no interval
+AUDIT_CLIPS = "audit_clips.json"    # artifact of an STA row run on synthetic data: the audit figure's clips
 
 
 def reference_dataset(spec: Spec, dataset: str) -> str:
@@ -323,6 +324,77 @@ def claims_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str], profile: s
     return lines
 
 
+def _audit_cell(sel: pd.DataFrame, name: str, digits: int = 3) -> str:
+    """A row's audit metric: 'v [low, high]' (one seed), 'mean ± std' (seeds), '—' (not logged)."""
+    col = f"metrics.{name}"
+    vals = sel[col].dropna().astype(float).tolist() if col in sel else []
+    if not vals:
+        return "—"
+    if len(vals) > 1:
+        return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+    low, high = (sel[f"{col}_ci_{b}"].dropna().astype(float).tolist() if f"{col}_ci_{b}" in sel else []
+                 for b in ("low", "high"))
+    bounds = f" [{low[0]:.{digits}f}, {high[0]:.{digits}f}]" if low and high else ""
+    return f"{vals[0]:.{digits}f}{bounds}"
+
+
+def _regions_cell(sel: pd.DataFrame, name: str) -> str:
+    """The per-region AUCs of a row, top region first: 'k1 0.61, k2 0.55, …' (mean over seeds)."""
+    out, k = [], 1
+    while f"metrics.{name}_k{k}" in sel:
+        vals = sel[f"metrics.{name}_k{k}"].dropna().astype(float)
+        out.append(f"k{k} {vals.mean():.2f}" if len(vals) else f"k{k} —")
+        k += 1
+    return ", ".join(out) or "—"
+
+
+def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str]:
+    """The report's attention audit (issue 14; core.engine.audit): one line per STA row and dataset."""
+    table = []
+    for ds in datasets:
+        for row in spec.run_rows:
+            sel = runs[(runs["tags.dataset"] == ds) & (runs["tags.row"] == row.label)]
+            if sel.empty or "metrics.attn_dev_uniform" not in sel or sel["metrics.attn_dev_uniform"].isna().all():
+                continue
+            synthetic = "synthetic truth" if ds == "synthetic" else "synthetic truth only"
+            pairs = "/".join(_count(sel, f"attn_pairs_{k}") for k in ("region", "map"))
+            table.append({"row": row.label, "data": run_header(ds),
+                          "mean \\|S − 1/N\\|": _audit_cell(sel, "attn_dev_uniform", 4),
+                          "entropy / log N": _audit_cell(sel, "attn_entropy", 4),
+                          "mean \\|S − 1/N\\| on audited clips: trained / untrained":
+                              f"{_audit_cell(sel, 'attn_dev_uniform_audited', 4)} / "
+                              f"{_audit_cell(sel, 'attn_dev_uniform_untrained', 4)}",
+                          f"AUC scores ({synthetic})": _audit_cell(sel, "attn_auc_region"),
+                          "scores untrained": _audit_cell(sel, "attn_auc_region_untrained"),
+                          "scores gain": _audit_cell(sel, "attn_auc_region_gain"),
+                          "per region (trained)": _regions_cell(sel, "attn_auc_region"),
+                          f"AUC Eq. 1 map ({synthetic})": _audit_cell(sel, "attn_auc_map"),
+                          "map untrained": _audit_cell(sel, "attn_auc_map_untrained"),
+                          "map gain": _audit_cell(sel, "attn_auc_map_gain"),
+                          "pairs (region-frames / cells)": pairs})
+    if not table:
+        return []
+    thr = _values(runs, "eval.audit_occluded")
+    thr = EvalConfig.audit_occluded if thr == "—" else thr
+    return ["### Attention audit", "",
+            "Does STA's attention prefer the frames where a region is visible (the paper's Fig. 1 and 4)? "
+            "Uniformity, on every dataset: mean \\|S − 1/N\\| over test clips, frames and regions is 0 and the "
+            "per-region entropy over the N frames / log N is 1 when every frame gets 1/N of each region (STA then "
+            "pools like a temporal average); a one-hot choice gives 2(N − 1)/N² and 0. AUCs, on **synthetic** data "
+            "only (the generator's ground truth of what it occluded, blurred or cut): the probability that a clean "
+            "region-frame (nothing damaged) scores above an occluded one (a damaged fraction of at least "
+            f"eval.audit_occluded = {thr}) of the same region and clip, ties counting half, pooled over regions; "
+            "for the Eq. 1 map the same with clean against occluded grid cells of one frame (audited clips: those with "
+            "such a pair). **0.5 = no preference**, "
+            "1 = clean always above occluded, below 0.5 = occluded preferred. *Untrained*: the same architecture "
+            "with the weights training starts from (seed train.seed), on the same pairs: the AUC that the energy "
+            "of Eq. 1 gives without training; *gain* = trained − untrained (paired). Intervals: 95 % cluster "
+            "bootstrap over identities (eval.bootstrap_resamples, eval.bootstrap_seed); with several seeds, "
+            "mean ± std over seeds. The audit figure (below) draws a few clips with damage: scores over the "
+            "frames, true damage outlined.", "",
+            _markdown(pd.DataFrame(table)), ""]
+
+
 def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: str,
             load_json: LoadJson | None, left_out: Sequence[dict] = (), load_table: LoadTable | None = None) -> str:
     """Markdown for one profile: protocol line, comparison tables with intervals, left-out runs, claims,
@@ -355,6 +427,7 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
     lines += [f"{_mark(reason, notes)} {reason}" for reason in list(notes)] + ([""] if notes else [])
     lines += left_out_lines(left_out)
     lines += claims_lines(spec, runs, datasets, profile, fig_dir, rel, load_table)
+    lines += audit_lines(spec, runs, datasets)
     for ds in datasets:
         sub = runs[runs["tags.dataset"] == ds]
         for name, fig in _figures(spec, sub, ds, load_json):
@@ -427,6 +500,13 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
         yield "cmc", figures.cmc_figure(curves, f"CMC — {spec.title} — {run_header(ds)}")
     if clips:
         yield "attention", figures.attention_figure(clips, f"N x K attention scores — {clip_row} ({run_header(ds)})")
+    for r in reversed(spec.run_rows):    # the attention audit's clips (synthetic data with ground truth)
+        found = next((c for c in (load_json(rid, AUDIT_CLIPS) for rid in runs.loc[runs["tags.row"] == r.label,
+                                                                                    "run_id"]) if c), None)
+        if found:
+            yield "attention_audit", figures.attention_figure(
+                found["clips"], f"Attention audit — {r.label} ({run_header(ds)}): clips with damage")
+            break
 
 
 def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from core import claims, figures, reporting, tracking
 from core.config import RunConfig, apply_overrides, config_hash
+from core.reporting import AUDIT_CLIPS
 from core.specs import ROW_WALL_S, Row, Spec, read_spec
 
 
@@ -145,6 +146,13 @@ def _log_figures(job: Job, result, dataset) -> None:
         fig = figures.attention_figure(clips, title=f"N x K attention scores — {job.row.label}",
                                        size=(job.cfg.data.height, job.cfg.data.width))
         tracking.log_figure(fig, "attention.png")
+        figures.close(fig)
+    audit_clips = getattr(result, "audit_clips", None)       # the attention audit's clips with damage (synthetic)
+    if audit_clips:
+        tracking.log_dict({"clips": audit_clips}, AUDIT_CLIPS)
+        fig = figures.attention_figure(audit_clips, title=f"Attention audit — {job.row.label}",
+                                       size=(job.cfg.data.height, job.cfg.data.width))
+        tracking.log_figure(fig, "attention_audit.png")
         figures.close(fig)
 
 

@@ -62,7 +62,7 @@ from core.tune_spec import Plan, TuneSpec, lambda_margin, with_values
 # and, though in the config hash, the dataset's path and the extraction batch size
 MACHINE_KEYS = (*RESULT_NEUTRAL_KEYS, "data.root", "eval.batch_size")
 # keys that only change how the report states its intervals, never a trial: a study may be resumed with others
-REPORT_KEYS = ("eval.bootstrap_resamples", "eval.bootstrap_seed")
+REPORT_KEYS = ("eval.bootstrap_resamples", "eval.bootstrap_seed", "eval.audit_occluded")
 ENDED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S, GRACE_S = 60, 600          # RDB storages: heartbeat interval, silence after which a trial is failed
 VAL_PER_QUERY = "val_per_query.parquet"  # artifact of a trial run: its last validation's per-query outcomes

@@ -3,6 +3,7 @@ a second invocation reuses the finished runs (no new runs, no training); the rep
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,6 +76,9 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     assert sta["metrics.R1_ci_low"] <= sta["metrics.R1"] <= sta["metrics.R1_ci_high"] <= 100
     assert sta["metrics.gao_mAP_ci_low"] <= sta["metrics.gao_mAP"] <= sta["metrics.gao_mAP_ci_high"] <= 100
     assert "checkpoint" not in artifacts  # the checkpoint is logged on paper-profile runs only
+    # the attention audit's uniformity (any dataset; the AUCs need a truth.parquet: tests/test_engine_audit.py)
+    assert 0 <= sta["metrics.attn_dev_uniform"] <= 0.75 and 0 <= sta["metrics.attn_entropy"] <= 1
+    assert np.isnan(rows[rows["tags.row"] == "Baseline"]["metrics.attn_dev_uniform"].iloc[0])   # no scores
 
     # a second invocation reuses both rows: no new runs of any row, no training
     def no_training(*args, **kwargs):
@@ -101,3 +105,6 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     assert len(verdicts) == 12 and {v["verdict"] for v in verdicts} == {"no verdict"}
     assert "### Claims" in report and "no verdict (row 'Baseline + TL' has no finished run)" in report
     assert "table1" in (tmp_path / "reports" / "README.md").read_text()
+    audit = report[report.index("### Attention audit"):]
+    assert f"{sta['metrics.attn_dev_uniform']:.4f}" in next(ln for ln in audit.splitlines()
+                                                          if ln.startswith("| Baseline + TL + STA + Fusion + Reg"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from core.progress import bar
@@ -23,13 +24,15 @@ class Extracted:
 def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_len: int, sampling: str,
                      height: int, width: int, batch_size: int, num_workers: int, device: torch.device,
                      dtype: torch.dtype | None = None, keep_scores_for: int = 0, progress: bool = True,
-                     desc: str = "extract") -> Extracted:
+                     desc: str = "extract", collect: Callable[[torch.Tensor, dict], None] | None = None) -> Extracted:
     """One feature per tracklet: the model's retrieval feature of each test clip, averaged over the clips
     of the tracklet ("dense" gives several clips per tracklet, "evenly" one) [A12].
 
     ``keep_scores_for`` keeps the N x K score matrix of the first clip of tracklets 0..keep_scores_for-1
-    (for the attention figures). NaN or inf features (a diverged model) raise FloatingPointError naming how many
-    clips and which tracklets: they must never be ranked and scored.
+    (for the attention figures). ``collect(owner, out)``, when given, sees every batch's owners [B'] and model
+    output (e.g. core.engine.audit.ClipCollector keeps the attention audit's scores and maps). NaN or inf
+    features (a diverged model) raise FloatingPointError naming how many clips and which tracklets: they must never
+    be ranked and scored.
     """
     model.eval()
     loader = make_test_loader(tracklets, seq_len=seq_len, sampling=sampling, height=height, width=width,
@@ -49,6 +52,8 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
         if sums is None:
             sums = torch.zeros(len(tracklets), feat.shape[1])
         sums.index_add_(0, owner, feat)
+        if collect is not None:
+            collect(owner, out)
         counts.index_add_(0, owner, torch.ones(len(owner)))
         if out.get("scores") is not None:
             for row, t in enumerate(owner.tolist()):

@@ -16,6 +16,7 @@ import torch
 
 from core.config import RunConfig, config_hash, to_dict
 from core.data import Tracklet, VideoDataset, load_dataset
+from core.engine import audit as attention_audit
 from core.engine.checkpoint import save_json, save_parquet
 from core.engine.device import amp_dtype, barrier, current_dist, resolve_device
 from core.engine.extract import extract_features
@@ -37,6 +38,7 @@ class RunResult:
     dataset_name: str = ""
     synthetic: bool = False
     losses: dict[str, float] = field(default_factory=dict)  # last epoch's loss terms as they enter the total
+    audit_clips: list[dict] = field(default_factory=list)   # the attention audit's figure clips (core.engine.audit)
 
 
 def last_epoch_losses(history: Sequence[EpochStats], cfg: RunConfig) -> dict[str, float]:
@@ -87,19 +89,21 @@ class Evaluation:
 
 def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[Tracklet], cfg: RunConfig,
                    device: torch.device | None = None, keep_scores_for: int = 0,
-                   progress: bool = True, named_protocols: bool = True) -> Evaluation:
+                   progress: bool = True, named_protocols: bool = True,
+                   collect: attention_audit.ClipCollector | None = None) -> Evaluation:
     """CMC/mAP of `model` on a query/gallery split, with the test options of cfg.eval [A12, A15, A16].
 
     One extraction, scored under the headline protocol (the gallery as given, eval.ap_rule: metrics R1..mAP) and
     the named ones (official_*, gao_*; core.protocols), with every query's outcome (Evaluation.per_query).
-    ``named_protocols=False``: the headline alone (core.tuning's validation split, whose gallery is its queries)."""
+    ``named_protocols=False``: the headline alone (core.tuning's validation split, whose gallery is its queries).
+    ``collect`` sees the extraction's batches (owners index the distinct tracklets of _union(query, gallery))."""
     device = device or next(model.parameters()).device
     tracklets, q_rows, g_rows = _union(query, gallery)
     out = extract_features(model, tracklets, seq_len=cfg.eval.seq_len, sampling=cfg.eval.sampling,
                            height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size,
                            num_workers=cfg.data.num_workers, device=device,
                            dtype=amp_dtype(device, cfg.train.amp), keep_scores_for=keep_scores_for,
-                           progress=progress)
+                           progress=progress, collect=collect)
     ds = cfg.data.dataset
     protocols = [headline(ds, cfg.data.gallery_with_queries, cfg.eval.ap_rule),
                  *(named(ds).values() if named_protocols else ())]
@@ -121,7 +125,9 @@ def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback]
         progress: bool = True, dataset: VideoDataset | None = None) -> RunResult:
     """Train (or resume, or reuse) the model of `cfg`, evaluate it on the test split, write eval-<hash>.json and
     per_query-<hash>.parquet. The metrics gain the 95 % bootstrap intervals of R1..mAP over query identities
-    (core.evaluation.bootstrap.ci_metrics, eval.bootstrap_resamples / eval.bootstrap_seed).
+    (core.evaluation.bootstrap.ci_metrics, eval.bootstrap_resamples / eval.bootstrap_seed) and, for STA models, the
+    attention audit's attn_* metrics (core.engine.audit: uniformity; on synthetic data with ground truth the AUCs,
+    trained and untrained).
 
     Under torchrun every rank trains; rank 0 alone evaluates and writes (the others wait at a barrier and get a
     RunResult with empty metrics)."""
@@ -135,13 +141,22 @@ def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback]
         return RunResult(metrics={}, cmc=np.zeros(0), history=history, run_dir=run_dir,
                          dataset_name=dataset.name, synthetic=dataset.synthetic)
     device = resolve_device(cfg.train.device, ddp)
-    ev = evaluate_model(model, dataset.query, dataset.gallery, cfg, device, keep_scores_for=8, progress=progress)
+    tracklets = _union(dataset.query, dataset.gallery)[0]
+    truth = attention_audit.truth_of(cfg, dataset) if cfg.model.aggregation == "sta" else None
+    collector = attention_audit.ClipCollector(attention_audit.damaged_tracklets(tracklets, truth)) \
+        if cfg.model.aggregation == "sta" else None
+    ev = evaluate_model(model, dataset.query, dataset.gallery, cfg, device, keep_scores_for=8, progress=progress,
+                        collect=collector)
     metrics = dict(ev.metrics)
     metrics.update(bootstrap.ci_metrics(ev.per_query, cfg.eval.bootstrap_resamples, cfg.eval.bootstrap_seed))
+    audit_metrics, audit_clips = attention_audit.audit(collector, tracklets, truth, cfg, dataset.num_train_pids,
+                                                       device, progress) if collector else ({}, [])
+    metrics.update(audit_metrics)
     losses = last_epoch_losses(history, cfg)
     save_parquet(ev.per_query, per_query_path(cfg, work_dir))
     save_json({"metrics": metrics, "cmc": ev.cmc.tolist(), "losses": losses, "dataset": dataset.name,
                "synthetic": dataset.synthetic, "config": to_dict(cfg)}, run_dir / f"eval-{config_hash(cfg)}.json")
     barrier(ddp)
     return RunResult(metrics=metrics, cmc=ev.cmc, history=history, run_dir=run_dir, per_query=ev.per_query,
-                     scores=ev.scores, dataset_name=dataset.name, synthetic=dataset.synthetic, losses=losses)
+                     scores=ev.scores, dataset_name=dataset.name, synthetic=dataset.synthetic, losses=losses,
+                     audit_clips=audit_clips)

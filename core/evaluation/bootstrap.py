@@ -160,3 +160,38 @@ def ci_metrics(per_query: pd.DataFrame, resamples: int, seed: int, level: float 
             name = metric_name(protocol, bool(reranked), metric)
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = est.low, est.high
     return out
+
+
+def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, clusters: np.ndarray, resamples: int, seed: int,
+                   level: float = LEVEL) -> Estimate:
+    """sum(numerators) / sum(denominators) with the cluster-bootstrap percentile interval: each resample draws the
+    clusters (any labels, e.g. identities) whole, as for the metrics above. One entry per observation, [M] each.
+    Used for ratios of pair counts (core.evaluation.attention_audit's AUCs); NaN everywhere when the denominators
+    sum to 0. A resample whose drawn clusters have no denominator is left out of the percentiles."""
+    num, den = np.asarray(numerators, np.float64), np.asarray(denominators, np.float64)
+    if den.sum() <= 0:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    order = np.unique(clusters)
+    index = np.searchsorted(order, clusters)
+    sums = np.bincount(index, weights=num, minlength=len(order))
+    counts = np.bincount(index, weights=den, minlength=len(order))
+    w = cluster_draws(len(order), resamples, seed).astype(np.float64)
+    top, bottom = w @ sums, w @ counts
+    boot = top[bottom > 0] / bottom[bottom > 0]
+    return Estimate(float(sums.sum() / counts.sum()), *_percentiles(boot, level))
+
+
+def paired_ratio_difference(num_b: np.ndarray, den_b: np.ndarray, num_a: np.ndarray, den_a: np.ndarray,
+                            clusters: np.ndarray, resamples: int, seed: int, level: float = LEVEL) -> Estimate:
+    """b − a for two ratios of sums over the same observations [M] (e.g. a trained and an untrained model's AUC on
+    the same pairs), paired: each resample draws one set of clusters for both."""
+    arrays = [np.asarray(x, np.float64) for x in (num_b, den_b, num_a, den_a)]
+    if arrays[1].sum() <= 0 or arrays[3].sum() <= 0:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    order = np.unique(clusters)
+    index = np.searchsorted(order, clusters)
+    nb, db, na, da = (np.bincount(index, weights=x, minlength=len(order)) for x in arrays)
+    w = cluster_draws(len(order), resamples, seed).astype(np.float64)
+    ok = ((w @ db) > 0) & ((w @ da) > 0)
+    boot = (w @ nb)[ok] / (w @ db)[ok] - (w @ na)[ok] / (w @ da)[ok]
+    return Estimate(float(nb.sum() / db.sum() - na.sum() / da.sum()), *_percentiles(boot, level))
