@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 from core.progress import bar as progress_bar
 
@@ -47,6 +48,7 @@ from core.config import SYNTHETIC_VERSION
 from core.data import render
 from core.data.base import DatasetError
 from core.data.mars import pid_folder, write_info, write_query
+from core.data.truth import NONE, TRUTH, TRUTH_COLUMNS
 
 NUM_CAMERAS = 6
 MARKER = "synthetic.json"
@@ -66,12 +68,16 @@ class Preset:
     junk: int                   # junk tracklets (identity -1) in the test split
     extra_test_ids: int = 0     # test identities drawn after the others on their own stream: a larger test
                                 # split that leaves the train split as it was (see _plan)
+    damage: render.RegionDamage | None = None  # region damage events on their own stream (see _render): the
+                                # frames are the preset's without it, plus the damage
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(8, 8, (2, 3), (2, 3), (6, 16), 64, 32, 4, 2),
     "small": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 192, 64, extra_test_ids=224),
     "default": Preset(80, 80, (3, 6), (2, 4), (8, 32), 128, 64, 60, 20),
+    "occluded": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 192, 64, extra_test_ids=224,
+                       damage=render.RegionDamage()),
 }
 
 
@@ -139,16 +145,38 @@ def _save(frame: np.ndarray, path: Path) -> None:
     Image.fromarray(frame).save(path, quality=90)
 
 
+def _table_order(specs: list[_Spec]) -> list[int]:
+    """Plan indices in the order of the split's MARS table (identity folder, camera, plan order)."""
+    return sorted(range(len(specs)), key=lambda k: (pid_folder(specs[k].pid), specs[k].cam, k))
+
+
+def _truth_rows(split: str, track: int, names: list[str], truths: list[render.FrameTruth], junk: bool,
+                shape: tuple[int, int]) -> list[tuple]:
+    """core.data.truth rows of one tracklet: one per (frame, damage), one of kind "none" for a clean frame."""
+    rows = []
+    for f, (name, t) in enumerate(zip(names, truths)):
+        frame = (t.blur, t.dx, t.dy, t.scale, junk)
+        for kind, y0, y1, x0, x1 in t.damage or ((NONE, 0, 0, 0, 0),):
+            rows.append((split, name, track, f, kind, y0, y1, x0, x1, *shape, *frame))
+    return rows
+
+
+def _truth_table(rows: list[tuple]) -> pd.DataFrame:
+    types = dict(track="int32", frame="int32", y0="int32", y1="int32", x0="int32", x1="int32", height="int32",
+                 width="int32", blur="float64", dx="float64", dy="float64", scale="float64", junk="bool")
+    return pd.DataFrame(rows, columns=list(TRUTH_COLUMNS)).astype(types)
+
+
 def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: int, cams: list, bar,
                  writer: ThreadPoolExecutor) -> dict:
     """Draw the frames of one split and queue their JPEG writes (file creation is slow: a thread pool overlaps
-    it with drawing); returns name list, table and query rows in MARS form."""
-    order = sorted(range(len(specs)), key=lambda k: (pid_folder(specs[k].pid), specs[k].cam, k))
-    names, rows, query_rows, counters, pending = [], [], [], {}, []
+    it with drawing); returns name list, table and query rows in MARS form, and the split's truth rows."""
+    order = _table_order(specs)
+    names, rows, query_rows, counters, pending, truth = [], [], [], {}, [], []
     for k in order:
         s = specs[k]
         tnum = counters[(s.pid, s.cam)] = counters.get((s.pid, s.cam), 0) + 1
-        frames = _render(s, k, split, pre, seed, cams)
+        frames, truths = _render(s, k, split, pre, seed, cams)
         folder = tmp / f"bbox_{split}" / pid_folder(s.pid)
         folder.mkdir(parents=True, exist_ok=True)
         start = len(names) + 1
@@ -156,6 +184,7 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
             name = f"{pid_folder(s.pid)}C{s.cam}T{tnum:04d}F{f + 1:03d}.jpg"
             pending.append(writer.submit(_save, frame, folder / name))
             names.append(name)
+        truth += _truth_rows(split, len(rows), names[start - 1:], truths, s.pid == -1, (pre.height, pre.width))
         for job in pending[:-2 * len(frames)]:  # bound the queue; raise write errors early
             job.result()
         del pending[:-2 * len(frames)]
@@ -165,15 +194,23 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
             query_rows.append(len(rows))
     for job in pending:
         job.result()
-    return {"names": names, "table": np.array(rows, np.int32), "query": np.array([query_rows], np.int32)}
+    return {"names": names, "table": np.array(rows, np.int32), "query": np.array([query_rows], np.int32),
+            "truth": truth}
 
 
-def _render(s: _Spec, k: int, split: str, pre: Preset, seed: int, cams: list) -> list[np.ndarray]:
-    """The frames ([H, W, 3] uint8) of tracklet `k` of a split's plan: a function of (seed, split, k, s) only."""
+def _render(s: _Spec, k: int, split: str, pre: Preset, seed: int,
+            cams: list) -> tuple[list[np.ndarray], list[render.FrameTruth]]:
+    """The frames ([H, W, 3] uint8) of tracklet `k` of a split's plan and their truth: a function of
+    (seed, split, k, s) only. A preset's region damage draws from its own stream [seed, 6, split, k], so the
+    stream [seed, 2, split, k] of the rest makes the same draws with or without it."""
     person = render.sample_person(np.random.default_rng([seed, 1, s.who + 1_000_000]))
     rng = np.random.default_rng([seed, 2, split == "test", k])
     track = render.sample_track(rng, cams[s.cam - 1], s.length, junk=s.pid == -1)
-    return render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng)
+    damage_rng = None
+    if pre.damage is not None:
+        damage_rng = np.random.default_rng([seed, 6, split == "test", k])
+        track = dataclasses.replace(track, damage=render.sample_damage(damage_rng, pre.damage, s.length))
+    return render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng, damage_rng)
 
 
 def _cameras(seed: int) -> list:
@@ -183,6 +220,11 @@ def _cameras(seed: int) -> list:
 def tracklet_frames(size: str, seed: int, split: str, k: int) -> list[np.ndarray]:
     """Tracklet `k` (plan order; -1: the last, a junk one in test) of `split` (train | test) as generate() draws
     it, in memory, before JPEG encoding."""
+    return tracklet_truth(size, seed, split, k)[0]
+
+
+def tracklet_truth(size: str, seed: int, split: str, k: int) -> tuple[list[np.ndarray], list[render.FrameTruth]]:
+    """tracklet_frames() and the FrameTruth of each frame (what generate() writes to truth.parquet for it)."""
     pre = _preset(size)
     specs = _plan(pre, seed)[split == "test"]
     k = range(len(specs))[k]
@@ -215,6 +257,7 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
         for split in ("train", "test"):
             write_info(info, split, out[split]["names"], out[split]["table"])
         write_query(info, out["test"]["query"])
+        _truth_table(out["train"]["truth"] + out["test"]["truth"]).to_parquet(tmp / TRUTH, index=False)
         meta = {"generator": "core.data.synthetic", "version": VERSION, "size": size, "seed": seed,
                 "preset": dataclasses.asdict(pre)}
         (tmp / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
@@ -240,7 +283,8 @@ def _is_complete(root: Path, size: str, seed: int) -> bool:
         meta = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("version"), meta.get("size"), meta.get("seed")) == (VERSION, size, seed)
+    return (meta.get("version"), meta.get("size"), meta.get("seed")) == (VERSION, size, seed) and \
+        (root / TRUTH).is_file()
 
 
 def ensure_synthetic(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:
