@@ -4,7 +4,8 @@
 shoes, bag; see core.data.render) seen by 6 cameras (each with its colour cast, illumination, contrast, blur and
 noise), walking (legs/arms swing) with detector-style box jitter and scale drift, cluttered scrolling backgrounds
 and occluders (a horizontal band or a vertical strip) in some tracklets, and writes JPEG frames, name lists and
-.mat tables (incl. query_IDX) exactly as MARS ships them, so `load_mars` reads it.
+.mat tables (incl. query_IDX) exactly as MARS ships them, so `load_mars` reads it, plus the ground truth of what it
+did to every frame (`truth.parquet`, core.data.truth; never read by the MARS loader).
 
 Presets (identities are disjoint between train and test; every identity is seen by >= 2 cameras; each test
 identity has 1 query, or 2 from different cameras when it is seen by >= 3 cameras, and every query has a non-query
@@ -14,17 +15,36 @@ tracklet of its identity in another camera, so it has a valid match with either 
     tiny          8          8         2-3          2-3          6-16            64x32        4         2
     small        32     32 + 224       3-5          2-4          8-24           128x64      192        64
     default      80         80         3-6          2-4          8-32           128x64       60        20
+    occluded     as small, plus region damage (render.RegionDamage)
 
 `small` (the cpu profile's data) has 224 extra test identities (Preset.extra_test_ids) and 8x the distractors and
 junk of VERSION 1, so its test split is 8x as large (seed 0: 256 identities, 425 queries, 1,230 gallery tracklets) and
 a 95 % cluster-bootstrap interval (clusters: query identities) on the cpu profile's R1 or mAP is +-1-2.5 points
 instead of +-5-11 (issue 11); its train split is VERSION 1's, byte for byte.
 
-Distractor tracklets (identity 0, folder 0000) show people of no other tracklet; junk tracklets (identity -1,
-folder 00-1) are badly placed boxes that cut a person. Output is a deterministic function of (size, seed);
-generation is atomic: frames go to a hidden sibling folder `.<name>.partial-<host>.<pid>.<random>` renamed into
-place at the end, with `synthetic.json` (size, seed, preset) as the completeness marker. Partial folders left by a
-killed generation (their host is this one and their pid is gone, core.leftovers) are removed on the next call.
+`occluded` (VERSION 3) is `small`'s plan and frames with region damage added (Preset.damage), drawn and painted from
+a stream of its own, so every pixel beyond the camera blur's reach of the damage is small's: 80 % of tracklets get
+1-3 events, each over a run of 25-50 % of the tracklet's frames (so a damaged tracklet keeps frames, and regions,
+that an event leaves clean), of one kind: a band across the frame at any height of the body (15-30 % of the frame
+height; 60 % of them clothing-like stripes or checks, a distractor rather than a flat block; weight 0.45), a
+vertical strip (20-40 % of the width; 0.15) or a "degrade" band (blurred with sigma 2.5-4.5 px, contrast x0.3-0.6,
+noise 12-25 grey levels; 0.4). Seed 0: 55-60 % of the frames damaged, 70 % of the tracklets mixed (clean and damaged
+frames), 11-14 % clean (small's own occluders included), 16-21 % damaged in every frame.
+
+Ground truth (`truth.parquet`, core.data.truth.TRUTH_COLUMNS): one row per (frame, damage) with the rectangle
+actually painted or degraded, clipped to the frame (band: rows [y0, y1), all columns; strip: all rows, the
+columns inside the frame); one row of kind "none" per clean frame. Kinds: "band" and "strip" (VERSION 1's occluders
+and the region damage's), "degrade". Every row also has the camera blur sigma in pixels (0 where the frame is left
+sharp), the person's offset from the box centre (dx, dy: detector jitter, plus the cut of a junk box), its scale
+(person height / frame height) and the junk flag. `track` is the tracklet's row in the split's MARS table, `frame`
+its 0-based position there.
+
+Distractor tracklets (identity 0, folder 0000) show people of no other tracklet; junk tracklets (identity -1, folder
+00-1) are badly placed boxes that cut a person. Output is a deterministic function of (size, seed); generation is
+atomic: frames go to a hidden sibling folder `.<name>.partial-<host>.<pid>.<random>` renamed into place at the end,
+with `synthetic.json` (size, seed, preset, version) as the completeness marker (and the truth sidecar required
+beside it). Partial folders left by a killed generation (their host is this one and their pid is gone,
+core.leftovers) are removed on the next call.
 """
 from __future__ import annotations
 
