@@ -174,12 +174,13 @@ class RegionDamage:
                pulled towards their mean (contrast in `contrast`) and noised (sigma drawn in `noise`, grey levels).
     An occluder is solid or, with probability `textured`, a clothing-like pattern (stripes or checks of two
     clothing colours): a distractor that looks like another person's clothes, not a flat block.
+    The defaults are the "occluded" preset's (core.data.synthetic).
     """
-    prob: float = 0.8
-    events: tuple[int, int] = (1, 3)
-    run: tuple[float, float] = (0.25, 0.5)
+    prob: float = 0.9
+    events: tuple[int, int] = (2, 3)
+    run: tuple[float, float] = (0.3, 0.5)
     kinds: tuple[tuple[str, float], ...] = (("band", 0.45), ("strip", 0.15), ("degrade", 0.4))
-    band: tuple[float, float] = (0.15, 0.3)      # band / degrade height, fraction of frame height
+    band: tuple[float, float] = (0.2, 0.35)      # band / degrade height, fraction of frame height
     strip: tuple[float, float] = (0.2, 0.4)      # strip width, fraction of frame width
     textured: float = 0.6
     blur: tuple[float, float] = (2.5, 4.5)

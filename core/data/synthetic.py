@@ -22,14 +22,15 @@ junk of VERSION 1, so its test split is 8x as large (seed 0: 256 identities, 425
 a 95 % cluster-bootstrap interval (clusters: query identities) on the cpu profile's R1 or mAP is +-1-2.5 points
 instead of +-5-11 (issue 11); its train split is VERSION 1's, byte for byte.
 
-`occluded` (VERSION 3) is `small`'s plan and frames with region damage added (Preset.damage), drawn and painted from
-a stream of its own, so every pixel beyond the camera blur's reach of the damage is small's: 80 % of tracklets get
-1-3 events, each over a run of 25-50 % of the tracklet's frames (so a damaged tracklet keeps frames, and regions,
-that an event leaves clean), of one kind: a band across the frame at any height of the body (15-30 % of the frame
-height; 60 % of them clothing-like stripes or checks, a distractor rather than a flat block; weight 0.45), a
-vertical strip (20-40 % of the width; 0.15) or a "degrade" band (blurred with sigma 2.5-4.5 px, contrast x0.3-0.6,
-noise 12-25 grey levels; 0.4). Seed 0: 55-60 % of the frames damaged, 70 % of the tracklets mixed (clean and damaged
-frames), 11-14 % clean (small's own occluders included), 16-21 % damaged in every frame.
+`occluded` (VERSION 3) is `small`'s plan and frames with region damage added (Preset.damage, render.RegionDamage),
+drawn and painted from a stream of its own, so every pixel beyond the camera blur's reach of the damage is small's:
+90 % of tracklets get 2-3 events, each over a run of 30-50 % of the tracklet's frames (so a damaged tracklet keeps
+frames, and regions, that an event leaves clean), of one kind: a band across the frame at any height of the body
+(20-35 % of the frame height; 60 % of them clothing-like stripes or checks, a distractor rather than a flat block;
+weight 0.45), a vertical strip (20-40 % of the width; 0.15) or a "degrade" band (blurred with sigma 2.5-4.5 px,
+contrast x0.3-0.6, noise 12-25 grey levels; 0.4). Seed 0: 67-70 % of the frames damaged (48 % of the region-frames
+of the test clips, N=4 evenly sampled, K=4), 71-76 % of the tracklets mixed (clean and damaged frames), 6-7 %
+clean (small's own occluders included), 17-22 % damaged in every frame.
 
 Ground truth (`truth.parquet`, core.data.truth.TRUTH_COLUMNS): one row per (frame, damage) with the rectangle
 actually painted or degraded, clipped to the frame (band: rows [y0, y1), all columns; strip: all rows, the
