@@ -6,7 +6,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from core.data import synthetic
+from core.data import render, synthetic
 from core.data.truth import NONE, TRUTH, TRUTH_COLUMNS, load_truth
 
 
@@ -107,3 +107,10 @@ def test_occluded_preset_is_small_plus_recorded_damage():
                 reach[max(0, y0 - r):y1 + r, max(0, x0 - r):x1 + r] = True
             assert not diff[~reach].any(), k
     assert kinds == {"band", "strip", "degrade"} and mixed >= 3   # tracklets with clean and damaged frames
+
+
+def test_region_damage_settings_are_checked():
+    with pytest.raises(ValueError, match="kinds must be of"):
+        render.RegionDamage(kinds=(("band", 1.0), ("smudge", 1.0)))
+    with pytest.raises(ValueError, match="events"):
+        render.RegionDamage(events=(0, 2))

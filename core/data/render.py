@@ -161,6 +161,9 @@ def sample_track(rng: np.random.Generator, cam: Camera, length: int, junk: bool)
                  scale=float(scale), drift=float(rng.uniform(-0.12, 0.12)), occluder=occ, junk=junk)
 
 
+DAMAGE_KINDS = ("band", "strip", "degrade")
+
+
 @dataclass(frozen=True)
 class RegionDamage:
     """A preset's region damage: how often, how many, which kinds and how large (fractions of the frame).
@@ -186,6 +189,13 @@ class RegionDamage:
     blur: tuple[float, float] = (2.5, 4.5)
     contrast: tuple[float, float] = (0.3, 0.6)
     noise: tuple[float, float] = (12.0, 25.0)
+
+    def __post_init__(self):
+        bad = [k for k, _ in self.kinds if k not in DAMAGE_KINDS]
+        if bad or not 0 <= self.prob <= 1 or not 1 <= self.events[0] <= self.events[1] or \
+                not 0 < self.run[0] <= self.run[1] <= 1 or not 0 < self.band[0] <= self.band[1] < 1:
+            raise ValueError(f"RegionDamage: kinds must be of {DAMAGE_KINDS}{f' (unknown: {bad})' if bad else ''}, "
+                             f"prob in [0, 1], 1 <= events[0] <= events[1], run and band ranges in (0, 1): {self}")
 
 
 @dataclass(frozen=True)
