@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 # The string-valued choices, written once: validate() reads the allowed values from these types (CHOICES below),
 # and the modules that implement a choice with a plain tuple of names derive it from the same type.
 Dataset = Literal["synthetic", "mars", "duke"]
-SyntheticSize = Literal["tiny", "small", "default"]            # core.data.synthetic.PRESETS
+SyntheticSize = Literal["tiny", "small", "default", "occluded"]            # core.data.synthetic.PRESETS
 TrainSampling = Literal["restricted", "random"]                # [A12]
 EpochDef = Literal["identities", "tracklets"]                  # [A10]
 FlipPer = Literal["frame", "clip"]                             # [A17]
@@ -179,7 +179,9 @@ MINIMUM: dict[str, float] = {
 # enters config_hash of synthetic runs, so finished runs on the older data are not reused;
 # tests/test_data_synthetic.py pins a digest of rendered frames to it.
 # 2: small's test split enlarged (extra_test_ids, distractors, junk); tiny, default and small's train split as in 1.
-SYNTHETIC_VERSION = 2
+# 3: every tree carries truth.parquet (core.data.truth: what the generator did to each frame), the "occluded" preset
+#    is added; the frames of tiny, small and default are 2's, pixel for pixel.
+SYNTHETIC_VERSION = 3
 
 # Keys that cannot change a result, left out of config_hash: changing one reuses finished runs and checkpoints.
 # DataLoader workers; the device (auto, cpu and cuda name the same run: the numbers differ only by floating-point

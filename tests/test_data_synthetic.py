@@ -18,6 +18,7 @@ from PIL import Image
 from core.config import DataConfig
 from core.data import DatasetError, load_dataset, load_mars, render, synthetic
 from core.data.synthetic import PRESETS, ensure_synthetic, generate
+from core.data.truth import load_truth
 
 
 def test_check_command_accepts_generated_tree(tiny_synthetic_root):
@@ -86,8 +87,10 @@ def test_generation_is_deterministic(tiny_synthetic_root, tmp_path):
         assert ma.dtype == mb.dtype and np.array_equal(ma, mb)
     for rel in (r for r in a if r.endswith(".jpg")):
         assert a[rel].read_bytes() == b[rel].read_bytes(), rel
+    assert load_truth(tiny_synthetic_root).equals(load_truth(again))   # the ground-truth sidecar too
     other = generate(tmp_path / "other", "tiny", seed=1, progress=False)
     assert (other / "info/train_name.txt").read_bytes() != a["info/train_name.txt"].read_bytes()
+    assert not load_truth(other).equals(load_truth(again))
 
 
 def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
@@ -127,9 +130,10 @@ def test_killed_generation_leaves_no_tree(tmp_path):
 
 
 # sha256 of the decoded pixels (shape and uint8 bytes, before JPEG) of train tracklets 0 and 1, the first test
-# tracklet and the last (junk) one, tiny preset, seed 0, drawn by generator VERSION 2 (the digest of VERSION 1:
-# VERSION 2 only enlarged small's test split, tiny draws the same frames)
-FRAMES_DIGEST = (2, "a4616c0158456e04478f7100cbed5a18ff5dd06b3462efd59feebebad20f0ef9")
+# tracklet and the last (junk) one, tiny preset, seed 0, drawn by generator VERSION 3 (the digest of VERSION 1:
+# VERSION 2 only enlarged small's test split, VERSION 3 added the truth sidecar and the "occluded" preset; tiny
+# draws the same frames)
+FRAMES_DIGEST = (3, "a4616c0158456e04478f7100cbed5a18ff5dd06b3462efd59feebebad20f0ef9")
 
 
 def test_drawing_is_pinned_to_the_generator_version():
@@ -162,9 +166,9 @@ def _plan_digest(specs) -> str:
 
 
 # sha256 of the plan (pid, camera, length, appearance seed, query flag of every tracklet) of each preset's splits,
-# seed 0, generator VERSION 2. Every value but small's test split is VERSION 1's: VERSION 2 enlarged that split
-# only (extra test identities on their own stream, 8x the distractors and junk), so small's train split, and with
-# it every cpu-profile training, is unchanged.
+# seed 0, generator VERSION 3 (plans as in VERSION 2). Every value but small's test split is VERSION 1's: VERSION 2
+# enlarged that split only (extra test identities on their own stream, 8x the distractors and junk), so small's
+# train split, and with it every cpu-profile training, is unchanged. "occluded" (VERSION 3) has small's plan.
 PLAN_DIGESTS = {
     ("tiny", "train"): "47199aad39777209bf323ddb93d7efe8f451775ee07843f05e777c06bad44a27",
     ("tiny", "test"): "a02c119299f27f6763aa4557770b9f05b5d2b71ae410ac8d6691d2a3c2d43320",
@@ -172,6 +176,8 @@ PLAN_DIGESTS = {
     ("small", "test"): "fc24f066cbd6c5a31c60b2abed390bae776e5900adca9c3ba41175cc92194262",
     ("default", "train"): "2faefa9bfe5b919ed99dba414f687756df108b6fda8a1b65c070428732626adb",
     ("default", "test"): "5793e657e7223fdc3cc972450ebf1b94eee1e844336dd90b1afb4f17ee15332d",
+    ("occluded", "train"): "6a72bbe78ec336a7f818554df02219d25e85c02e13c74a8fea3884c0f024d8ed",
+    ("occluded", "test"): "fc24f066cbd6c5a31c60b2abed390bae776e5900adca9c3ba41175cc92194262",
 }
 
 
@@ -179,7 +185,7 @@ def test_plans_are_pinned_and_small_has_a_large_test_split():
     for size, pre in PRESETS.items():
         train, test = synthetic._plan(pre, 0)
         assert (synthetic.VERSION, _plan_digest(train), _plan_digest(test)) == \
-            (2, PLAN_DIGESTS[(size, "train")], PLAN_DIGESTS[(size, "test")]), size
+            (3, PLAN_DIGESTS[(size, "train")], PLAN_DIGESTS[(size, "test")]), size
         people = [s for s in test if s.pid > 0]
         assert len({s.pid for s in train}) == pre.train_ids and not {s.pid for s in train} & {s.pid for s in people}
         assert len({s.pid for s in people}) == pre.test_ids + pre.extra_test_ids and max(s.pid for s in people) <= 9999

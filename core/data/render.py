@@ -7,11 +7,19 @@ A tracklet adds a view (front, back, side), a walking cycle (legs and arms swing
 jitter and scale drift, a cluttered background that scrolls as the person walks, and, for some tracklets, an
 occluder (a horizontal band or a vertical strip) over a run of frames. A camera adds its colour cast,
 illumination, contrast, blur and sensor noise. Everything random comes from the generator passed in.
+
+Region damage (`RegionDamage`, `sample_damage`; the "occluded" preset of core.data.synthetic): further events per
+tracklet, each over its own run of frames, drawn and painted from a second generator so the frames are otherwise
+the ones drawn without them: textured occluder bands at any height of the body, vertical strips, and "degrade"
+bands (a horizontal band blurred, flattened and noised: a local loss of detail, not a cover).
+
+Ground truth: render_tracklet returns, with the frames, one FrameTruth per frame: the rectangles it actually
+painted or degraded (clipped to the frame), the camera blur, the person's offset and scale (core.data.truth).
 """
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -135,6 +143,7 @@ class Track:
     drift: float      # relative scale change over the tracklet
     occluder: tuple | None  # (kind, position, size, first, last, colour)
     junk: bool        # a badly placed, oversized box that cuts the person
+    damage: tuple = ()  # Damage events (RegionDamage presets only; drawn by sample_damage)
 
 
 def sample_track(rng: np.random.Generator, cam: Camera, length: int, junk: bool) -> Track:
@@ -150,6 +159,95 @@ def sample_track(rng: np.random.Generator, cam: Camera, length: int, junk: bool)
     return Track(view=view, facing=int(rng.choice([-1, 1])), phase=float(rng.uniform(0, 2 * np.pi)),
                  period=float(rng.uniform(8, 14)), speed=float(rng.uniform(0.01, 0.03) if view == "side" else 0.003),
                  scale=float(scale), drift=float(rng.uniform(-0.12, 0.12)), occluder=occ, junk=junk)
+
+
+DAMAGE_KINDS = ("band", "strip", "degrade")
+
+
+@dataclass(frozen=True)
+class RegionDamage:
+    """A preset's region damage: how often, how many, which kinds and how large (fractions of the frame).
+
+    A tracklet is damaged with probability `prob`; it then gets `events` (inclusive range) events, each a run of
+    round(run * length) consecutive frames (run drawn in `run`, at least 1 frame and at most length - 1, so the
+    tracklet keeps frames that this event leaves clean) of one kind drawn with `kinds` weights:
+      band     an occluder across all columns, rows [pos, pos + size) x H, pos anywhere on the body (head to feet);
+      strip    an occluder across all rows, columns [pos, pos + size) x W, moving with the scene (as VERSION 1's);
+      degrade  rows [pos, pos + size) x H of the camera's frame blurred (sigma drawn in `blur`, x H / 128 px),
+               pulled towards their mean (contrast in `contrast`) and noised (sigma drawn in `noise`, grey levels).
+    An occluder is solid or, with probability `textured`, a clothing-like pattern (stripes or checks of two
+    clothing colours): a distractor that looks like another person's clothes, not a flat block.
+    The defaults are the "occluded" preset's (core.data.synthetic).
+    """
+    prob: float = 0.9
+    events: tuple[int, int] = (2, 3)
+    run: tuple[float, float] = (0.3, 0.5)
+    kinds: tuple[tuple[str, float], ...] = (("band", 0.45), ("strip", 0.15), ("degrade", 0.4))
+    band: tuple[float, float] = (0.2, 0.35)      # band / degrade height, fraction of frame height
+    strip: tuple[float, float] = (0.2, 0.4)      # strip width, fraction of frame width
+    textured: float = 0.6
+    blur: tuple[float, float] = (2.5, 4.5)
+    contrast: tuple[float, float] = (0.3, 0.6)
+    noise: tuple[float, float] = (12.0, 25.0)
+
+    def __post_init__(self):
+        bad = [k for k, _ in self.kinds if k not in DAMAGE_KINDS]
+        if bad or not 0 <= self.prob <= 1 or not 1 <= self.events[0] <= self.events[1] or \
+                not 0 < self.run[0] <= self.run[1] <= 1 or not 0 < self.band[0] <= self.band[1] < 1:
+            raise ValueError(f"RegionDamage: kinds must be of {DAMAGE_KINDS}{f' (unknown: {bad})' if bad else ''}, "
+                             f"prob in [0, 1], 1 <= events[0] <= events[1], run and band ranges in (0, 1): {self}")
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damage event of a tracklet: frames [first, last); pos/size as fractions (see RegionDamage)."""
+    kind: str          # band | strip | degrade
+    pos: float
+    size: float
+    first: int
+    last: int
+    colour: tuple[int, int, int] = (0, 0, 0)
+    colour2: tuple[int, int, int] = (0, 0, 0)
+    texture: str = "solid"  # solid | hstripes | vstripes | checks
+    period: float = 0.05    # texture period, fraction of frame height
+    blur: float = 0.0       # degrade: sigma at 128 px frame height
+    contrast: float = 1.0   # degrade
+    noise: float = 0.0      # degrade
+
+
+def sample_damage(rng: np.random.Generator, cfg: RegionDamage, length: int) -> tuple[Damage, ...]:
+    """The damage events of one tracklet of `length` frames (see RegionDamage)."""
+    if rng.random() >= cfg.prob or length < 2:
+        return ()
+    names, weights = zip(*cfg.kinds)
+    events = []
+    for _ in range(int(rng.integers(cfg.events[0], cfg.events[1] + 1))):
+        kind = names[rng.choice(len(names), p=np.array(weights) / sum(weights))]
+        run = int(np.clip(round(rng.uniform(*cfg.run) * length), 1, length - 1))
+        first = int(rng.integers(0, length - run + 1))
+        size = float(rng.uniform(*(cfg.strip if kind == "strip" else cfg.band)))
+        pos = float(rng.uniform(-0.1, 0.9) if kind == "strip" else rng.uniform(0.0, 1.0 - size))
+        if kind == "degrade":
+            events.append(Damage(kind, pos, size, first, first + run, blur=float(rng.uniform(*cfg.blur)),
+                                 contrast=float(rng.uniform(*cfg.contrast)), noise=float(rng.uniform(*cfg.noise))))
+        else:
+            texture = ("hstripes", "vstripes", "checks")[rng.integers(3)] if rng.random() < cfg.textured else "solid"
+            events.append(Damage(kind, pos, size, first, first + run, _colour(rng), _colour(rng), texture,
+                                 float(rng.uniform(0.03, 0.08))))
+    return tuple(events)
+
+
+@dataclass(frozen=True)
+class FrameTruth:
+    """What render_tracklet did to one frame (core.data.truth's columns): damaged rectangles (kind, y0, y1, x0,
+    x1), half-open pixel rows and columns clipped to the frame, in painting order; the camera's blur sigma in pixels
+    (0 where _blur leaves the frame sharp); the person's offset from the box centre (detector jitter, plus the cut
+    of a junk box) and height over frame height."""
+    blur: float
+    dx: float
+    dy: float
+    scale: float
+    damage: tuple[tuple[str, int, int, int, int], ...] = field(default=())
 
 
 def _limb(draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, pts: list, colour, width: float) -> None:
@@ -302,16 +400,23 @@ def _head(d, m, p: Person, tr: Track, cx: float, top: float, u: float) -> None:
         _blob(d, m, [hx - 1.05 * r, hyc - 1.25 * r, hx + 1.05 * r, hyc - 0.1 * r], p.cap)
 
 
-def render_tracklet(p: Person, cam: Camera, tr: Track, length: int, h: int, w: int,
-                    rng: np.random.Generator) -> list[np.ndarray]:
-    """`length` frames [h, w, 3] uint8 of person p walking in front of camera cam."""
+def render_tracklet(p: Person, cam: Camera, tr: Track, length: int, h: int, w: int, rng: np.random.Generator,
+                    damage_rng: np.random.Generator | None = None) -> tuple[list[np.ndarray], list[FrameTruth]]:
+    """`length` frames [h, w, 3] uint8 of person p walking in front of camera cam, and one FrameTruth per frame.
+
+    The events of tr.damage draw only from `damage_rng` (required when there are any), so `rng` makes the same
+    draws, and the frames the same pixels outside the damaged rectangles, with or without them.
+    """
+    if tr.damage and damage_rng is None:
+        raise ValueError("render_tracklet: a track with damage events needs damage_rng")
     margin = int(np.ceil(0.15 * w))
     scroll = int(np.ceil(tr.speed * w * length))
     bg = _background(rng, cam, h + 2 * margin, w + 2 * margin + scroll)
     x0 = margin if tr.facing > 0 else margin + scroll
     gain = np.array(cam.gain, np.float32) * cam.brightness * rng.uniform(0.93, 1.07)
     xx = np.arange(w, dtype=np.float32)[None, :]
-    frames = []
+    sigma = cam.blur * h / 128
+    frames, truths = [], []
     for t in range(length):
         u = h * tr.scale * (1 + tr.drift * t / max(1, length - 1)) * (1 + rng.normal(0, 0.015))
         dx, dy = rng.normal(0, 0.03 * w), rng.normal(0, 0.02 * h)
@@ -326,12 +431,18 @@ def render_tracklet(p: Person, cam: Camera, tr: Track, length: int, h: int, w: i
         shade = np.clip(1 - 0.35 * ((xx - cx) / (0.15 * u)) ** 2, 0.65, 1.0)[..., None]
         a = alpha[..., None]
         img = img * (1 - a) + layer * shade * a
+        rects = []
         if tr.occluder is not None and tr.occluder[3] <= t < tr.occluder[4]:
-            _occlude(img, tr.occluder, ox - x0, rng)
-        img = _blur((img * gain - 128) * cam.contrast + 128, cam.blur * h / 128)
+            rects.append(_occlude(img, tr.occluder, ox - x0, rng))
+        live = [e for e in tr.damage if e.first <= t < e.last]
+        rects += [_cover(img, e, ox - x0, damage_rng) for e in live if e.kind != "degrade"]
+        img = _blur((img * gain - 128) * cam.contrast + 128, sigma)
+        rects += [_degrade(img, e, damage_rng) for e in live if e.kind == "degrade"]
         img += rng.standard_normal(img.shape, dtype=np.float32) * cam.noise
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
-    return frames
+        truths.append(FrameTruth(float(sigma) if sigma >= 0.25 else 0.0, float(cx - w / 2), float(top - (h - u) / 2),
+                                 float(u / h), tuple(r for r in rects if r is not None)))
+    return frames, truths
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -348,15 +459,64 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return sum(k[i] * pad[:, i:i + w] for i in range(2 * r + 1))
 
 
-def _occlude(img: np.ndarray, occ: tuple, shift: int, rng: np.random.Generator) -> None:
-    """Paint the occluder in place: a horizontal band from `pos` down, or a vertical strip moving with the scene."""
+def _rows(pos: float, size: float, h: int) -> tuple[int, int]:
+    """Rows [y0, y1) of a band from `pos` of `size` (fractions of h), clipped to the frame."""
+    y0 = min(h, int(pos * h))
+    return y0, min(h, y0 + max(1, int(round(size * h))))
+
+
+def _columns(pos: float, size: float, w: int, shift: int) -> tuple[int, int]:
+    """Columns [x0, x1) of a strip from `pos` of `size` (fractions of w) moving with the scene, clipped."""
+    x0 = int(pos * w) - shift
+    return min(w, max(0, x0)), min(w, max(0, x0 + int(size * w)))
+
+
+def _occlude(img: np.ndarray, occ: tuple, shift: int, rng: np.random.Generator) -> tuple | None:
+    """Paint the occluder in place: a horizontal band from `pos` down, or a vertical strip moving with the scene.
+    Returns (kind, y0, y1, x0, x1) of the painted rectangle, None when it lies outside the frame."""
     kind, pos, size, _, _, colour = occ
     h, w = img.shape[:2]
     if kind == "band":
-        y0 = int(pos * h)
-        region = img[y0:min(h, y0 + int(size * 1.5 * h))]
+        y0 = min(h, int(pos * h))
+        y1, x0, x1 = min(h, y0 + int(size * 1.5 * h)), 0, w
     else:
-        x0 = int(pos * w) - shift
-        region = img[:, max(0, x0):max(0, x0 + int(size * w))]
-    if region.size:
-        region[:] = np.array(colour, np.float32) * rng.uniform(0.85, 1.0, region.shape[:2] + (1,))
+        (x0, x1), y0, y1 = _columns(pos, size, w, shift), 0, h
+    region = img[y0:y1, x0:x1]
+    if not region.size:
+        return None
+    region[:] = np.array(colour, np.float32) * rng.uniform(0.85, 1.0, region.shape[:2] + (1,))
+    return kind, y0, y1, x0, x1
+
+
+def _texture(e: Damage, shape: tuple[int, int], unit: float) -> np.ndarray:
+    """[h, w, 3] float32 fill of an occluder: solid, or stripes / checks of period e.period * unit pixels."""
+    c1, c2 = np.array(e.colour, np.float32), np.array(e.colour2, np.float32)
+    rows = (np.arange(shape[0])[:, None] / (e.period * unit)) % 1 < 0.5
+    cols = (np.arange(shape[1])[None, :] / (e.period * unit)) % 1 < 0.5
+    sel = {"solid": np.zeros(shape, bool), "hstripes": rows & np.ones(shape, bool),
+           "vstripes": cols & np.ones(shape, bool), "checks": rows ^ cols}[e.texture]
+    return np.where(sel[..., None], c2, c1)
+
+
+def _cover(img: np.ndarray, e: Damage, shift: int, rng: np.random.Generator) -> tuple | None:
+    """Paint a band or strip event (RegionDamage) in place, shaded like VERSION 1's occluders; its rectangle."""
+    h, w = img.shape[:2]
+    (y0, y1), (x0, x1) = ((_rows(e.pos, e.size, h), (0, w)) if e.kind == "band" else
+                          ((0, h), _columns(e.pos, e.size, w, shift)))
+    region = img[y0:y1, x0:x1]
+    if not region.size:
+        return None
+    region[:] = _texture(e, region.shape[:2], h) * rng.uniform(0.85, 1.0, region.shape[:2] + (1,))
+    return e.kind, y0, y1, x0, x1
+
+
+def _degrade(img: np.ndarray, e: Damage, rng: np.random.Generator) -> tuple | None:
+    """Blur, flatten and noise rows [pos, pos + size) of the camera's frame in place (a "degrade" event)."""
+    h, w = img.shape[:2]
+    y0, y1 = _rows(e.pos, e.size, h)
+    if y1 <= y0:
+        return None
+    band = _blur(img, e.blur * h / 128)[y0:y1]
+    mean = band.mean((0, 1), keepdims=True)
+    img[y0:y1] = mean + e.contrast * (band - mean) + rng.normal(0, e.noise, band.shape).astype(np.float32)
+    return e.kind, y0, y1, 0, w

@@ -4,7 +4,8 @@
 shoes, bag; see core.data.render) seen by 6 cameras (each with its colour cast, illumination, contrast, blur and
 noise), walking (legs/arms swing) with detector-style box jitter and scale drift, cluttered scrolling backgrounds
 and occluders (a horizontal band or a vertical strip) in some tracklets, and writes JPEG frames, name lists and
-.mat tables (incl. query_IDX) exactly as MARS ships them, so `load_mars` reads it.
+.mat tables (incl. query_IDX) exactly as MARS ships them, so `load_mars` reads it, plus the ground truth of what it
+did to every frame (`truth.parquet`, core.data.truth; never read by the MARS loader).
 
 Presets (identities are disjoint between train and test; every identity is seen by >= 2 cameras; each test
 identity has 1 query, or 2 from different cameras when it is seen by >= 3 cameras, and every query has a non-query
@@ -14,17 +15,37 @@ tracklet of its identity in another camera, so it has a valid match with either 
     tiny          8          8         2-3          2-3          6-16            64x32        4         2
     small        32     32 + 224       3-5          2-4          8-24           128x64      192        64
     default      80         80         3-6          2-4          8-32           128x64       60        20
+    occluded     as small, plus region damage (render.RegionDamage)
 
 `small` (the cpu profile's data) has 224 extra test identities (Preset.extra_test_ids) and 8x the distractors and
 junk of VERSION 1, so its test split is 8x as large (seed 0: 256 identities, 425 queries, 1,230 gallery tracklets) and
 a 95 % cluster-bootstrap interval (clusters: query identities) on the cpu profile's R1 or mAP is +-1-2.5 points
 instead of +-5-11 (issue 11); its train split is VERSION 1's, byte for byte.
 
-Distractor tracklets (identity 0, folder 0000) show people of no other tracklet; junk tracklets (identity -1,
-folder 00-1) are badly placed boxes that cut a person. Output is a deterministic function of (size, seed);
-generation is atomic: frames go to a hidden sibling folder `.<name>.partial-<host>.<pid>.<random>` renamed into
-place at the end, with `synthetic.json` (size, seed, preset) as the completeness marker. Partial folders left by a
-killed generation (their host is this one and their pid is gone, core.leftovers) are removed on the next call.
+`occluded` (VERSION 3) is `small`'s plan and frames with region damage added (Preset.damage, render.RegionDamage),
+drawn and painted from a stream of its own, so every pixel beyond the camera blur's reach of the damage is small's:
+90 % of tracklets get 2-3 events, each over a run of 30-50 % of the tracklet's frames (so a damaged tracklet keeps
+frames, and regions, that an event leaves clean), of one kind: a band across the frame at any height of the body
+(20-35 % of the frame height; 60 % of them clothing-like stripes or checks, a distractor rather than a flat block;
+weight 0.45), a vertical strip (20-40 % of the width; 0.15) or a "degrade" band (blurred with sigma 2.5-4.5 px,
+contrast x0.3-0.6, noise 12-25 grey levels; 0.4). Seed 0: 67-70 % of the frames damaged (48 % of the region-frames
+of the test clips, N=4 evenly sampled, K=4), 71-76 % of the tracklets mixed (clean and damaged frames), 6-7 %
+clean (small's own occluders included), 17-22 % damaged in every frame.
+
+Ground truth (`truth.parquet`, core.data.truth.TRUTH_COLUMNS): one row per (frame, damage) with the rectangle
+actually painted or degraded, clipped to the frame (band: rows [y0, y1), all columns; strip: all rows, the
+columns inside the frame); one row of kind "none" per clean frame. Kinds: "band" and "strip" (VERSION 1's occluders
+and the region damage's), "degrade". Every row also has the camera blur sigma in pixels (0 where the frame is left
+sharp), the person's offset from the box centre (dx, dy: detector jitter, plus the cut of a junk box), its scale
+(person height / frame height) and the junk flag. `track` is the tracklet's row in the split's MARS table, `frame`
+its 0-based position there.
+
+Distractor tracklets (identity 0, folder 0000) show people of no other tracklet; junk tracklets (identity -1, folder
+00-1) are badly placed boxes that cut a person. Output is a deterministic function of (size, seed); generation is
+atomic: frames go to a hidden sibling folder `.<name>.partial-<host>.<pid>.<random>` renamed into place at the end,
+with `synthetic.json` (size, seed, preset, version) as the completeness marker (and the truth sidecar required
+beside it). Partial folders left by a killed generation (their host is this one and their pid is gone,
+core.leftovers) are removed on the next call.
 """
 from __future__ import annotations
 
@@ -39,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 from core.progress import bar as progress_bar
 
@@ -47,6 +69,7 @@ from core.config import SYNTHETIC_VERSION
 from core.data import render
 from core.data.base import DatasetError
 from core.data.mars import pid_folder, write_info, write_query
+from core.data.truth import NONE, TRUTH, TRUTH_COLUMNS
 
 NUM_CAMERAS = 6
 MARKER = "synthetic.json"
@@ -66,12 +89,16 @@ class Preset:
     junk: int                   # junk tracklets (identity -1) in the test split
     extra_test_ids: int = 0     # test identities drawn after the others on their own stream: a larger test
                                 # split that leaves the train split as it was (see _plan)
+    damage: render.RegionDamage | None = None  # region damage events on their own stream (see _render): the
+                                # frames are the preset's without it, plus the damage
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(8, 8, (2, 3), (2, 3), (6, 16), 64, 32, 4, 2),
     "small": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 192, 64, extra_test_ids=224),
     "default": Preset(80, 80, (3, 6), (2, 4), (8, 32), 128, 64, 60, 20),
+    "occluded": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 192, 64, extra_test_ids=224,
+                       damage=render.RegionDamage()),
 }
 
 
@@ -139,16 +166,38 @@ def _save(frame: np.ndarray, path: Path) -> None:
     Image.fromarray(frame).save(path, quality=90)
 
 
+def _table_order(specs: list[_Spec]) -> list[int]:
+    """Plan indices in the order of the split's MARS table (identity folder, camera, plan order)."""
+    return sorted(range(len(specs)), key=lambda k: (pid_folder(specs[k].pid), specs[k].cam, k))
+
+
+def _truth_rows(split: str, track: int, names: list[str], truths: list[render.FrameTruth], junk: bool,
+                shape: tuple[int, int]) -> list[tuple]:
+    """core.data.truth rows of one tracklet: one per (frame, damage), one of kind "none" for a clean frame."""
+    rows = []
+    for f, (name, t) in enumerate(zip(names, truths)):
+        frame = (t.blur, t.dx, t.dy, t.scale, junk)
+        for kind, y0, y1, x0, x1 in t.damage or ((NONE, 0, 0, 0, 0),):
+            rows.append((split, name, track, f, kind, y0, y1, x0, x1, *shape, *frame))
+    return rows
+
+
+def _truth_table(rows: list[tuple]) -> pd.DataFrame:
+    types = dict(track="int32", frame="int32", y0="int32", y1="int32", x0="int32", x1="int32", height="int32",
+                 width="int32", blur="float64", dx="float64", dy="float64", scale="float64", junk="bool")
+    return pd.DataFrame(rows, columns=list(TRUTH_COLUMNS)).astype(types)
+
+
 def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: int, cams: list, bar,
                  writer: ThreadPoolExecutor) -> dict:
     """Draw the frames of one split and queue their JPEG writes (file creation is slow: a thread pool overlaps
-    it with drawing); returns name list, table and query rows in MARS form."""
-    order = sorted(range(len(specs)), key=lambda k: (pid_folder(specs[k].pid), specs[k].cam, k))
-    names, rows, query_rows, counters, pending = [], [], [], {}, []
+    it with drawing); returns name list, table and query rows in MARS form, and the split's truth rows."""
+    order = _table_order(specs)
+    names, rows, query_rows, counters, pending, truth = [], [], [], {}, [], []
     for k in order:
         s = specs[k]
         tnum = counters[(s.pid, s.cam)] = counters.get((s.pid, s.cam), 0) + 1
-        frames = _render(s, k, split, pre, seed, cams)
+        frames, truths = _render(s, k, split, pre, seed, cams)
         folder = tmp / f"bbox_{split}" / pid_folder(s.pid)
         folder.mkdir(parents=True, exist_ok=True)
         start = len(names) + 1
@@ -156,6 +205,7 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
             name = f"{pid_folder(s.pid)}C{s.cam}T{tnum:04d}F{f + 1:03d}.jpg"
             pending.append(writer.submit(_save, frame, folder / name))
             names.append(name)
+        truth += _truth_rows(split, len(rows), names[start - 1:], truths, s.pid == -1, (pre.height, pre.width))
         for job in pending[:-2 * len(frames)]:  # bound the queue; raise write errors early
             job.result()
         del pending[:-2 * len(frames)]
@@ -165,15 +215,23 @@ def _write_split(tmp: Path, split: str, specs: list[_Spec], pre: Preset, seed: i
             query_rows.append(len(rows))
     for job in pending:
         job.result()
-    return {"names": names, "table": np.array(rows, np.int32), "query": np.array([query_rows], np.int32)}
+    return {"names": names, "table": np.array(rows, np.int32), "query": np.array([query_rows], np.int32),
+            "truth": truth}
 
 
-def _render(s: _Spec, k: int, split: str, pre: Preset, seed: int, cams: list) -> list[np.ndarray]:
-    """The frames ([H, W, 3] uint8) of tracklet `k` of a split's plan: a function of (seed, split, k, s) only."""
+def _render(s: _Spec, k: int, split: str, pre: Preset, seed: int,
+            cams: list) -> tuple[list[np.ndarray], list[render.FrameTruth]]:
+    """The frames ([H, W, 3] uint8) of tracklet `k` of a split's plan and their truth: a function of
+    (seed, split, k, s) only. A preset's region damage draws from its own stream [seed, 6, split, k], so the
+    stream [seed, 2, split, k] of the rest makes the same draws with or without it."""
     person = render.sample_person(np.random.default_rng([seed, 1, s.who + 1_000_000]))
     rng = np.random.default_rng([seed, 2, split == "test", k])
     track = render.sample_track(rng, cams[s.cam - 1], s.length, junk=s.pid == -1)
-    return render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng)
+    damage_rng = None
+    if pre.damage is not None:
+        damage_rng = np.random.default_rng([seed, 6, split == "test", k])
+        track = dataclasses.replace(track, damage=render.sample_damage(damage_rng, pre.damage, s.length))
+    return render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng, damage_rng)
 
 
 def _cameras(seed: int) -> list:
@@ -183,6 +241,11 @@ def _cameras(seed: int) -> list:
 def tracklet_frames(size: str, seed: int, split: str, k: int) -> list[np.ndarray]:
     """Tracklet `k` (plan order; -1: the last, a junk one in test) of `split` (train | test) as generate() draws
     it, in memory, before JPEG encoding."""
+    return tracklet_truth(size, seed, split, k)[0]
+
+
+def tracklet_truth(size: str, seed: int, split: str, k: int) -> tuple[list[np.ndarray], list[render.FrameTruth]]:
+    """tracklet_frames() and the FrameTruth of each frame (what generate() writes to truth.parquet for it)."""
     pre = _preset(size)
     specs = _plan(pre, seed)[split == "test"]
     k = range(len(specs))[k]
@@ -215,6 +278,7 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
         for split in ("train", "test"):
             write_info(info, split, out[split]["names"], out[split]["table"])
         write_query(info, out["test"]["query"])
+        _truth_table(out["train"]["truth"] + out["test"]["truth"]).to_parquet(tmp / TRUTH, index=False)
         meta = {"generator": "core.data.synthetic", "version": VERSION, "size": size, "seed": seed,
                 "preset": dataclasses.asdict(pre)}
         (tmp / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
@@ -240,7 +304,8 @@ def _is_complete(root: Path, size: str, seed: int) -> bool:
         meta = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("version"), meta.get("size"), meta.get("seed")) == (VERSION, size, seed)
+    return (meta.get("version"), meta.get("size"), meta.get("seed")) == (VERSION, size, seed) and \
+        (root / TRUTH).is_file()
 
 
 def ensure_synthetic(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:

@@ -8,12 +8,13 @@ one row of kind "none". Columns (TRUTH_COLUMNS):
     name      the frame's file name, e.g. 0012C3T0001F005.jpg (unique within a split)
     track     0-based row of the tracklet in the split's MARS table (tracks_<split>_info.mat)
     frame     0-based position of the frame in its tracklet
-    kind      "none", or the damage: see core.data.synthetic (occluders, cut boxes, local blur ...)
+    kind      "none", or the damage: "band", "strip" (occluders), "degrade" (a blurred, noised band); see
+              core.data.synthetic
     y0, y1    damaged pixel rows [y0, y1) of the stored frame, clipped to it (0, 0 for "none")
     x0, x1    damaged pixel columns [x0, x1)
     height, width   the stored frame's size in pixels
-    blur      the camera's Gaussian blur sigma over the whole frame, in pixels
-    dx, dy    detector-style box jitter of the person, in pixels
+    blur      the camera's Gaussian blur sigma over the whole frame, in pixels (0 where the frame is left sharp)
+    dx, dy    the person's offset from the box centre, in pixels: detector-style jitter (plus the cut of a junk box)
     scale     person height / frame height
     junk      True for a junk tracklet (a badly placed box that cuts the person)
 
