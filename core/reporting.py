@@ -348,14 +348,45 @@ def _regions_cell(sel: pd.DataFrame, name: str) -> str:
     return ", ".join(out) or "—"
 
 
+def _side(sel: pd.DataFrame, name: str, at: float) -> str | None:
+    """Where the 95 % interval of a row's one-seed metric lies against `at`: "above", "below", "around"; None when
+    the row has no interval (not logged, or several seeds)."""
+    cols = [f"metrics.{name}{b}" for b in ("", "_ci_low", "_ci_high")]
+    if len(sel) != 1 or any(c not in sel or pd.isna(sel[c].iloc[0]) for c in cols):
+        return None
+    low, high = float(sel[cols[1]].iloc[0]), float(sel[cols[2]].iloc[0])
+    return "above" if low > at else "below" if high < at else "around"
+
+
+def audit_reading(label: str, sel: pd.DataFrame) -> str | None:
+    """One sentence on what a row's audit intervals show (None without them): whether the scores and the Eq. 1
+    map prefer clean region-frames / cells (AUC interval against 0.5) and whether training moved them (gain
+    interval against 0). Read from the logged intervals, so it changes with the numbers."""
+    prefer = {"above": "clean preferred over occluded", "below": "occluded preferred over clean",
+              "around": "no preference detectable at 95 %"}
+    moved = {"above": "more than untrained", "below": "less than untrained", "around": "no different from untrained"}
+    parts = []
+    for name, what in (("attn_auc_region", "Eq. 4 scores"), ("attn_auc_map", "Eq. 1 map")):
+        side, gain = _side(sel, name, 0.5), _side(sel, f"{name}_gain", 0.0)
+        if side is None:
+            continue
+        text = f"{what}: {prefer[side]} (AUC interval {side} 0.5)"
+        if gain is not None:
+            text += f", {moved[gain]} (gain interval {gain} 0)"
+        parts.append(text)
+    return f"- **{label}**: " + "; ".join(parts) + "." if parts else None
+
+
 def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str]:
     """The report's attention audit (issue 14; core.engine.audit): one line per STA row and dataset."""
-    table = []
+    table, readings = [], []
     for ds in datasets:
         for row in spec.run_rows:
             sel = runs[(runs["tags.dataset"] == ds) & (runs["tags.row"] == row.label)]
             if sel.empty or "metrics.attn_dev_uniform" not in sel or sel["metrics.attn_dev_uniform"].isna().all():
                 continue
+            reading = audit_reading(f"{row.label} ({run_header(ds)})", sel)
+            readings += [reading] if reading else []
             synthetic = "synthetic truth" if ds == "synthetic" else "synthetic truth only"
             pairs = "/".join(_count(sel, f"attn_pairs_{k}") for k in ("region", "map"))
             table.append({"row": row.label, "data": run_header(ds),
@@ -392,7 +423,8 @@ def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str
             "bootstrap over identities (eval.bootstrap_resamples, eval.bootstrap_seed); with several seeds, "
             "mean ± std over seeds. The audit figure (below) draws a few clips with damage: scores over the "
             "frames, true damage outlined.", "",
-            _markdown(pd.DataFrame(table)), ""]
+            _markdown(pd.DataFrame(table)), ""] + \
+        (["What the intervals show (one seed; written from the numbers above):", "", *readings, ""] if readings else [])
 
 
 def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: str,

@@ -135,7 +135,24 @@ def test_audit_is_logged_and_reported(tmp_path):
     line = next(ln for ln in section.splitlines() if ln.startswith(f"| {row.label}"))
     assert "0.0125" in line and "0.9975" in line and "0.625 [0.500, 0.750]" in line and "k1 0.62" in line
     assert "40/12" in line and "AUC scores (synthetic truth)" in text
+    # the reading follows the intervals: scores [0.5, 0.75] touch 0.5 (no preference), no gain or map interval
+    assert f"- **{row.label} (synthetic, MARS layout)**: Eq. 4 scores: no preference detectable at 95 % " \
+           "(AUC interval around 0.5)." in section
     assert (tmp_path / "figures" / "table1_cpu_synthetic_attention_audit.png").stat().st_size > 1000
+
+
+def test_audit_reading_follows_the_intervals():
+    one = {"metrics.attn_auc_region": 0.6, "metrics.attn_auc_region_ci_low": 0.55,
+           "metrics.attn_auc_region_ci_high": 0.65,
+           "metrics.attn_auc_region_gain": -0.1, "metrics.attn_auc_region_gain_ci_low": -0.2,
+           "metrics.attn_auc_region_gain_ci_high": -0.01, "metrics.attn_auc_map": 0.4,
+           "metrics.attn_auc_map_ci_low": 0.3, "metrics.attn_auc_map_ci_high": 0.45}
+    text = reporting.audit_reading("STA", pd.DataFrame([one]))
+    assert text == ("- **STA**: Eq. 4 scores: clean preferred over occluded (AUC interval above 0.5), less than "
+                    "untrained (gain interval below 0); Eq. 1 map: occluded preferred over clean (AUC interval below "
+                    "0.5).")
+    assert reporting.audit_reading("STA", pd.DataFrame([one, one])) is None        # two seeds: no single interval
+    assert reporting.audit_reading("STA", pd.DataFrame([{"metrics.attn_dev_uniform": 0.01}])) is None
 
 
 @pytest.mark.parametrize("value", [0.0, 1.5])
