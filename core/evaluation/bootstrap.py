@@ -162,20 +162,25 @@ def ci_metrics(per_query: pd.DataFrame, resamples: int, seed: int, level: float 
     return out
 
 
+def _summed_draws(clusters: np.ndarray, resamples: int, seed: int,
+                   *arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each array [M] summed per cluster ([G] each, clusters in sorted order) and the cluster_draws weights
+    [resamples, G] (float64) that resample them."""
+    order = np.unique(clusters)
+    index = np.searchsorted(order, clusters)
+    sums = [np.bincount(index, weights=np.asarray(x, np.float64), minlength=len(order)) for x in arrays]
+    return sums, cluster_draws(len(order), resamples, seed).astype(np.float64)
+
+
 def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, clusters: np.ndarray, resamples: int, seed: int,
                    level: float = LEVEL) -> Estimate:
     """sum(numerators) / sum(denominators) with the cluster-bootstrap percentile interval: each resample draws the
     clusters (any labels, e.g. identities) whole, as for the metrics above. One entry per observation, [M] each.
     Used for ratios of pair counts (core.evaluation.attention_audit's AUCs); NaN everywhere when the denominators
     sum to 0. A resample whose drawn clusters have no denominator is left out of the percentiles."""
-    num, den = np.asarray(numerators, np.float64), np.asarray(denominators, np.float64)
-    if den.sum() <= 0:
+    if np.sum(denominators) <= 0:
         return Estimate(float("nan"), float("nan"), float("nan"))
-    order = np.unique(clusters)
-    index = np.searchsorted(order, clusters)
-    sums = np.bincount(index, weights=num, minlength=len(order))
-    counts = np.bincount(index, weights=den, minlength=len(order))
-    w = cluster_draws(len(order), resamples, seed).astype(np.float64)
+    (sums, counts), w = _summed_draws(clusters, resamples, seed, numerators, denominators)
     top, bottom = w @ sums, w @ counts
     boot = top[bottom > 0] / bottom[bottom > 0]
     return Estimate(float(sums.sum() / counts.sum()), *_percentiles(boot, level))
@@ -185,13 +190,9 @@ def paired_ratio_difference(num_b: np.ndarray, den_b: np.ndarray, num_a: np.ndar
                             clusters: np.ndarray, resamples: int, seed: int, level: float = LEVEL) -> Estimate:
     """b − a for two ratios of sums over the same observations [M] (e.g. a trained and an untrained model's AUC on
     the same pairs), paired: each resample draws one set of clusters for both."""
-    arrays = [np.asarray(x, np.float64) for x in (num_b, den_b, num_a, den_a)]
-    if arrays[1].sum() <= 0 or arrays[3].sum() <= 0:
+    if np.sum(den_b) <= 0 or np.sum(den_a) <= 0:
         return Estimate(float("nan"), float("nan"), float("nan"))
-    order = np.unique(clusters)
-    index = np.searchsorted(order, clusters)
-    nb, db, na, da = (np.bincount(index, weights=x, minlength=len(order)) for x in arrays)
-    w = cluster_draws(len(order), resamples, seed).astype(np.float64)
+    (nb, db, na, da), w = _summed_draws(clusters, resamples, seed, num_b, den_b, num_a, den_a)
     ok = ((w @ db) > 0) & ((w @ da) > 0)
     boot = (w @ nb)[ok] / (w @ db)[ok] - (w @ na)[ok] / (w @ da)[ok]
     return Estimate(float(nb.sum() / db.sum() - na.sum() / da.sum()), *_percentiles(boot, level))
