@@ -91,6 +91,12 @@ class Preset:
                                 # split that leaves the train split as it was (see _plan)
     damage: render.RegionDamage | None = None  # region damage events on their own stream (see _render): the
                                 # frames are the preset's without it, plus the damage
+    stream: int = 0             # 0: the evaluation presets' draws; k > 0 appends k to the plan, person, track and
+                                # damage streams, so the preset's people share no draw with any other preset's
+                                # (the pretraining identities, core.engine.pretrain)
+    camera_per_tracklet: bool = False  # False: the seed's six cameras; True: every tracklet under a camera of its
+                                # own (colour cast, light, contrast, blur, noise, scene), so nothing but the person
+                                # is shared by an identity's tracklets (the pretraining trees)
 
 
 PRESETS: dict[str, Preset] = {
@@ -100,6 +106,23 @@ PRESETS: dict[str, Preset] = {
     "occluded": Preset(32, 32, (3, 5), (2, 4), (8, 24), 128, 64, 192, 64, extra_test_ids=224,
                        damage=render.RegionDamage()),
 }
+PRETRAIN_STREAM = 1  # Preset.stream of the pretraining trees (pretrain_preset)
+
+
+def pretrain_preset(identities: int) -> Preset:
+    """The pretraining tree of core.engine.pretrain: `identities` people of their own stream (PRETRAIN_STREAM, so
+    none is a person of any evaluation preset's train or test split), 3-6 tracklets each, every tracklet under a
+    camera of its own (camera_per_tracklet: the names' C1..C6 mean nothing there), with `occluded`'s region damage,
+    6-10 frames per tracklet (training samples N frames of a tracklet, so short tracklets lose little), 128x64
+    frames; a token test split of 2 identities keeps the MARS layout complete (never used)."""
+    return Preset(identities, 2, (3, 6), (2, 4), (6, 10), 128, 64, 0, 0, damage=render.RegionDamage(),
+                  stream=PRETRAIN_STREAM, camera_per_tracklet=True)
+
+
+def _stream(pre: Preset, *key: int) -> np.random.Generator:
+    """The generator of stream `key` of a preset: key itself for stream 0 (the evaluation presets' draws, unchanged
+    since VERSION 1), key + [stream] otherwise (independent of every stream-0 draw)."""
+    return np.random.default_rng([*key, pre.stream] if pre.stream else list(key))
 
 
 @dataclass(frozen=True)
@@ -126,7 +149,7 @@ def _plan(pre: Preset, seed: int) -> tuple[list[_Spec], list[_Spec]]:
     extra test identities (own stream [seed, 5], pids above 3 (train_ids + test_ids)) and the distractor and junk
     counts (drawn after them) leave the train split as it is.
     """
-    rng = np.random.default_rng([seed, 0])
+    rng = _stream(pre, seed, 0)
     n = pre.train_ids + pre.test_ids
     pids = [int(p) for p in rng.choice(np.arange(1, 3 * n + 1), n, replace=False)]
     train = [s for pid in pids[:pre.train_ids] for s in _identity(rng, pre, pid, test=False)]
@@ -136,7 +159,7 @@ def _plan(pre: Preset, seed: int) -> tuple[list[_Spec], list[_Spec]]:
         pid = 0 if j < pre.distractors else -1
         others.append(_Spec(pid, int(rng.integers(1, NUM_CAMERAS + 1)), _length(rng, pre), -(j + 1)))
     if pre.extra_test_ids:
-        extra_rng = np.random.default_rng([seed, 5])
+        extra_rng = _stream(pre, seed, 5)
         extra = extra_rng.choice(np.arange(1, 3 * pre.extra_test_ids + 1), pre.extra_test_ids, replace=False)
         test += [s for pid in extra for s in _identity(extra_rng, pre, 3 * n + int(pid), test=True)]
     return train, test + others
@@ -224,14 +247,16 @@ def _render(s: _Spec, k: int, split: str, pre: Preset, seed: int,
     """The frames ([H, W, 3] uint8) of tracklet `k` of a split's plan and their truth: a function of
     (seed, split, k, s) only. A preset's region damage draws from its own stream [seed, 6, split, k], so the
     stream [seed, 2, split, k] of the rest makes the same draws with or without it."""
-    person = render.sample_person(np.random.default_rng([seed, 1, s.who + 1_000_000]))
-    rng = np.random.default_rng([seed, 2, split == "test", k])
-    track = render.sample_track(rng, cams[s.cam - 1], s.length, junk=s.pid == -1)
+    person = render.sample_person(_stream(pre, seed, 1, s.who + 1_000_000))
+    rng = _stream(pre, seed, 2, split == "test", k)
+    cam = render.sample_camera(_stream(pre, seed, 4, split == "test", k)) if pre.camera_per_tracklet \
+        else cams[s.cam - 1]
+    track = render.sample_track(rng, cam, s.length, junk=s.pid == -1)
     damage_rng = None
     if pre.damage is not None:
-        damage_rng = np.random.default_rng([seed, 6, split == "test", k])
+        damage_rng = _stream(pre, seed, 6, split == "test", k)
         track = dataclasses.replace(track, damage=render.sample_damage(damage_rng, pre.damage, s.length))
-    return render.render_tracklet(person, cams[s.cam - 1], track, s.length, pre.height, pre.width, rng, damage_rng)
+    return render.render_tracklet(person, cam, track, s.length, pre.height, pre.width, rng, damage_rng)
 
 
 def _cameras(seed: int) -> list:
@@ -252,13 +277,15 @@ def tracklet_truth(size: str, seed: int, split: str, k: int) -> tuple[list[np.nd
     return _render(specs[k], k, split, pre, seed, _cameras(seed))
 
 
-def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:
+def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True,
+             preset: Preset | None = None) -> Path:
     """Write the synthetic dataset of preset `size` for `seed` into `root` (which must not exist); returns root.
+    `preset` (e.g. pretrain_preset(n)) replaces PRESETS[size]; `size` then only names it in the marker.
 
     Atomic: everything is written into a hidden sibling folder that is renamed to `root` at the end; on any
     error (or interrupt) the partial folder is removed, and a killed process leaves no tree at `root`.
     """
-    root, pre = Path(root), _preset(size)
+    root, pre = Path(root), preset or _preset(size)
     remove_stale_partials(root)
     if root.exists():
         raise DatasetError(f"{root}: already exists; generate() writes a new folder (use ensure_synthetic to reuse)")
@@ -285,7 +312,7 @@ def generate(root: str | os.PathLike, size: str = "default", seed: int = 0, prog
         os.rename(tmp, root)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_complete(root, size, seed):  # another process finished the same tree first
+        if _is_complete(root, size, seed, pre):  # another process finished the same tree first
             return root
         raise
     except BaseException:
@@ -299,26 +326,30 @@ def remove_stale_partials(root: Path) -> list[Path]:
     return leftovers.remove_stale(Path(root).parent, f".{Path(root).name}.partial-")
 
 
-def _is_complete(root: Path, size: str, seed: int) -> bool:
+def _is_complete(root: Path, size: str, seed: int, pre: Preset | None = None) -> bool:
     try:
         meta = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("version"), meta.get("size"), meta.get("seed")) == (VERSION, size, seed) and \
+    same_preset = pre is None or meta.get("preset") == json.loads(json.dumps(dataclasses.asdict(pre)))
+    return (meta.get("version"), meta.get("size"), meta.get("seed")) == (VERSION, size, seed) and same_preset and \
         (root / TRUTH).is_file()
 
 
-def ensure_synthetic(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True) -> Path:
-    """Return `root`, generating the tree first unless a complete one of this size and seed is there."""
+def ensure_synthetic(root: str | os.PathLike, size: str = "default", seed: int = 0, progress: bool = True,
+                     preset: Preset | None = None) -> Path:
+    """Return `root`, generating the tree first unless a complete one of this size and seed (and `preset`, when
+    given: see generate) is there."""
     root = Path(root)
-    _preset(size)
+    if preset is None:
+        _preset(size)  # an unknown size is refused before anything is written
     remove_stale_partials(root)
-    if _is_complete(root, size, seed):
+    if _is_complete(root, size, seed, preset):
         return root
     if root.exists():
         raise DatasetError(f"{root}: exists but is not a complete synthetic tree (size {size}, seed {seed}, "
                            f"version {VERSION}; marker {MARKER}); remove it or choose another root")
-    return generate(root, size, seed, progress)
+    return generate(root, size, seed, progress, preset=preset)
 
 
 def default_root(size: str, seed: int) -> Path:
