@@ -216,3 +216,43 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     if out.report:
         print(f"report: {out.report}")
     return 0
+
+
+# ---- reproduce/pretrain.py -----------------------------------------------------------------------------------
+
+def pretrain_main(argv: Sequence[str] | None = None) -> int:
+    """reproduce/pretrain.py: run (or find in the cache) the pretraining stage of a profile, log it to MLflow, print
+    where its weights are; exit 2 on bad input."""
+    ap = argparse.ArgumentParser(
+        prog="reproduce/pretrain.py",
+        description="The one-time pretraining stage of model.init=synthetic (the cpu profile's stand-in for ImageNet "
+                    "weights): Avg + TL on synthetic identities disjoint from every split, cached under "
+                    ".cache/pretrain_<hash>/ and logged as a run of the MLflow experiment 'STA pretraining'. Every "
+                    "table and tune.py runs it first on their own; this command runs it alone.")
+    ap.add_argument("--profile", default="cpu", choices=sorted(load_profiles()))
+    ap.add_argument("--device", help="train.device: auto | cpu | cuda | cuda:<i> (default: the profile's, auto)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="any config key, e.g. --set pretrain.epochs=4 (repeatable)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        from core.config import RunConfig, apply_overrides, uses_pretraining
+        overrides = {**load_profiles()[args.profile], **parse_set(args.overrides)}
+        if args.device:
+            overrides["train.device"] = args.device
+        cfg = apply_overrides(RunConfig(), overrides, f"profile '{args.profile}' with --set")
+        if not uses_pretraining(cfg):
+            raise ConfigError(f"profile '{args.profile}' does not start from the pretraining stage (model.pretrained "
+                              f"{cfg.model.pretrained}, model.init {cfg.model.init!r}); nothing to do")
+        from core import pretraining, tracking
+        tracking.configure(args.tracking_uri)
+        done = pretraining.ensure_logged(cfg, progress=not args.quiet)
+    except ValueError as e:            # ConfigError, DatasetError: bad input, named in one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    how = "trained" if done.stage.trained else "found in the cache"
+    print(f"pretraining stage {done.stage.hash}: {how} in {time.perf_counter() - t0:.0f} s; weights: "
+          f"{done.stage.path}; MLflow run {done.run_id} (experiment 'STA pretraining')")
+    return 0

@@ -39,7 +39,7 @@ SyntheticSize = Literal["tiny", "small", "default", "occluded"]            # cor
 TrainSampling = Literal["restricted", "random"]                # [A12]
 EpochDef = Literal["identities", "tracklets"]                  # [A10]
 FlipPer = Literal["frame", "clip"]                             # [A17]
-Backbone = Literal["resnet18", "resnet34", "resnet50"]
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet18_narrow"]  # core.models.backbone.BACKBONE_NAMES
 Aggregation = Literal["frame", "avg", "sta", "stan", "stal"]
 StanEmbed = Literal["concat", "per_model"]                     # [S4] STAN (core/models/README.md)
 Attention = Literal["energy", "energy_l2", "norm_l2"]          # [A1]
@@ -48,6 +48,8 @@ Remainder = Literal["last", "spread"]                          # [A4]
 StalPartNorm = Literal["l1", "l2"]                             # STAL [L4]: ||a_bar|| of Eq. 8
 EvalSampling = Literal["evenly", "dense"]                      # [A12]
 Distance = Literal["euclidean", "cosine"]
+Optimizer = Literal["adam", "sgd"]
+Init = Literal["imagenet", "synthetic"]                        # where model.pretrained's backbone weights come from
 ApRule = Literal["trapezoid", "step"]                          # [A15b]
 
 
@@ -75,6 +77,7 @@ class ModelConfig:
     backbone: Backbone = "resnet50"     # conv5 stride is always set to 1
     pretrained: bool = True             # ImageNet weights (torchvision cache or weights_path)
     weights_path: str | None = None     # ImageNet state-dict file, overrides the cache; refused with pretrained: false
+    init: Init = "imagenet"             # with pretrained: imagenet (the paper; torchvision cache or weights_path) | synthetic: the backbone of the one-time pretraining stage on synthetic identities disjoint from every split (core.pretrain, the `pretrain` keys; synthetic data only: the cpu profile's stand-in for ImageNet)
     aggregation: Aggregation = "sta"    # frame: image baseline; avg: temporal average; sta: Eq. 1-4 + F2; stan: Li et al. 2018 (core/models/stan.py)
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
     num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
@@ -83,6 +86,7 @@ class ModelConfig:
     f2_weights: F2Weights = "normalized"  # [A5] normalized: Eq. 4 scores, weighted average; raw: Eq. 3 block sums, Alg. 1 literally
     remainder: Remainder = "last"       # [A4] when K does not divide H: last: the last region takes the extra rows; spread: the first H mod K regions get one more
     classifier_bias: bool = False       # identity classifier with a bias; Eq. 10's logits W_k^T x have none
+    classifier_std: float = 0.001       # std of the classifier's initial weights: logits ~0, CE starts at log(C); with 1,000+ identities that starves the backbone of CE gradient (the pretraining stage uses pretrain.classifier_std)
     stan_models: int = 6                # [S1] stan only: K spatial attention models (paper's figures: 6; authors' release: 3)
     stan_hidden: int = 64               # [S2] stan only: width of the spatial scorer's hidden 1x1 conv (authors' release: 64)
     stan_embed: StanEmbed = "concat"    # [S4] stan only: concat: K temporally attended D-dim features -> FC(K*D, feat_dim); per_model: shared Linear(D, feat_dim) + l2 per model, concat = K*feat_dim feature (authors' release)
@@ -110,7 +114,9 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 800                   # [A10] total epochs (paper: 800; "70" in the same paragraph)
-    lr: float = 3e-4                    # Adam learning rate
+    lr: float = 3e-4                    # learning rate (paper: Adam, 3e-4)
+    optimizer: Optimizer = "adam"       # adam (the paper) | sgd: SGD with Nesterov momentum train.momentum
+    momentum: float = 0.9               # sgd only
     weight_decay: float = 5e-4          # Adam weight decay
     milestones: tuple[int, ...] = (200, 400)  # lr x gamma after these epochs (strictly increasing, each >= 1)
     gamma: float = 0.1                  # lr decay factor
@@ -120,6 +126,25 @@ class TrainConfig:
     channels_last: bool = True          # CUDA only: channels-last memory format
     checkpoint_every_s: float = 300.0   # write last.pt after this many seconds of training, and after every lr milestone and the last epoch (0: every epoch)
     compile: bool = False               # torch.compile the training forward (same math; measure with python -m core.bench train)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The one-time pretraining stage of model.init=synthetic (core.pretrain): Avg + TL on a synthetic tree of its
+    own identities (core.data.synthetic.pretrain_preset), seen by the cameras of data.synthetic_seed; its backbone
+    initialises every row, as ImageNet weights do in the paper. Shared by the rows and seeds of every table (it has
+    its own seed) and cached by the hash of everything that makes it. Inert unless model.pretrained and
+    model.init=synthetic (then it enters the runs' config hash)."""
+    identities: int = 1500              # people of the pretraining tree (none of them in any split of any preset)
+    epochs: int = 60                    # passes over its identities (identities / P iterations each)
+    lr: float = 1e-3                    # Adam learning rate (weight decay: train.weight_decay)
+    milestones: tuple[int, ...] = (50,)  # lr x train.gamma after these epochs
+    ids_per_batch: int = 32             # P identities x K tracklets per batch
+    tracklets_per_id: int = 2
+    seq_len: int = 2                    # N frames per training clip
+    triplet: bool = False               # add the batch-hard triplet loss to CE (from scratch it collapses the features to one point: docs/learning.md)
+    classifier_std: float = 0.05        # std of the classifier's initial weights (model.classifier_std)
+    seed: int = 0                       # the stage's training seed (one pretrained backbone for every row seed)
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 # Allowed values of the string-valued choices, read from their Literal types; checked by validate().
@@ -169,9 +195,12 @@ MINIMUM: dict[str, float] = {
     "model.stan_models": 1, "model.stan_hidden": 1, "loss.div_weight": 0.0,
     "model.stal_parts": 1, "loss.stal_margin_global": 0.0, "loss.stal_margin_local": 0.0,
     "loss.stal_local_weight": 0.0, "loss.stal_consist_weight": 0.0, "eval.stal_global_weight": 0.0,
-    "train.epochs": 1, "train.lr": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
+    "train.epochs": 1, "train.lr": 0.0, "train.momentum": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
     "train.checkpoint_every_s": 0.0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
     "eval.rerank_lambda": 0.0, "eval.batch_size": 1, "eval.bootstrap_resamples": 1, "eval.bootstrap_seed": 0,
+    "pretrain.identities": 8, "pretrain.epochs": 1, "pretrain.lr": 0.0, "pretrain.ids_per_batch": 2,
+    "pretrain.tracklets_per_id": 2, "pretrain.seed": 0, "pretrain.seq_len": 1, "pretrain.classifier_std": 0.0,
+    "model.classifier_std": 0.0,
 }
 
 # The synthetic generator's version (core.data.synthetic). Bump when the drawing (core.data.render) or the plan
@@ -189,6 +218,11 @@ SYNTHETIC_VERSION = 3
 # when checkpoints are written (resume is exact); torch.compile (same math, floating-point rounding aside).
 RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("data.num_workers", "train.device", "train.checkpoint_every_s",
                                         "train.compile")
+
+# Keys added after stores already held finished runs: at these (default) values they stay out of config_hash, so those
+# runs keep their hashes and are still reused; set to anything else they enter it like every other key.
+HASHED_WHEN_CHANGED: dict[str, Any] = {"train.optimizer": "adam", "train.momentum": 0.9, "model.init": "imagenet",
+                                       "model.classifier_std": 0.001}
 
 # Output stride of the backbone with conv5 stride 1: a 256x128 frame gives 16x8 maps.
 BACKBONE_STRIDE = 16
@@ -313,6 +347,17 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     if any(m < 1 for m in ms) or any(a >= b for a, b in zip(ms, ms[1:])):
         raise ConfigError(f"{where}: key 'train.milestones' is {ms}; must be strictly increasing epochs >= 1, "
                           f"e.g. [200, 400]")
+    if cfg.model.pretrained and cfg.model.init == "synthetic":
+        if cfg.data.dataset != "synthetic":
+            raise ConfigError(f"{where}: key 'model.init' is 'synthetic' but data.dataset is {cfg.data.dataset!r}: "
+                              f"the synthetic pretraining stage is the cpu profile's stand-in for ImageNet on "
+                              f"synthetic data only; use model.init=imagenet (the paper) or model.pretrained=false")
+        if cfg.model.weights_path is not None:
+            raise ConfigError(f"{where}: key 'model.weights_path' is set but model.init is 'synthetic', whose "
+                              f"weights come from the pretraining stage (core.pretrain); drop one of them")
+        pm = list(cfg.pretrain.milestones)
+        if any(m < 1 for m in pm) or any(a >= b for a, b in zip(pm, pm[1:])):
+            raise ConfigError(f"{where}: key 'pretrain.milestones' is {pm}; must be strictly increasing epochs >= 1")
     if cfg.model.weights_path is not None and not cfg.model.pretrained:
         raise ConfigError(f"{where}: key 'model.weights_path' is {cfg.model.weights_path!r} but 'model.pretrained' "
                           f"is false, so it would be ignored; set model.pretrained=true to use it, or drop it")
@@ -337,16 +382,29 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def uses_pretraining(cfg: RunConfig) -> bool:
+    """True when the backbone starts from the synthetic pretraining stage (core.pretrain)."""
+    return cfg.model.pretrained and cfg.model.init == "synthetic"
+
+
 # Fields that do not change what a run computes (how fast, how often it is saved), left out of config_hash.
 # The number of GPUs is not a config field at all (a run tag): 1 or G GPUs train the same batches [issue 9].
 def config_hash(cfg: RunConfig, sections: tuple[str, ...] = ("data", "model", "loss", "train", "eval")) -> str:
     """Stable short hash of the chosen sections (used to reuse finished runs and checkpoints).
 
     The keys of RESULT_NEUTRAL_KEYS are left out; every other key enters it (tests/test_config.py checks both), and
-    for synthetic data the generator's SYNTHETIC_VERSION.
+    for synthetic data the generator's SYNTHETIC_VERSION. The `pretrain` keys enter (under "model") only when the
+    backbone starts from the pretraining stage (uses_pretraining), so every other run keeps the hash it had before
+    they existed.
     """
     d = {name: {k: v for k, v in section.items() if f"{name}.{k}" not in RESULT_NEUTRAL_KEYS}
-         for name, section in to_dict(cfg).items() if name in sections}
+         for name, section in to_dict(cfg).items() if name in sections and name != "pretrain"}
+    for key, default in HASHED_WHEN_CHANGED.items():     # added after stores held runs: keep those runs' hashes
+        name, _, field_ = key.partition(".")
+        if name in d and d[name].get(field_) == default:
+            del d[name][field_]
+    if "model" in d and uses_pretraining(cfg):  # the pretraining stage made the starting weights: part of the model
+        d["model"]["pretrain"] = {k: v for k, v in to_dict(cfg)["pretrain"].items()}
     if "data" in d and cfg.data.dataset == "synthetic":   # another generator version is other data
         d["data"]["synthetic_version"] = SYNTHETIC_VERSION
     blob = json.dumps(d, sort_keys=True, default=list).encode()

@@ -40,7 +40,7 @@ OLD_METRIC_NAMES = {EPOCH_WALL_S: "seconds", TRAIN_WALL_S: "train_seconds", ROW_
 PAPER_DATASETS = ("mars", "duke")                # datasets the paper reports
 DATASET_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID", "synthetic": "synthetic"}
 SPEC_KEYS = {"table": str, "title": str, "metrics": list, "preset": str, "base": dict, "rows": list, "notes": str,
-             "claims": list, "claims_note": str, "figure": dict}
+             "claims": list, "claims_note": str, "figure": dict, "profile_overrides": dict}
 FIGURE_KEYS = {"kind": str, "x": str, "label": str}
 FIGURE_KINDS = ("bars", "lines")    # bars of every row | lines over the rows' values of the override key x
 CLAIM_KEYS = {"row": str, "beats": list, "metrics": list, "note": str}
@@ -100,6 +100,8 @@ class Spec:
     metrics: tuple[str, ...]                     # the metric columns the paper prints
     base: dict[str, Any]
     rows: tuple[Row, ...]
+    profile_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> keys on top of it,
+                                                 # for this table only (e.g. Table 3's frame size on the cpu profile)
     notes: str = ""
     claims: tuple[Claim, ...] = ()
     claims_note: str = ""                        # why the claims are these (e.g. a claim that cannot be tested)
@@ -267,7 +269,10 @@ def read_spec(path: str | Path, presets_path: str | Path = PRESETS_PATH) -> Spec
                         preset=(_preset(raw.get("preset"), presets, where) or spec_preset) if run else None))
     if not rows:
         raise ConfigError(f"{path}: key 'rows' is empty")
+    by_profile = {str(name): _flat_overrides(keys, f"{path}, profile_overrides.{name}")
+                  for name, keys in (tree.get("profile_overrides") or {}).items()}
     return Spec(path=path, table=tree["table"], title=tree["title"], metrics=metrics, base=base, rows=tuple(rows),
+                profile_overrides=by_profile,
                 notes=" ".join((tree.get("notes") or "").split()),
                 claims=_claims(tree.get("claims") or [], rows, metrics, path),
                 claims_note=" ".join((tree.get("claims_note") or "").split()),
@@ -347,12 +352,17 @@ def load_spec(path: str | Path, profile: str = "cpu", dataset: str = "synthetic"
     profiles = load_profiles(profiles_path)
     if profile not in profiles:
         raise ConfigError(f"{profiles_path}: unknown profile '{profile}'; allowed: {', '.join(profiles)}")
+    unknown = sorted(set(spec.profile_overrides) - set(profiles))
+    if unknown:
+        raise ConfigError(f"{spec.path}: key 'profile_overrides' names unknown profile(s) {unknown}; allowed: "
+                          f"{', '.join(profiles)}")
     cli = {"data.dataset": dataset, **({"data.root": data_root} if data_root else {}),
            **_flat_overrides(overrides, "command-line overrides")}
+    layer = {**profiles[profile], **spec.profile_overrides.get(profile, {})}   # the profile as this table uses it
     rows = []
     for row in spec.rows:
         where = f"{spec.path}, row {row.index} '{row.label}' (profile '{profile}', dataset '{cli['data.dataset']}')"
-        rows.append(replace(row, config=resolve_row(spec, row, profiles[profile], cli, where)) if row.run else row)
+        rows.append(replace(row, config=resolve_row(spec, row, layer, cli, where)) if row.run else row)
     return replace(spec, rows=tuple(rows), profile=profile, dataset=cli["data.dataset"], cli_overrides=cli)
 
 

@@ -22,10 +22,12 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from core import claims, figures, reporting, tracking
-from core.config import RunConfig, apply_overrides, config_hash
+from core import claims, figures, pretraining, reporting, tracking
+from core.config import RunConfig, apply_overrides, config_hash, uses_pretraining
+from core.engine.pretrained import stage_hash
 from core.reporting import AUDIT_CLIPS
 from core.specs import ROW_WALL_S, Row, Spec, read_spec
+from core.table_console import TableConsole
 
 
 @dataclass
@@ -113,14 +115,16 @@ def _row_tags(spec: Spec, job: Job) -> dict[str, str]:
             "mlflow.note.content": job.row.full_deviation, **tracking.provenance_tags()}
 
 
-def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -> None:
-    """Train/resume and evaluate one row and seed; on rank 0 log everything into a nested run."""
+def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool,
+             stage_tags: dict[str, str] | None = None):
+    """Train/resume and evaluate one row and seed; on rank 0 log everything into a nested run (with the tags of the
+    pretraining stage it starts from, if any); returns the engine's RunResult (None on other ranks)."""
     from core.engine import run
     dataset = _dataset(job.cfg, main, progress)
     if not main:
         run(job.cfg, work_dir, dataset=dataset, progress=False)
-        return
-    tags = _row_tags(spec, job)
+        return None
+    tags = {**_row_tags(spec, job), **(stage_tags or {})}
     with tracking.child_run(job.name, tags, system_metrics=tags["device"].startswith("cuda")):
         tracking.log_config(job.cfg, extra={"label": job.row.label, "overrides": job.row.overrides,
                                             "paper": job.row.paper, "deviation": job.row.full_deviation,
@@ -134,6 +138,7 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -
         if spec.profile == "paper" and callback.logged:     # the run that trained it (Table 2's others share it)
             tracking.log_file(result.run_dir / "last.pt", "checkpoint")
         tracking.set_tags({"checkpoint_path": str((result.run_dir / "last.pt").resolve())})
+    return result
 
 
 def _log_figures(job: Job, result, dataset) -> None:
@@ -177,14 +182,18 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         tracking.configure(tracking_uri)
         tracking.end_orphaned_runs(experiment)     # runs of a killed earlier invocation: RUNNING -> KILLED
     cleared: set[Path] = set()
+    finished = [tracking.find_finished(experiment, config_hash(job.cfg), needs=(tracking.PER_QUERY,))
+                if main and not force else None for job in todo]
+    finished = _agree(finished)
+    console = TableConsole(spec.table, [j.name for j in todo], finished, tracking.shown_uri(tracking_uri),
+                           Path(reports_dir) / f"{spec.table}.md", enabled=main and progress)
+    stages = pretraining.ensure_all([j.cfg for j, f in zip(todo, finished) if not f], progress) if main else {}
+    _barrier()                                   # the other ranks load the stage's weights from the cache
     parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo),
                                  tracking.describe(spec.title, spec.path)) if main \
         else contextlib.nullcontext()
     with parent:
-        for job in todo:
-            found = tracking.find_finished(experiment, config_hash(job.cfg), needs=(tracking.PER_QUERY,)) \
-                if main else None
-            found = _agree(None if force else found)
+        for i, (job, found) in enumerate(zip(todo, finished)):
             if found:
                 if main:
                     tracking.mark_used(found)
@@ -192,12 +201,16 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
                 continue
             if force:
                 _clear_checkpoint(job.cfg, work_dir, cleared, main)
+            stage = stages.get(stage_hash(job.cfg)) if uses_pretraining(job.cfg) else None
+            console.start(i)
             try:
-                _run_job(spec, job, work_dir, main, progress)
+                result = _run_job(spec, job, work_dir, main, progress, stage.tags() if stage else None)
+                console.done(i, result)
                 outcome.trained.append(job.name)
             except DatasetError:
                 raise                # a broken dataset fails every row: stop with its one-line error
             except Exception as e:  # noqa: BLE001 - one failed row (e.g. a NaN loss) does not stop the table
+                console.failed(i, e)
                 outcome.failed.append(f"{job.name}: {type(e).__name__}: {e}")
                 traceback.print_exc(file=sys.stderr)
                 if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -82,6 +82,16 @@ def configure(uri: str | None = None) -> str:
     return uri
 
 
+def shown_uri(uri: str | None = None) -> str:
+    """The store `uri` (else the configured one) as it may be printed: a password in it is replaced by ***."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password:
+        host = parts.netloc.rsplit("@", 1)[1]
+        uri = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return uri
+
+
 def check_uri(uri: str) -> None:
     """Refuse, before anything runs, a tracking URI MLflow has no store for (ConfigError naming it and the schemes)."""
     scheme = urllib.parse.urlparse(uri).scheme.split("+", 1)[0].lower()
@@ -443,3 +453,34 @@ def log_claims(experiment: str, records: list[dict]) -> list[str]:
             client.log_batch(run_id, metrics=metrics[i:i + 100], tags=tags[i:i + 100])
         written.append(run_id)
     return written
+
+
+# ---- the pretraining stage (core.engine.pretrain) ------------------------------------------------------------
+
+PRETRAIN_EXPERIMENT = "STA pretraining"     # one run per pretraining stage (tag stage_hash) that a store's runs used
+PRETRAIN_KIND = "pretrain"                  # tag "kind" of such a run
+
+
+def find_stage_run(stage_hash: str) -> str | None:
+    """Run id of the newest FINISHED pretraining-stage run with tag stage_hash, else None."""
+    exp = mlflow.get_experiment_by_name(PRETRAIN_EXPERIMENT)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs(
+        [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.kind = '{PRETRAIN_KIND}' and tags.stage_hash = '{stage_hash}' "
+                      f"and attributes.status = 'FINISHED'")
+    return runs[0].info.run_id if runs else None
+
+
+@contextlib.contextmanager
+def stage_run(stage_hash: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A top-level run of the pretraining stage `stage_hash` in PRETRAIN_EXPERIMENT (start it before a table's
+    parent run); yields its run id."""
+    use_experiment(PRETRAIN_EXPERIMENT, "The one-time pretraining stage of model.init=synthetic (core.engine."
+                                        "pretrain): Avg + TL on synthetic identities disjoint from every split, "
+                                        "the cpu profile's stand-in for ImageNet weights.")
+    name = f"pretrain {stage_hash}"
+    with _run(run_name=name, tags={"kind": PRETRAIN_KIND, "stage_hash": stage_hash, "worker": leftovers.worker(),
+                                   **provenance_tags(), **(tags or {})}) as run_id:
+        yield run_id

@@ -39,9 +39,11 @@ def tiny_cfg(root, **overrides) -> RunConfig:
 
 
 # The tiny table run of the command-line end-to-end tests (64 x 32 frames), as `--set` overrides.
+# The cpu profile's pretraining stage shrinks to 8 identities and one epoch of 2 iterations (a few seconds).
 TINY_TABLE = {"data.synthetic_size": "tiny", "data.height": 64, "data.width": 32, "data.ids_per_batch": 4,
               "data.tracklets_per_id": 2, "data.num_workers": 0, "model.feat_dim": 32, "train.milestones": "[1]",
-              "eval.batch_size": 16}
+              "eval.batch_size": 16, "pretrain.identities": 8, "pretrain.epochs": 1, "pretrain.milestones": "[1]",
+              "pretrain.ids_per_batch": 4, "pretrain.tracklets_per_id": 2}
 
 
 def set_args(overrides: dict) -> list[str]:

@@ -12,7 +12,9 @@ from core.data.synthetic import PRESETS
 from core.engine import train_dir
 from core.evaluation.distance import METRICS as DISTANCES
 from core.evaluation.metrics import AP_RULES
-from core.models.backbone import BACKBONES
+from core.engine.pretrained import INITS
+from core.engine.training import OPTIMIZERS
+from core.models.backbone import BACKBONE_NAMES
 from core.models.model import AGGREGATIONS, F2_WEIGHTS
 from core.models.sta import ATTENTION, REMAINDERS
 from core.models.stan import STAN_EMBEDS
@@ -22,10 +24,10 @@ from tests.helpers import tiny_cfg
 
 IMPLEMENTED = {
     "data.dataset": DATASETS, "data.synthetic_size": PRESETS, "data.train_sampling": TRAIN_FRAMES,
-    "data.epoch_def": EPOCH_DEFS, "data.flip_per": FLIP_PER, "model.backbone": BACKBONES, "model.aggregation": AGGREGATIONS,
+    "data.epoch_def": EPOCH_DEFS, "data.flip_per": FLIP_PER, "model.backbone": BACKBONE_NAMES, "model.aggregation": AGGREGATIONS,
     "model.attention": ATTENTION, "model.f2_weights": F2_WEIGHTS, "model.remainder": REMAINDERS,
     "model.stan_embed": STAN_EMBEDS,
-    "model.stal_part_norm": PART_NORMS,
+    "model.stal_part_norm": PART_NORMS, "model.init": INITS, "train.optimizer": OPTIMIZERS,
     "eval.sampling": EVAL_FRAMES, "eval.distance": DISTANCES, "eval.ap_rule": AP_RULES,
 }
 
@@ -73,12 +75,18 @@ def test_result_neutral_keys_are_these():
         allowed_keys())
 
 
+# the pretrain keys act only when the backbone starts from the pretraining stage (tests/test_engine_pretrain.py
+# checks that they are inert otherwise)
+PRETRAINED = apply_overrides(BASE, {"model.backbone": "resnet18_narrow", "model.init": "synthetic"})
+
+
 @pytest.mark.parametrize("key", allowed_keys())
 def test_every_key_that_can_change_a_result_changes_the_hashes(key):
-    other = _other_value(BASE, key)
-    assert other != BASE
-    full = config_hash(other) != config_hash(BASE)                      # reuse of finished runs
-    trained = train_dir(other, "runs") != train_dir(BASE, "runs")       # checkpoint folder: data/model/loss/train
+    base = PRETRAINED if key.startswith("pretrain.") else BASE
+    other = _other_value(base, key)
+    assert other != base
+    full = config_hash(other) != config_hash(base)                      # reuse of finished runs
+    trained = train_dir(other, "runs") != train_dir(base, "runs")       # checkpoint folder: data/model/loss/train
     if key in RESULT_NEUTRAL_KEYS:
         assert not full and not trained, f"{key} is declared result-neutral but changes a hash"
     elif key.startswith("eval."):

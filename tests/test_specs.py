@@ -23,8 +23,14 @@ def test_there_is_one_spec_per_paper_table():
 @pytest.mark.parametrize("dataset", ["synthetic", "mars", "duke"])
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_spec_validates(path, profile, dataset, tmp_path):
-    spec = load_spec(path, profile=profile, dataset=dataset,
-                     data_root=None if dataset == "synthetic" else str(tmp_path))
+    root = None if dataset == "synthetic" else str(tmp_path)
+    if profile == "cpu" and dataset != "synthetic":     # its pretraining stage is synthetic-only: one clear refusal
+        with pytest.raises(ConfigError, match="model.init' is 'synthetic' but data.dataset is"):
+            load_spec(path, profile=profile, dataset=dataset, data_root=root)
+        spec = load_spec(path, profile=profile, dataset=dataset, data_root=root,
+                         overrides={"model.pretrained": False})
+    else:
+        spec = load_spec(path, profile=profile, dataset=dataset, data_root=root)
     assert spec.run_rows, "every table runs at least one row"
     for row in spec.rows:
         assert row.paper, f"{row.label} has paper numbers"
@@ -104,7 +110,7 @@ BAD = {
   - label: Row A
     overrides: {model.num_regions: 16}
     paper: {mars: {R1: 1.0, mAP: 2.0}}
-""", ["bad.yaml", "Row A", "model.num_regions", "K must be <= 8"]),
+""", ["bad.yaml", "Row A", "model.num_regions", "K must be <= 4"]),
     "N < 1": ("""
   - label: Row A
     overrides: {eval.seq_len: 0}
@@ -145,7 +151,7 @@ BAD = {
 def test_bad_spec_is_refused_naming_file_row_and_key(case, tmp_path):
     body, expected = BAD[case]
     with pytest.raises(ConfigError) as err:
-        load_spec(_write(tmp_path, body), profile="cpu")  # cpu: 128-pixel frames -> 8-row maps
+        load_spec(_write(tmp_path, body), profile="cpu")  # cpu: 64-pixel frames -> 4-row maps
     for part in expected:
         assert part in str(err.value), f"{part!r} not in {err.value}"
     assert "\n" not in str(err.value)

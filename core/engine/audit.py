@@ -12,7 +12,7 @@ the truth table, whatever its kind; the whole-frame camera blur and box jitter a
 rectangles, and do not count), with cluster-bootstrap
 intervals over identities (distractor and junk tracklets each their own cluster), eval.bootstrap_resamples /
 eval.bootstrap_seed; and the same for the untrained model: the architecture with the weights training starts from
-(seed_everything(train.seed), build_model: random weights, or the ImageNet backbone under model.pretrained), read only
+(seed_everything(train.seed), start_model: random weights, the ImageNet backbone or the pretraining stage's under model.pretrained), read only
 on the clips that have a pair (both a clean and an occluded region-frame of one region, or cell of one frame). The
 scores and maps depend on the backbone alone (Eq. 1-4 have no weights) and the backbone is drawn first from the
 seed, so rows that differ only in the head, the fusion or the losses share that pass (cached in this process).
@@ -37,7 +37,7 @@ from core.data.truth import NONE, TRUTH, cell_fractions, frame_masks, load_truth
 from core.engine.device import amp_dtype, seed_everything
 from core.engine.extract import extract_features
 from core.evaluation import attention_audit as aa
-from core.models import build_model
+from core.engine.pretrained import start_model
 from core.models.sta import region_bounds
 
 FIGURE_CLIPS = 4          # clips drawn in the audit figure: those with the most region pairs
@@ -117,12 +117,12 @@ def frame_fractions(truth: pd.DataFrame, names: Sequence[str], feat_h: int, feat
 
 
 def untrained_model(cfg: RunConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
-    """The model training starts from (core.engine.training.train: seed_everything(train.seed), build_model),
+    """The model training starts from (core.engine.training.train: seed_everything(train.seed), start_model),
     in eval mode on `device`; the global random generators are left as they were."""
     states = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         seed_everything(cfg.train.seed)
-        model = build_model(cfg.model, num_classes)
+        model = start_model(cfg, num_classes)
     random.setstate(states[0])
     np.random.set_state(states[1])
     return model.to(device).eval()
@@ -133,7 +133,7 @@ def _untrained_outputs(cfg: RunConfig, num_classes: int, device: torch.device, t
     """Untrained (scores (R, N, K), maps (R, N, h, w)) of the clips `keys` = [(owner, clip number)]: one extraction
     over their tracklets, shared by the configs with the same backbone, seed, data and test clips."""
     m = cfg.model
-    key = (m.backbone, m.pretrained, m.weights_path, m.attention, m.num_regions, m.remainder, cfg.train.seed,
+    key = (m.backbone, m.pretrained, m.init, cfg.pretrain, m.weights_path, m.attention, m.num_regions, m.remainder, cfg.train.seed,
            cfg.train.amp, cfg.data, cfg.eval.seq_len, cfg.eval.sampling, str(device), tuple(keys))
     if key not in _UNTRAINED:
         owners = sorted({o for o, _ in keys})

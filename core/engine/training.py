@@ -36,7 +36,7 @@ from core.engine.checkpoint import load_torch
 from core.engine.device import amp_dtype, autocast, gather_rows, init_distributed, resolve_device, seed_everything
 from core.engine.meter import LossMeter, StepTimer
 from core.losses import StalWeights, compute_losses
-from core.models import build_model
+from core.engine.pretrained import start_model
 from core.progress import bar as progress_bar
 from core.specs import EPOCH_WALL_S
 
@@ -146,6 +146,19 @@ def _advice(cfg: RunConfig, ckpt_path: Path, saved: int | None) -> str:
             f"train.lr (now {cfg.train.lr:g}) or loss.reg_weight (now {cfg.loss.reg_weight:g})")
 
 
+OPTIMIZERS = ("adam", "sgd")  # train.optimizer: make_optimizer's branches
+
+
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    """train.optimizer: Adam (the paper) or SGD with Nesterov momentum, lr and weight decay of cfg.train."""
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
 def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
           callbacks: Sequence[EpochCallback] = (), progress: bool = True) -> tuple[torch.nn.Module, list[EpochStats]]:
     """Train (or resume) the model of `cfg` on `dataset.train`; returns (model in eval mode, per-epoch stats).
@@ -158,11 +171,11 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
     ddp = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, ddp)
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, dataset.num_train_pids)
+    model = start_model(cfg, dataset.num_train_pids)  # ImageNet / pretraining-stage weights as the config says
     model.to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(cfg, model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.train.milestones), cfg.train.gamma)
     dtype = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -39,7 +39,7 @@ class VideoReIDModel(nn.Module):
                  feat_dim: int = 1024, attention: str = "energy", f2_weights: str = "normalized",
                  remainder: str = "last", classifier_bias: bool = False, stan_models: int = 6, stan_hidden: int = 64,
                  stan_embed: str = "concat", stal_parts: int = 6, stal_ran: bool = True,
-                 stal_part_norm: str = "l1"):
+                 stal_part_norm: str = "l1", classifier_std: float = 0.001):
         super().__init__()
         _check("aggregation", aggregation, AGGREGATIONS)
         if attention not in ATTENTION:
@@ -64,7 +64,7 @@ class VideoReIDModel(nn.Module):
             if isinstance(lin, nn.Linear):
                 nn.init.kaiming_normal_(lin.weight, mode="fan_out")
                 nn.init.zeros_(lin.bias)
-        nn.init.normal_(self.classifier.weight, std=0.001)  # initial logits ~0: CE starts at log(num_classes)
+        nn.init.normal_(self.classifier.weight, std=classifier_std)  # 0.001: logits ~0, CE starts at log(C)
         if classifier_bias:
             nn.init.zeros_(self.classifier.bias)
         self.stal = STALHead(channels, feat_dim, num_classes, stal_parts, stal_ran, stal_part_norm, remainder,
@@ -109,9 +109,10 @@ class VideoReIDModel(nn.Module):
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> VideoReIDModel:
-    return VideoReIDModel(num_classes, backbone=cfg.backbone, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
+    return VideoReIDModel(num_classes, backbone=cfg.backbone, pretrained=cfg.pretrained and cfg.init == "imagenet",
+                          weights_path=cfg.weights_path,
                           aggregation=cfg.aggregation, fusion=cfg.fusion, num_regions=cfg.num_regions,
                           feat_dim=cfg.feat_dim, attention=cfg.attention, f2_weights=cfg.f2_weights,
                           remainder=cfg.remainder, classifier_bias=cfg.classifier_bias, stan_models=cfg.stan_models,
                           stan_hidden=cfg.stan_hidden, stan_embed=cfg.stan_embed, stal_parts=cfg.stal_parts,
-                          stal_ran=cfg.stal_ran, stal_part_norm=cfg.stal_part_norm)
+                          stal_ran=cfg.stal_ran, stal_part_norm=cfg.stal_part_norm, classifier_std=cfg.classifier_std)
