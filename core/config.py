@@ -135,10 +135,10 @@ class PretrainConfig:
     initialises every row, as ImageNet weights do in the paper. Shared by the rows and seeds of every table (it has
     its own seed) and cached by the hash of everything that makes it. Inert unless model.pretrained and
     model.init=synthetic (then it enters the runs' config hash)."""
-    identities: int = 1500              # people of the pretraining tree (none of them in any split of any preset)
-    epochs: int = 60                    # passes over its identities (identities / P iterations each)
+    identities: int = 2000              # people of the pretraining tree (none of them in any split of any preset)
+    epochs: int = 80                    # passes over its identities (identities / P iterations each)
     lr: float = 1e-3                    # Adam learning rate (weight decay: train.weight_decay)
-    milestones: tuple[int, ...] = (50,)  # lr x train.gamma after these epochs
+    milestones: tuple[int, ...] = (70,)  # lr x train.gamma after these epochs
     ids_per_batch: int = 32             # P identities x K tracklets per batch
     tracklets_per_id: int = 2
     seq_len: int = 2                    # N frames per training clip
