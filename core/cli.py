@@ -138,6 +138,8 @@ def main(table: str, argv: Sequence[str] | None = None) -> int:
     """reproduce/<table>.py: run the table, print where the report is; exit 1 if a row failed, 2 on bad input."""
     args = table_parser(table).parse_args(argv)
     t0 = time.perf_counter()
+    from core import interrupt
+    interrupt.install()
     try:
         seeds = parse_seeds(args.seeds)
         check_output_dir("--work-dir", args.work_dir)
@@ -155,6 +157,12 @@ def main(table: str, argv: Sequence[str] | None = None) -> int:
     except ValueError as e:     # ConfigError, DatasetError: bad input, named in one line
         print(f"error: {shown(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        interrupt.clear()
+        print(f"interrupted (Ctrl+C): finished rows are in the MLflow store, the interrupted row's last checkpoint "
+              f"is kept under {args.work_dir}/ (its runs are marked KILLED); run the same command again to resume",
+              file=sys.stderr)
+        return 130
     if out.report is None:       # a non-zero torchrun rank
         return 0
     print(f"{table}: {len(out.trained)} run(s) trained/evaluated, {len(out.reused)} reused, "
@@ -173,14 +181,17 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     ap.add_argument("--reports-dir", default="reports")
     args = ap.parse_args(argv)
-    from core.tables import rebuild_report
+    from core.tables import KeptReport, rebuild_report
     try:
         check_output_dir("--reports-dir", args.reports_dir)
         paths = [spec_path(t) for t in args.tables] if args.tables else all_spec_paths()
         for path in paths:
             check_report_target(args.reports_dir, Path(path).stem)
         for path in paths:
-            print(rebuild_report(path, args.reports_dir, args.tracking_uri))
+            try:
+                print(rebuild_report(path, args.reports_dir, args.tracking_uri, create=False))
+            except KeptReport as kept:
+                print(shown(str(kept)))
     except ConfigError as e:
         print(f"error: {shown(str(e))}", file=sys.stderr)
         return 2
