@@ -14,7 +14,8 @@ several seeds all of them, ``bootstrap.paired_difference``). Verdicts:
     contradicted    it lies below 0
     inconclusive    it contains 0
     not comparable  the rows were not scored on the same queries (another dataset or split): the reason is given
-    no verdict      a row has no finished run, or a run was logged before per-query results were kept
+    no verdict      a row has no finished run, a run was logged before per-query results were kept, or its
+                    per-query artifact is missing (the reason names the run)
 
 A re-ranked row (eval.rerank: true, Table 4's STA + ReRank) is judged by its re-ranked outcomes, as the report
 prints its rerank_* metrics. Runs are rows of an mlflow.search_runs frame; per-query frames come through the
@@ -37,6 +38,13 @@ if TYPE_CHECKING:
 
 PER_QUERY = "per_query.parquet"                  # the row runs' artifact (logged by tracking.log_result)
 NO_INTERVAL = "no interval: run logged before per-query results"
+MISSING_ARTIFACT = f"no interval: the artifact {PER_QUERY} of run {{run_id}} is missing (deleted from the store?)"
+
+
+def logged_per_query(run: pd.Series) -> bool:
+    """Whether a run was logged by a suite that kept per-query results: those runs also log the bootstrap bounds
+    (*_ci_low), so a run that has them but no PER_QUERY artifact lost it."""
+    return any(k.startswith("metrics.") and k.endswith("_ci_low") and pd.notna(v) for k, v in run.items())
 HEADLINE = "headline"                            # the per-query frames' name of the runs' own protocol
 LoadTable = Callable[[str, str], "pd.DataFrame | None"]
 
@@ -79,7 +87,8 @@ def row_frames(sel: pd.DataFrame, protocol: str, load_table: LoadTable | None) -
     for _, run in sel.iterrows():
         table = load_table(run["run_id"], PER_QUERY) if load_table is not None else None
         if table is None:
-            return None, NO_INTERVAL
+            return None, NO_INTERVAL if load_table is None or not logged_per_query(run) else \
+                MISSING_ARTIFACT.format(run_id=run["run_id"])
         frame = table[(table["protocol"] == protocol) & (table["reranked"].astype(bool) == reranked(run))]
         if frame.empty:
             return None, (f"no interval: run {run['run_id']} has no per-query results for protocol {protocol}"

@@ -4,14 +4,37 @@ added by add_data_flags and add_store_flags."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.config import ConfigError
+from core.config import SEED_MAX, ConfigError
+from core.endpoints import shown
 from core.specs import all_spec_paths, load_profiles, load_spec, parse_yaml, select_rows, spec_path
+
+
+MAX_SEED_COUNT = 1000     # --seeds N runs every row N times: more is a typo (4294967296 took all memory)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusals are one line (``error: ...``, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """argparse type of every float flag: a finite number (NaN and inf are refused, as for config keys)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -26,11 +49,14 @@ def parse_seeds(text: str | None) -> list[int] | None:
     if not values:
         raise ConfigError(f"--seeds takes a count (3) or a list (0,1,2), got {text!r}")
     if len(values) == 1 and "," not in text:
-        if values[0] < 1:
-            raise ConfigError(f"--seeds count must be >= 1, got {values[0]}")
+        if not 1 <= values[0] <= MAX_SEED_COUNT:
+            raise ConfigError(f"--seeds count must be 1..{MAX_SEED_COUNT}, got {values[0]} (a list such as "
+                              f"'{values[0]},' names that one seed)")
         return list(range(values[0]))
     if min(values) < 0 or len(set(values)) != len(values):
         raise ConfigError(f"--seeds {text!r}: seeds must be distinct integers >= 0")
+    if max(values) > SEED_MAX:
+        raise ConfigError(f"--seeds {text!r}: seed {max(values)} is past {SEED_MAX} (seeds are 32-bit)")
     return values
 
 
@@ -56,6 +82,14 @@ def check_output_dir(flag: str, path: str | Path) -> None:
         raise ConfigError(f"{flag} {str(path)!r}: {existing} is not writable")
 
 
+def check_report_target(reports_dir: str | Path, table: str) -> None:
+    """Refuse, before anything runs, a report path (<reports-dir>/<table>.md) that is a folder."""
+    target = Path(reports_dir) / f"{table}.md"
+    if target.is_dir():
+        raise ConfigError(f"--reports-dir {str(reports_dir)!r}: the report path {target} is a folder; expected a "
+                          f"file (move the folder away)")
+
+
 def add_data_flags(ap: argparse.ArgumentParser, profile_help: str) -> None:
     """What every pipeline command (tables, tuning) runs on: --dataset, --data-root, --profile, --device."""
     ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "mars", "duke"])
@@ -74,7 +108,7 @@ def add_store_flags(ap: argparse.ArgumentParser, set_help: str, work_dir_help: s
 
 
 def table_parser(table: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog=f"reproduce/{table}.py",
         description=f"Train and evaluate every row of the STA paper's {table} (spec experiments/{table}.yaml), "
                     f"log to MLflow, write reports/{table}.md. Without flags: synthetic data, cpu profile.",
@@ -104,45 +138,62 @@ def main(table: str, argv: Sequence[str] | None = None) -> int:
     """reproduce/<table>.py: run the table, print where the report is; exit 1 if a row failed, 2 on bad input."""
     args = table_parser(table).parse_args(argv)
     t0 = time.perf_counter()
+    from core import interrupt
+    interrupt.install()
     try:
         seeds = parse_seeds(args.seeds)
         check_output_dir("--work-dir", args.work_dir)
         check_output_dir("--reports-dir", args.reports_dir)
+        check_report_target(args.reports_dir, table)
         spec = load_spec(spec_path(table), profile=args.profile, dataset=args.dataset, data_root=args.data_root,
                          overrides=cli_overrides(args))
-        spec = select_rows(spec, args.rows)
+        try:
+            spec = select_rows(spec, args.rows)
+        except ConfigError as e:
+            raise ConfigError(f"--rows {' '.join(args.rows)}: {e}") from None
         from core.tables import run_table
         out = run_table(spec, seeds=seeds, work_dir=args.work_dir, force=args.force,
                         tracking_uri=args.tracking_uri, reports_dir=args.reports_dir, progress=not args.quiet)
     except ValueError as e:     # ConfigError, DatasetError: bad input, named in one line
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        interrupt.clear()
+        print(f"interrupted (Ctrl+C): finished rows are in the MLflow store, the interrupted row's last checkpoint "
+              f"is kept under {args.work_dir}/ (its runs are marked KILLED); run the same command again to resume",
+              file=sys.stderr)
+        return 130
     if out.report is None:       # a non-zero torchrun rank
         return 0
     print(f"{table}: {len(out.trained)} run(s) trained/evaluated, {len(out.reused)} reused, "
           f"{len(out.failed)} failed in {time.perf_counter() - t0:.0f} s")
     for failure in out.failed:
-        print(f"  failed: {failure}", file=sys.stderr)
+        print(f"  failed: {shown(failure)}", file=sys.stderr)
     print(f"report: {out.report}")
     return 1 if out.failed else 0
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
     """reproduce/report.py: rebuild every report from the tracking store, no training."""
-    ap = argparse.ArgumentParser(prog="reproduce/report.py",
+    ap = OneLineParser(prog="reproduce/report.py",
                                  description="Rebuild reports/*.md and figures from the MLflow store (no training).")
     ap.add_argument("tables", nargs="*", help="tables to rebuild (default: all specs in experiments/)")
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     ap.add_argument("--reports-dir", default="reports")
     args = ap.parse_args(argv)
-    from core.tables import rebuild_report
+    from core.tables import KeptReport, rebuild_report
     try:
         check_output_dir("--reports-dir", args.reports_dir)
         paths = [spec_path(t) for t in args.tables] if args.tables else all_spec_paths()
         for path in paths:
-            print(rebuild_report(path, args.reports_dir, args.tracking_uri))
+            check_report_target(args.reports_dir, Path(path).stem)
+        for path in paths:
+            try:
+                print(rebuild_report(path, args.reports_dir, args.tracking_uri, create=False))
+            except KeptReport as kept:
+                print(shown(str(kept)))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(str(e))}", file=sys.stderr)
         return 2
     return 0
 
@@ -151,7 +202,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
 def tune_parser() -> argparse.ArgumentParser:
     from core.tune_spec import DEFAULT_SPEC
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="reproduce/tune.py",
         description="Optuna study of lambda (loss.reg_weight) and the triplet margin (loss.margin) on a validation "
                     "split of the training identities; the best values and the defaults are then evaluated once on "
@@ -164,7 +215,7 @@ def tune_parser() -> argparse.ArgumentParser:
     add_data_flags(ap, "experiments/profiles.yaml profile (default: cpu); the spec's budgets.<profile> applies")
     ap.add_argument("--n-trials", type=int, help="the study's total number of trials (default: the spec's budget); "
                                                  "0: only evaluate and report")
-    ap.add_argument("--timeout", type=float, help="seconds of search in this invocation (default: the spec's "
+    ap.add_argument("--timeout", type=finite_float, help="seconds of search in this invocation (default: the spec's "
                                                   "budget; 0: no limit)")
     ap.add_argument("--study-name", help="default: the spec's study (+ _<dataset>_<profile> off synthetic/cpu)")
     ap.add_argument("--storage", help="sqlite:///PATH, postgresql://..., mysql://... or PATH.journal "
@@ -199,7 +250,7 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
         out = run_study(plan, tracking_uri=args.tracking_uri, reports_dir=args.reports_dir,
                         evaluate_test=not args.no_test, progress=not args.quiet)
     except ValueError as e:             # ConfigError, DatasetError, ValidationSplitError
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(str(e))}", file=sys.stderr)
         return 2
     from core.tune_report import best_record
     from core.tune_spec import lambda_margin

@@ -203,6 +203,14 @@ MINIMUM: dict[str, float] = {
     "model.classifier_std": 0.0,
 }
 
+# Upper bounds of numeric fields (inclusive): values past them are typos that would overflow a generator or take the
+# machine's memory (data.seq_len=1000 took 11 GB before the kernel killed it), refused before anything runs.
+SEED_MAX = 2**32 - 1                 # numpy / torch generators take 32-bit seeds everywhere in the suite
+MAXIMUM: dict[str, float] = {
+    "train.seed": SEED_MAX, "data.synthetic_seed": SEED_MAX, "eval.bootstrap_seed": SEED_MAX,
+    "data.seq_len": 64, "eval.seq_len": 64,      # frames per clip (the paper uses 2..8)
+}
+
 # The synthetic generator's version (core.data.synthetic). Bump when the drawing (core.data.render) or the plan
 # changes: it is in the default root and the marker, so a bump regenerates instead of reusing a cached tree, and it
 # enters config_hash of synthetic runs, so finished runs on the older data are not reused;
@@ -326,6 +334,9 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     for key, low in MINIMUM.items():
         if flat[key] < low:
             raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}; must be >= {low}")
+    for key, high in MAXIMUM.items():
+        if flat[key] > high:
+            raise ConfigError(f"{where}: key '{key}' is {flat[key]!r}; must be <= {high}")
     if not 0.0 < cfg.eval.audit_occluded <= 1.0:
         raise ConfigError(f"{where}: key 'eval.audit_occluded' is {cfg.eval.audit_occluded}; must be in (0, 1] (the "
                           f"damaged fraction from which a region-frame counts as occluded; 0 is 'clean')")

@@ -24,9 +24,20 @@ TIMEOUT_ARGS = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout", "my
 DATABASES = ("postgresql", "mysql", "mariadb", "mssql", "oracle")
 
 
-def shown(uri: str) -> str:
-    """The URI with its password replaced by ***."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", uri)
+# the password of a URL's user info: scheme://user:PASSWORD@host (the password may hold '@': the host part starts at
+# the LAST '@' before the path), and a password passed as a query parameter (?password=..., &pwd=..., ...)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@?#]*:)[^\s/?#]*@")
+_QUERY_SECRET = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|access_token|api_key|apikey)=)[^&#;\s'\"]*",
+                           re.IGNORECASE)
+MASK = "***"
+
+
+def shown(text: str) -> str:
+    """`text` (a URI, or any message holding URIs) with every password replaced by ***: the user info's
+    (``postgresql://user:p@ss@host/db`` -> ``postgresql://user:***@host/db``) and query parameters named password,
+    passwd, pwd, pass, secret, token, access_token, api_key or apikey (``?password=secret`` -> ``?password=***``)."""
+    text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", str(text))
+    return _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, text)
 
 
 def one_line(error: BaseException) -> str:

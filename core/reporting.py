@@ -67,12 +67,32 @@ def _param_text(value) -> str:
     return "(not logged)" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
-def same_config_runs(sel: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+def same_config_runs(sel: pd.DataFrame, runs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Split select_runs() output: per (profile, dataset, row) the runs whose resolved config (MLflow params of
     every config key but SEED_KEYS) equals that of the row's latest used run, and the others, left out as
-    {profile, dataset, row, seed, run_id, keys: {key: (its value, the kept runs' value)}}."""
+    {profile, dataset, row, seed, run_id, keys: {key: (its value, the kept runs' value)}}. Given `runs` (all the
+    runs select_runs chose from), the older FINISHED runs of a row and seed that select_runs passed over are left
+    out too when their config differs (an earlier config of that seed: listed, not silently dropped)."""
     if sel.empty:
         return sel, []
+    if runs is not None and not runs.empty and "run_id" in runs:
+        older = runs[(runs["status"] == "FINISHED") & ~runs["run_id"].isin(sel["run_id"])]
+        older = older[older.set_index(["tags.profile", "tags.dataset", "tags.row"]).index.isin(
+            sel.set_index(["tags.profile", "tags.dataset", "tags.row"]).index)]
+        if not older.empty:
+            kept, left = same_config_runs(sel)
+            refs = {key: g.loc[g["_used"].idxmax()] if "_used" in g else g.iloc[-1]
+                    for key, g in sel.groupby(["tags.profile", "tags.dataset", "tags.row"], sort=False)}
+            cols = [f"params.{k}" for k in allowed_keys() if k not in SEED_KEYS and f"params.{k}" in runs]
+            for _, run in older.sort_values("start_time").iterrows():
+                ref = refs[run["tags.profile"], run["tags.dataset"], run["tags.row"]]
+                diff = {c[len("params."):]: (_param_text(run.get(c)), _param_text(ref.get(c))) for c in cols
+                        if _param_text(run.get(c)) != _param_text(ref.get(c))}
+                if diff:
+                    left.append({"profile": run["tags.profile"], "dataset": run["tags.dataset"],
+                                 "row": run["tags.row"], "seed": run["tags.seed"], "run_id": run["run_id"],
+                                 "keys": diff})
+            return kept, left
     cols = [f"params.{k}" for k in allowed_keys() if k not in SEED_KEYS and f"params.{k}" in sel]
     order = sel["_used"] if "_used" in sel else pd.to_datetime(sel["start_time"], utc=True).astype("int64")
     keep, left = [], []
@@ -545,7 +565,7 @@ def render(spec: Spec, runs: pd.DataFrame, fig_dir: Path, rel: str = "figures",
            load_json: LoadJson | None = None, load_table: LoadTable | None = None) -> str:
     """The whole report as markdown."""
     load_table = claims.cached(load_table)
-    sel, left = same_config_runs(select_runs(runs))
+    sel, left = same_config_runs(select_runs(runs), runs)
     out = [f"# {spec.title}", "",
            f"Reproduction of Fu et al., *STA: Spatial-Temporal Attention for Large-Scale Video-based Person "
            f"Re-Identification* (AAAI 2019). Spec: `experiments/{spec.path.name}`. Generated from the MLflow "

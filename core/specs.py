@@ -374,7 +374,7 @@ def select_rows(spec: Spec, selectors: Sequence[str] | None) -> Spec:
     chosen = []
     for s in selectors:
         s = str(s).strip()
-        row = by_label.get(s) or (spec.rows[int(s) - 1] if s.isdigit() and 1 <= int(s) <= len(spec.rows) else None)
+        row = by_label.get(s) or (spec.rows[int(s) - 1] if s.isascii() and s.isdigit() and 1 <= int(s) <= len(spec.rows) else None)
         if row is None:
             valid = "; ".join(f"{r.index}: {r.label}" for r in spec.rows)
             raise ConfigError(f"{spec.path}: no row '{s}'; rows are {valid}")

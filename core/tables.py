@@ -22,8 +22,9 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from core import claims, figures, pretraining, reporting, tracking
+from core import claims, endpoints, figures, pretraining, reporting, tracking
 from core.config import RunConfig, apply_overrides, config_hash, uses_pretraining
+from core.engine.checkpoint import CheckpointError, DiskFullError
 from core.engine.pretrained import stage_hash
 from core.reporting import AUDIT_CLIPS
 from core.specs import ROW_WALL_S, Row, Spec, read_spec
@@ -179,24 +180,30 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
     outcome = TableOutcome()
     experiment = tracking.experiment_name(spec.table)
     if main:
+        tracking.check(tracking_uri)               # the store is usable (nothing created yet)
+    if not force:                                  # every checkpoint a row would resume (--force deletes them)
+        _check_checkpoints(todo, work_dir)
+    for job in todo:                               # the data, once per data config: refused before any row trains
+        check_data_fits(job.cfg, _dataset(job.cfg, main, progress))
+    if main:
         tracking.configure(tracking_uri)
         tracking.end_orphaned_runs(experiment)     # runs of a killed earlier invocation: RUNNING -> KILLED
+    found = [_agree(None if force else tracking.find_finished(experiment, config_hash(job.cfg),
+                                                               needs=(tracking.PER_QUERY,)) if main else None)
+             for job in todo]
     cleared: set[Path] = set()
-    finished = [tracking.find_finished(experiment, config_hash(job.cfg), needs=(tracking.PER_QUERY,))
-                if main and not force else None for job in todo]
-    finished = _agree(finished)
-    console = TableConsole(spec.table, [j.name for j in todo], finished, tracking.shown_uri(tracking_uri),
+    console = TableConsole(spec.table, [j.name for j in todo], found, tracking.shown_uri(tracking_uri),
                            Path(reports_dir) / f"{spec.table}.md", enabled=main and progress)
-    stages = pretraining.ensure_all([j.cfg for j, f in zip(todo, finished) if not f], progress) if main else {}
+    stages = pretraining.ensure_all([j.cfg for j, f in zip(todo, found) if not f], progress) if main else {}
     _barrier()                                   # the other ranks load the stage's weights from the cache
     parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo),
                                  tracking.describe(spec.title, spec.path)) if main \
         else contextlib.nullcontext()
     with parent:
-        for i, (job, found) in enumerate(zip(todo, finished)):
-            if found:
+        for i, (job, reuse) in enumerate(zip(todo, found)):
+            if reuse:
                 if main:
-                    tracking.mark_used(found)
+                    tracking.mark_used(reuse)
                 outcome.reused.append(job.name)
                 continue
             if force:
@@ -207,21 +214,61 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
                 result = _run_job(spec, job, work_dir, main, progress, stage.tags() if stage else None)
                 console.done(i, result)
                 outcome.trained.append(job.name)
-            except DatasetError:
-                raise                # a broken dataset fails every row: stop with its one-line error
+            except (DatasetError, CheckpointError, DiskFullError):
+                raise                # a broken dataset, checkpoint or full disk: stop with its one-line error
             except Exception as e:  # noqa: BLE001 - one failed row (e.g. a NaN loss) does not stop the table
                 console.failed(i, e)
                 outcome.failed.append(f"{job.name}: {type(e).__name__}: {e}")
-                traceback.print_exc(file=sys.stderr)
+                if not isinstance(e, FloatingPointError):   # a diverged row's message says it all (and what to do)
+                    traceback.print_exc(file=sys.stderr)
                 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                     raise  # under torchrun the ranks must stay in step: stop them all
         if main:
             tracking.set_tags({"trained": len(outcome.trained), "reused": len(outcome.reused),
                                "failed": len(outcome.failed)})
     if main:
-        outcome.report = rebuild_report(spec.path, reports_dir, tracking_uri)
+        try:
+            outcome.report = rebuild_report(spec.path, reports_dir, tracking_uri)
+        except KeptReport as kept:        # every selected row failed on a store without earlier runs
+            print(kept, file=sys.stderr)
+            outcome.report = kept.path
     _barrier()
     return outcome
+
+
+def check_data_fits(cfg: RunConfig, dataset) -> None:
+    """Refuse, before any row trains, a dataset a config cannot train or be scored on: fewer than 2 training
+    identities, fewer than data.ids_per_batch (P) of them, or no query with a gallery tracklet of its identity from
+    another camera (every query would be ignored: nothing to score)."""
+    from core.config import ConfigError
+    from core.data import DatasetError
+    ids = dataset.num_train_pids
+    if ids < 2:
+        raise DatasetError(f"{dataset.name} ({cfg.data.root or cfg.data.dataset}): the training split has {ids} "
+                           f"identit{'y' if ids == 1 else 'ies'}; expected at least 2 (a classifier and a triplet "
+                           f"loss need several)")
+    if cfg.data.ids_per_batch > ids:
+        raise ConfigError(f"key 'data.ids_per_batch' is {cfg.data.ids_per_batch} but the training split of "
+                          f"{dataset.name} has only {ids} identities; expected P <= {ids} (--set "
+                          f"data.ids_per_batch={ids})")
+    cams: dict[int, set[int]] = {}
+    for t in dataset.gallery:
+        cams.setdefault(t.pid, set()).add(t.camid)
+    if not any(cams.get(q.pid, set()) - {q.camid} for q in dataset.query if q.pid > 0):
+        raise DatasetError(f"{dataset.name} ({cfg.data.root or cfg.data.dataset}): none of its {len(dataset.query)} "
+                           f"queries has a gallery tracklet of its identity from another camera; expected a "
+                           f"query/gallery split in which queries can be matched")
+
+
+def _check_checkpoints(todo: list[Job], work_dir: Path) -> None:
+    """Every checkpoint in the rows' training folders must be resumable (training.check_checkpoint): a bad one stops
+    the table in one line before the store is opened and any row trains (also that of a row whose finished run would
+    be reused: the file is damaged either way, and the message says to delete it)."""
+    from core.engine import train_dir
+    from core.engine.training import check_checkpoint
+    for path in dict.fromkeys(train_dir(job.cfg, work_dir) / "last.pt" for job in todo):
+        if path.exists():
+            check_checkpoint(path, next(j.cfg for j in todo if train_dir(j.cfg, work_dir) / "last.pt" == path))
 
 
 def _parent_name(spec: Spec) -> str:
@@ -247,14 +294,30 @@ def _clear_checkpoint(cfg: RunConfig, work_dir: Path, cleared: set[Path], main: 
     _barrier()
 
 
+class KeptReport(Exception):
+    """rebuild_report found no finished run and kept the existing report; the message says what was looked for."""
+
+    def __init__(self, path: Path, message: str):
+        super().__init__(message)
+        self.path = path
+
+
 def rebuild_report(spec_path: str | Path, reports_dir: str | Path = "reports",
-                   tracking_uri: str | None = None) -> Path:
+                   tracking_uri: str | None = None, create: bool = True) -> Path:
     """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index; log the
-    claim verdicts on the table's parent run (tracking.log_claims)."""
-    tracking.configure(tracking_uri)
+    claim verdicts on the table's parent run (tracking.log_claims).
+
+    A report with no finished run behind it never replaces an existing one (a misspelt store, or a table not run on
+    this store): KeptReport, naming the experiment and the store looked in, and nothing is written. ``create=False``
+    (reproduce/report.py): a missing local store is refused, never created (tracking.configure)."""
+    uri = tracking.configure(tracking_uri, create=create)
     spec = read_spec(spec_path)
     experiment = tracking.experiment_name(spec.table)
     runs = tracking.runs_frame(experiment)
+    target = Path(reports_dir) / f"{spec.table}.md"
+    if reporting.select_runs(runs).empty and target.exists():
+        raise KeptReport(target, f"kept {target}: experiment '{experiment}' in {endpoints.shown(uri)} has no "
+                                 f"finished row runs, so a rebuilt report would show the paper's numbers only")
     load_table = claims.cached(tracking.load_table)     # each per-query artifact read once for report and verdicts
     path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
     reporting.write_index(reports_dir)

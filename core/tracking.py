@@ -36,7 +36,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from core import endpoints, leftovers  # noqa: E402
+from core import endpoints, leftovers, stores  # noqa: E402
 from core.claims import PER_QUERY  # noqa: E402
 from core.config import ConfigError, RunConfig, to_dict, to_flat_dict  # noqa: E402
 from core.provenance import provenance  # noqa: E402
@@ -69,34 +69,46 @@ logging.getLogger("alembic").setLevel(logging.WARNING)   # the SQLite store's sc
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def configure(uri: str | None = None) -> str:
+def configure(uri: str | None = None, create: bool = True) -> str:
     """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); returns the URI used.
 
     A tracking server or database store must answer within seconds (core.endpoints), else a one-line ConfigError.
+    A local store (core.stores) is checked first: an existing SQLite file must be a readable database; a missing
+    one is refused when ``create`` is False (reading commands: a misspelt path must not create an empty store whose
+    emptiness then rewrites a report), and otherwise created under a lock (two table runs starting together on a
+    fresh store), saying where on stdout.
     """
     source = "--tracking-uri" if uri else "$MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     check_uri(uri)
     endpoints.check(uri, source)
+    stores.check_local(uri, source, create)
     mlflow.set_tracking_uri(uri)
+    if create:
+        stores.create_sqlite(uri, lambda: MlflowClient(uri).search_experiments(max_results=1))
+    return uri
+
+
+def check(uri: str | None = None) -> str:
+    """What configure checks, without pointing MLflow at the store or creating it; returns the URI."""
+    source = "--tracking-uri" if uri else "$MLFLOW_TRACKING_URI"
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    check_uri(uri)
+    endpoints.check(uri, source)
+    stores.check_local(uri, source, create=True)
     return uri
 
 
 def shown_uri(uri: str | None = None) -> str:
-    """The store `uri` (else the configured one) as it may be printed: a password in it is replaced by ***."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password:
-        host = parts.netloc.rsplit("@", 1)[1]
-        uri = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-    return uri
+    """The store `uri` (else $MLFLOW_TRACKING_URI, else the default) as it may be printed: passwords masked."""
+    return endpoints.shown(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
 
 
 def check_uri(uri: str) -> None:
     """Refuse, before anything runs, a tracking URI MLflow has no store for (ConfigError naming it and the schemes)."""
     scheme = urllib.parse.urlparse(uri).scheme.split("+", 1)[0].lower()
     if scheme and scheme not in URI_SCHEMES:
-        raise ConfigError(f"tracking URI {uri!r} (--tracking-uri or $MLFLOW_TRACKING_URI): unknown scheme "
+        raise ConfigError(f"tracking URI {endpoints.shown(repr(uri))} (--tracking-uri or $MLFLOW_TRACKING_URI): unknown scheme "
                           f"'{scheme}'; allowed: {', '.join(URI_SCHEMES)} (e.g. sqlite:///mlflow.db, "
                           f"http://host:5000) or a plain folder")
 
@@ -233,7 +245,7 @@ def _run(tags: Mapping[str, str], **kwargs) -> Iterator[str]:
         mlflow.end_run("KILLED")
         raise
     except BaseException as e:
-        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:4000])
+        mlflow.set_tag("error", endpoints.shown(f"{type(e).__name__}: {e}")[:4000])
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")

@@ -147,12 +147,12 @@ def storage_location(storage: str | None, study_name: str, work_dir: str | Path 
     if "://" in storage:
         scheme = storage.split("://", 1)[0]
         if scheme.split("+", 1)[0] not in RDB_SCHEMES or (scheme == "sqlite" and not storage.startswith("sqlite:///")):
-            raise ConfigError(f"--storage {storage!r}: unknown URL scheme '{scheme}://'; allowed: sqlite:///PATH, "
+            raise ConfigError(f"--storage {endpoints.shown(repr(storage))}: unknown URL scheme '{scheme}://'; allowed: sqlite:///PATH, "
                               f"postgresql[+driver]://..., mysql[+driver]://..., or a journal file path ending "
                               f"in .journal")
         return storage
     if not storage.endswith(".journal"):
-        raise ConfigError(f"--storage {storage!r}: a journal file path must end in .journal (or give a URL: "
+        raise ConfigError(f"--storage {endpoints.shown(repr(storage))}: a journal file path must end in .journal (or give a URL: "
                           f"sqlite:///PATH, postgresql://..., mysql://...)")
     return storage
 

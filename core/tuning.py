@@ -407,7 +407,8 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # everything that can refuse the input comes before open_study saves the study to its storage
     check_device(plan.config.train.device)
-    tracking_uri = tracking.configure(tracking_uri)      # an unreachable server fails here, before the study opens
+    # an unreachable server fails here, before the study opens; --n-trials 0 only reads: it never creates a store
+    tracking_uri = tracking.configure(tracking_uri, create=plan.n_trials != 0)
     if "://" in plan.storage:
         endpoints.check(plan.storage, "--storage")       # likewise the database, before the dataset is loaded
     dataset = load_dataset(plan.config.data, progress)

@@ -218,3 +218,13 @@ def table1_store():
     tl = per_query(GOOD)
     return fake_store([(run_row("r0", labels[0], base0, 0), base0), (run_row("r1", labels[0], base1, 1), base1),
                        (run_row("r2", labels[1], tl, 0), tl), (run_row("r3", labels[2], tl, 0), None)])
+
+
+# ---- one-line refusals ---------------------------------------------------------------------------------------
+
+def error_line(err: str) -> str:
+    """The single `error: ...` line of a refused command's stderr (MLflow's INFO lines aside); fails the test
+    unless there is exactly one line, it starts with 'error: ' and no traceback was printed."""
+    lines = [line for line in err.splitlines() if " INFO mlflow." not in line and " INFO alembic." not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]

@@ -42,7 +42,7 @@ def test_set_with_broken_yaml_names_the_item():
 
 @pytest.mark.parametrize("text, message", [("-1,2", "seeds must be distinct integers >= 0"),
                                            ("0,0", "seeds must be distinct integers >= 0"),
-                                           ("0", "count must be >= 1"), ("a,b", "takes a count (3) or a list")])
+                                           ("0", "count must be 1..1000, got 0"), ("a,b", "takes a count (3) or a list")])
 def test_bad_seeds_are_refused(text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_seeds(text)

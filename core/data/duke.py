@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 
 from core.data.base import DatasetError, Tracklet, VideoDataset, list_dir, relabel
+from core.data.frames import check_frames
 
 # identity, camera, frame in tracklet, frame in video; the extension in any case (.jpg, .JPG)
-FRAME_NAME = re.compile(r"^(\d+)_C(\d+)_F(\d+)_X(\d+)\.(?i:jpg)$")
+FRAME_NAME = re.compile(r"^([0-9]+)_C([0-9]+)_F([0-9]+)_X([0-9]+)\.(?i:jpg)$")   # ASCII digits only
 
 
-def load_duke(root: str | os.PathLike) -> VideoDataset:
+def load_duke(root: str | os.PathLike, check_images: bool = True) -> VideoDataset:
     """DukeMTMC-VideoReID (Wu et al., "Exploit the Unknown Gradually: One-Shot Video-Based Person
     Re-Identification by Stepwise Learning", CVPR 2018; videos of DukeMTMC, Ristani et al., ECCVW 2016).
 
@@ -33,8 +34,9 @@ def load_duke(root: str | os.PathLike) -> VideoDataset:
     Train pids are relabelled 0..C-1; query and gallery keep the original pids.
     Frames are the files ending in .jpg in any case (real Duke writes .jpg; a copy renamed to .JPG is read alike);
     other files are ignored.
-    Raises DatasetError naming the path and what was expected on any disagreement, or on a folder that cannot be
-    listed (permission denied).
+    Raises DatasetError naming the path and what was expected on any disagreement, on a folder that cannot be
+    listed (permission denied), or (with ``check_images``, the default) a frame that is not a readable image
+    (core.data.frames).
     """
     root = Path(root)
     splits = {}
@@ -46,6 +48,8 @@ def load_duke(root: str | os.PathLike) -> VideoDataset:
         splits[split] = _read_split(folder)
         if not splits[split]:
             raise DatasetError(f"{folder}: no tracklets; expected identity folders such as 0001/0001/")
+        if check_images:
+            check_frames((p for t in splits[split] for p in t.paths), f"{folder}/")
     train, num_pids = relabel(splits["train"])
     return VideoDataset("DukeMTMC-VideoReID", False, train, splits["query"], splits["gallery"], num_pids)
 
@@ -57,7 +61,7 @@ def _subdirs(folder: Path) -> list[os.DirEntry]:
 def _read_split(split_dir: Path) -> list[Tracklet]:
     out = []
     for id_dir in _subdirs(split_dir):
-        if not id_dir.name.isdigit():
+        if not (id_dir.name.isascii() and id_dir.name.isdigit()):
             raise DatasetError(f"{id_dir.path}: identity folder name is not a number; expected e.g. 0001")
         for track_dir in _subdirs(Path(id_dir.path)):
             out.append(_read_tracklet(Path(track_dir.path), int(id_dir.name)))

@@ -9,11 +9,12 @@ import numpy as np
 import scipy.io
 
 from core.data.base import DatasetError, Tracklet, VideoDataset, list_dir, read_bytes, relabel
+from core.data.frames import check_frames
 
 MISSING_SHOWN = 3  # how many missing frame names an error message lists
 
 
-def load_mars(root: str | os.PathLike, gallery_with_queries: bool = True) -> VideoDataset:
+def load_mars(root: str | os.PathLike, gallery_with_queries: bool = True, check_images: bool = True) -> VideoDataset:
     """MARS (Zheng et al., "MARS: A Video Benchmark for Large-Scale Person Re-identification", ECCV 2016).
 
     URL: http://zheng-lab.cecs.anu.edu.au/Project/project_mars.html
@@ -36,7 +37,9 @@ def load_mars(root: str | os.PathLike, gallery_with_queries: bool = True) -> Vid
     identities > 0 only (real MARS train has neither). Train pids are relabelled 0..C-1 in increasing order of
     the original pid; query and gallery keep the original pids. Queries must have an identity > 0.
     Raises DatasetError naming the path and what was expected on any disagreement, or on a file or folder that
-    cannot be read (permission denied, a name list that is not UTF-8).
+    cannot be read (permission denied, a name list that is not UTF-8), a tracklet listed twice in a table, or (with
+    ``check_images``, the default) a listed frame that is not a readable image (core.data.frames: empty, truncated,
+    not a JPEG/PNG, a folder or a broken symlink).
     """
     root = _require(Path(root), directory=True)
     info = _require(root / "info", directory=True)
@@ -50,6 +53,9 @@ def load_mars(root: str | os.PathLike, gallery_with_queries: bool = True) -> Vid
     query_rows = _read_query(_require(info / "query_IDX.mat"), len(test_table))
     _check_frames_exist(train_dir, train_names, info / "train_name.txt")
     _check_frames_exist(test_dir, test_names, info / "test_name.txt")
+    if check_images:
+        check_frames(_frame_paths(train_dir, train_names), str(info / "train_name.txt"))
+        check_frames(_frame_paths(test_dir, test_names), str(info / "test_name.txt"))
     train_all = _tracklets(train_dir, train_names, train_table, train_mat)
     test_all = _tracklets(test_dir, test_names, test_table, test_mat)
 
@@ -113,6 +119,14 @@ def _read_table(path: Path, var: str, num_names: int) -> np.ndarray:
     for row in np.flatnonzero((start < 1) | (end > num_names))[:1]:
         raise DatasetError(f"{path}: row {row + 1} spans lines {start[row]}..{end[row]}; expected 1-based lines "
                            f"within the name list (1..{num_names})")
+    _, first, counts = np.unique(table[:, :2], axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = int(first[np.flatnonzero(counts > 1)].min())
+        rows = np.flatnonzero((table[:, :2] == table[dup, :2]).all(axis=1)) + 1
+        n = int((counts[counts > 1] - 1).sum())
+        raise DatasetError(f"{path}: rows {', '.join(map(str, rows.tolist()))} are the same tracklet (lines "
+                           f"{start[dup]}..{end[dup]}); expected each tracklet once ({n} repeated row(s) in all: a "
+                           f"repeated tracklet would be trained on or scored twice)")
     return table
 
 
@@ -135,6 +149,11 @@ def _check_frames_exist(split_dir: Path, names: list[str], names_file: Path) -> 
     if missing:
         shown = ", ".join(str(split_dir / n[:4] / n) for n in missing[:MISSING_SHOWN])
         raise DatasetError(f"{names_file}: {len(missing)} of {len(names)} listed frames are not on disk, e.g. {shown}")
+
+
+def _frame_paths(split_dir: Path, names: list[str]) -> list[str]:
+    prefix = str(split_dir) + os.sep
+    return [prefix + n[:4] + os.sep + n for n in names]
 
 
 def pid_folder(pid: int) -> str:
@@ -163,8 +182,7 @@ def _parse_name(name: str) -> tuple[int, int] | None:
 
 
 def _tracklets(split_dir: Path, names: list[str], table: np.ndarray, mat: Path) -> list[Tracklet]:
-    prefix = str(split_dir) + os.sep
-    paths = [prefix + n[:4] + os.sep + n for n in names]
+    paths = _frame_paths(split_dir, names)
     out = []
     for row, (start, end, pid, cam) in enumerate(table.tolist()):
         for name in (names[start - 1], names[end - 1]):

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core.engine.checkpoint import save_torch
+from core.engine.checkpoint import DiskFullError, save_torch
 
 
 def checkpoint_due(epoch: int, epochs: int, milestones: Sequence[int], seconds_since_save: float,
@@ -74,4 +74,6 @@ class CheckpointWriter:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, DiskFullError):
+                raise error                   # names the file and the free space: one line for the commands
             raise RuntimeError(f"writing checkpoint {self._path} failed: {type(error).__name__}: {error}") from error

@@ -6,13 +6,37 @@ this host are removed (core.leftovers).
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from core import leftovers
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError, ValueError):
+    """A write failed for want of space (ENOSPC, EDQUOT): the message names the file and the free space left. A
+    ValueError too, so that the commands print it as one `error:` line (exit 2) instead of a traceback."""
+
+
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint cannot be resumed (corrupt, unsafe, another config, misfit, non-finite weights, a folder): the
+    message names the file and says to delete it. A ValueError too: the commands print it as one line, exit 2."""
+
+
+def _no_space(path: Path, error: OSError) -> DiskFullError:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(error.errno, f"no space left on device writing {path} ({free}); free some space or point "
+                                      f"the output (--work-dir / --reports-dir) at another disk")
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -28,16 +52,22 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in NO_SPACE and not isinstance(e, DiskFullError):
+            raise _no_space(path, e) from None
         raise
     return path
 
 
 def save_torch(obj: Any, path: str | Path) -> Path:
+    """torch.save through memory: the file write is then a plain write, whose failure on a full disk is an OSError
+    (ENOSPC, reported as DiskFullError) instead of torch's zip writer's "unexpected pos"."""
     import torch
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_torch(path: str | Path) -> Any:
@@ -50,11 +80,12 @@ def load_torch(path: str | Path) -> Any:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "global" in ln.lower() and "weights only" not in ln.lower()),
                       lines[0] if lines else type(e).__name__)
-        raise RuntimeError(f"checkpoint {path} was refused by the safe loader ({detail}): a resume checkpoint holds "
+        raise CheckpointError(f"checkpoint {path} was refused by the safe loader ({detail}): a resume checkpoint holds "
                            f"only tensors, numbers, strings, lists and dicts, so this file was not written by this "
                            f"suite or is corrupt; nothing in it was run. Delete it to restart that run") from e
     except Exception as e:  # torch raises several types for truncated/corrupt files
-        raise RuntimeError(f"checkpoint {path} cannot be read ({e}); delete it to restart that run") from e
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read ({detail}); delete it to restart that run") from e
 
 
 def save_json(obj: Any, path: str | Path) -> Path:

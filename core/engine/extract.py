@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from core import interrupt
 from core.progress import bar
 
 from core.data import Tracklet, make_test_loader
@@ -43,6 +45,7 @@ def extract_features(model: torch.nn.Module, tracklets: list[Tracklet], *, seq_l
     bad_clips, clips_seen = 0, 0
     layout = None
     for clips, owner in bar(loader, desc=desc, leave=False, enabled=progress):
+        interrupt.check()                                   # a Ctrl+C swallowed by a finaliser (core.interrupt)
         with autocast(device, dtype):
             out = model(normalize_clips(clips.to(device, non_blocking=True)))  # clips: (B', N, 3, H, W) uint8
         feat = out["feat"].float().cpu()                          # (B', D)

@@ -27,12 +27,13 @@ from typing import Callable, Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from core import interrupt
 from core.config import RunConfig, config_hash, to_dict
 from core.data import VideoDataset
 from core.data.clips import make_train_stream
 from core.data.normalize import normalize_clips
 from core.engine.async_ckpt import CheckpointWriter, checkpoint_due
-from core.engine.checkpoint import load_torch
+from core.engine.checkpoint import CheckpointError, load_torch
 from core.engine.device import amp_dtype, autocast, gather_rows, init_distributed, resolve_device, seed_everything
 from core.engine.meter import LossMeter, StepTimer
 from core.losses import StalWeights, compute_losses
@@ -46,7 +47,26 @@ LOG_EVERY = 20  # iterations between progress-bar reads of the device sums (each
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term or a weight became NaN or inf; the last good checkpoint is left in place."""
+    """A loss term or a weight became NaN or inf, or the loss exploded (explosion); the last good checkpoint is left
+    in place."""
+
+
+# Divergence rule (besides NaN/inf): an epoch whose mean total loss exceeds EXPLOSION_FACTOR times the run's first
+# epoch's, or LOSS_CEILING, has diverged even though its numbers are finite (train.lr=1e6: 8.3, then 2.2e23). Its
+# weights are not checkpointed; the run stops as for a NaN loss. A converging run's loss stays far below both: its
+# first epoch is its largest, about ln(identities) + margin.
+EXPLOSION_FACTOR = 1e3
+LOSS_CEILING = 1e6
+
+
+def explosion(first_total: float | None, total: float) -> str | None:
+    """Why an epoch's mean total loss `total` counts as diverged (the rule above), or None; `first_total`: the
+    run's first epoch's (None: this is the first epoch)."""
+    if first_total is not None and first_total > 0 and total > EXPLOSION_FACTOR * first_total:
+        return f"mean total loss {total:.3g} > {EXPLOSION_FACTOR:g} x the first epoch's {first_total:.3g}"
+    if total > LOSS_CEILING:
+        return f"mean total loss {total:.3g} > {LOSS_CEILING:g}"
+    return None
 
 
 def train_hash(cfg: RunConfig) -> str:
@@ -108,21 +128,35 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, epoch, history, cfg) 
     }
 
 
-def _resume(path: Path, cfg: RunConfig, model, optimizer, scheduler, scaler) -> tuple[list[EpochStats], int]:
-    """Load `path` into the training state; returns (history, first epoch to run). Refuses, naming the file, a
-    checkpoint of another config, one that does not fit the model, and one with non-finite weights."""
+def check_checkpoint(path: Path, cfg: RunConfig) -> dict:
+    """The state of checkpoint `path` if `cfg` may resume from it; CheckpointError naming the file otherwise (a
+    folder, an empty, corrupt or unsafe file, another config, non-finite weights). core.tables calls it for every
+    row before any row trains; whether it fits the model is known only when the model is built (_resume)."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; delete it to restart that run")
     state = load_torch(path)
     stored, current = state.get("config_hash") if isinstance(state, dict) else None, train_hash(cfg)
     if stored is None:
-        raise RuntimeError(f"checkpoint {path} has no config hash (written by an older version of this suite), so "
-                           f"it cannot be checked against this config ({current}); delete it to retrain")
+        raise CheckpointError(f"checkpoint {path} has no config hash (written by an older version of this suite, or "
+                              f"not by this suite), so it cannot be checked against this config ({current}); delete "
+                              f"it to retrain")
     if stored != current:
-        raise RuntimeError(f"checkpoint {path} belongs to another config (training hash {stored}; this run's is "
-                           f"{current}); refusing to resume it: delete it to retrain this config")
-    bad = non_finite(state["model"])
+        raise CheckpointError(f"checkpoint {path} belongs to another config (training hash {stored}; this run's is "
+                              f"{current}); refusing to resume it: delete it to retrain this config")
+    model_state = state.get("model")
+    if not isinstance(model_state, dict):
+        raise CheckpointError(f"checkpoint {path} holds no model weights; delete it to retrain")
+    bad = non_finite(model_state)
     if bad:
-        raise RuntimeError(f"checkpoint {path} holds non-finite weights ('{bad[0]}' and {len(bad) - 1} more); "
-                           f"delete it to retrain")
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ('{bad[0]}' and {len(bad) - 1} more); "
+                              f"delete it to retrain")
+    return state
+
+
+def _resume(path: Path, cfg: RunConfig, model, optimizer, scheduler, scaler) -> tuple[list[EpochStats], int]:
+    """Load `path` into the training state; returns (history, first epoch to run). Refuses, naming the file, what
+    check_checkpoint refuses and a checkpoint that does not fit the model."""
+    state = check_checkpoint(path, cfg)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -132,7 +166,7 @@ def _resume(path: Path, cfg: RunConfig, model, optimizer, scheduler, scaler) -> 
         history = [EpochStats(**h) for h in state["history"]]
         return history, state["epoch"] + 1
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise RuntimeError(f"checkpoint {path} does not fit the model or optimiser of this config "
+        raise CheckpointError(f"checkpoint {path} does not fit the model or optimiser of this config "
                            f"({' '.join(str(e).split())[:400]}); delete it to retrain") from e
 
 
@@ -215,6 +249,12 @@ def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,
                 raise NonFiniteLossError(f"non-finite weights after epoch {epoch + 1} ('{bad[0]}' and {len(bad) - 1} "
                                          f"more tensors) although every loss of the epoch was finite; no checkpoint "
                                          f"was written for it; {_advice(cfg, ckpt_path, saved)}")
+            exploded = explosion(history[0].total if history else None, done["total"])
+            if exploded:
+                writer.join()
+                raise NonFiniteLossError(f"loss explosion at epoch {epoch + 1}: {exploded} (divergence rule: "
+                                         f"{EXPLOSION_FACTOR:g} x the first epoch's loss, or {LOSS_CEILING:g}); no "
+                                         f"checkpoint was written for it; {_advice(cfg, ckpt_path, saved)}")
             scheduler.step()
             now = time.perf_counter()
             done["compute_frames_per_s"] *= ddp.world_size  # all ranks' frames: 1 and G GPUs compare directly
@@ -256,6 +296,7 @@ def _train_epoch(net, batches, iterations: int, optimizer, scaler, cfg: RunConfi
     bar = progress_bar(total=iterations, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, enabled=progress)
     t0 = time.perf_counter()
     for it in range(iterations):
+        interrupt.check()                                   # a Ctrl+C swallowed by a finaliser (core.interrupt)
         clips, pids, _camids = next(batches)
         timer.start()
         clips = normalize_clips(clips.to(device, non_blocking=True))  # (B, N, 3, H, W) uint8 -> float32
