@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from core import claims, figures, reporting, tracking
+from core import claims, figures, record, reporting, tracking
 from core.config import RunConfig, apply_overrides, config_hash
 from core.reporting import AUDIT_CLIPS
 from core.specs import ROW_WALL_S, Row, Spec, read_spec
@@ -121,11 +121,13 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool) -
         run(job.cfg, work_dir, dataset=dataset, progress=False)
         return
     tags = _row_tags(spec, job)
-    with tracking.child_run(job.name, tags, system_metrics=tags["device"].startswith("cuda")):
+    run_name = record.row_run_name(spec.table, job.row.index, job.row.label, job.seed)
+    with tracking.child_run(run_name, tags, system_metrics=tags["device"].startswith("cuda")):
         tracking.log_config(job.cfg, extra={"label": job.row.label, "overrides": job.row.overrides,
                                             "paper": job.row.paper, "deviation": job.row.full_deviation,
                                             "preset": job.row.preset.name if job.row.preset else None,
                                             "spec": str(spec.path), "profile": spec.profile, "seed": job.seed})
+        tracking.log_datasets(job.cfg, dataset)
         callback = tracking.epoch_callback()
         t0 = time.perf_counter()
         result = run(job.cfg, work_dir, callbacks=[callback], dataset=dataset, progress=progress)
@@ -237,7 +239,8 @@ def _clear_checkpoint(cfg: RunConfig, work_dir: Path, cleared: set[Path], main: 
 def rebuild_report(spec_path: str | Path, reports_dir: str | Path = "reports",
                    tracking_uri: str | None = None) -> Path:
     """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index; log the
-    claim verdicts on the table's parent run (tracking.log_claims)."""
+    claim verdicts (tracking.log_claims), the report and its figures (tracking.log_report) on the table's parent
+    run."""
     tracking.configure(tracking_uri)
     spec = read_spec(spec_path)
     experiment = tracking.experiment_name(spec.table)
@@ -246,4 +249,5 @@ def rebuild_report(spec_path: str | Path, reports_dir: str | Path = "reports",
     path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
     reporting.write_index(reports_dir)
     tracking.log_claims(experiment, reporting.claim_records(spec, runs, load_table))
+    tracking.log_report(experiment, path)
     return path

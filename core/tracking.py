@@ -36,7 +36,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from core import endpoints, leftovers  # noqa: E402
+from core import endpoints, leftovers, record  # noqa: E402
 from core.claims import PER_QUERY  # noqa: E402
 from core.config import ConfigError, RunConfig, to_dict, to_flat_dict  # noqa: E402
 from core.provenance import provenance  # noqa: E402
@@ -58,7 +58,8 @@ STUDY_KIND = "study"                         # tag "kind" of an Optuna study's p
 # PER_QUERY (claims.PER_QUERY, "per_query.parquet"): artifact of a row run, core.evaluation.PER_QUERY_COLUMNS, one row
 # per (protocol, reranked, query); read it with load_table(run_id, PER_QUERY)
 CLAIMS = "claims.json"                       # artifact of a table's parent run: reporting.claim_records (log_claims)
-CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
+CI_SUFFIXES = record.CI_SUFFIXES             # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
+REPORT = "report"                            # artifact folder of a table's parent run: tableN.md, figures/
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges) and asks which kind it is; the
 # value its UI names CUSTOM_MODEL_DEVELOPMENT opens the runs table (mlflow/server/js ExperimentKind, MLflow 3.x)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -131,6 +132,8 @@ def use_experiment(name: str, description: str | None = None) -> str:
     Safe for workers that create it at the same moment: when another process wins the creation, MLflow's
     set_experiment returns it without activating it, and nested runs then land in the 'Default' experiment.
     """
+    if mlflow.get_experiment_by_name(name) is None:
+        _create_experiment(name)
     exp = mlflow.set_experiment(name)
     mlflow.set_experiment(experiment_id=exp.experiment_id)
     tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({NOTE_TAG: description} if description else {})}
@@ -139,6 +142,32 @@ def use_experiment(name: str, description: str | None = None) -> str:
         if exp.tags.get(key) != value:
             _set_experiment_tag(client, exp.experiment_id, key, value)
     return exp.experiment_id
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where new experiments keep their artifacts: the folder 'mlruns' beside a SQLite database
+    ('sqlite:////data/m.db' -> 'file:///data/mlruns', 'sqlite:///mlflow.db' -> ./mlruns), so moving the database
+    and that folder together keeps every figure; None (the store's own default) for servers, other databases and
+    folders."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme.split("+", 1)[0].lower() != "sqlite" or ":///" not in uri:
+        return None
+    path = uri.split(":///", 1)[1].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return (Path(path).expanduser().resolve().parent / "mlruns").as_uri()
+
+
+def _create_experiment(name: str) -> None:
+    """Create experiment `name` with its artifacts under artifact_root() of the store (when it has one); another
+    worker creating it at the same moment is fine."""
+    root = artifact_root(mlflow.get_tracking_uri())
+    folder = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    try:
+        mlflow.create_experiment(name, artifact_location=f"{root}/{folder}" if root else None)
+    except mlflow.exceptions.MlflowException:
+        if mlflow.get_experiment_by_name(name) is None:
+            raise
 
 
 def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str) -> None:
@@ -250,14 +279,41 @@ def end_orphaned_runs(experiment: str) -> list[str]:
 
 
 def log_config(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> None:
-    """The full resolved config as params (same dotted names for every run) and as config.json.
+    """The resolved config as params (same dotted names for every run) and, in full, as config.json.
 
+    Knobs the run's model does not use (core.record.inert, e.g. model.fusion on an avg row) are left out of the
+    params and named in the tag ``inert_params``, so Compare's "Show diff only" shows only real differences.
     `extra` (e.g. the spec row) is written beside it as spec_row.json.
     """
-    mlflow.log_params({k: _param(v) for k, v in to_flat_dict(cfg).items()})
+    flat = to_flat_dict(cfg)
+    unused = record.inert(flat)
+    mlflow.log_params({k: _param(v) for k, v in flat.items() if k not in unused})
+    if unused:
+        why: dict[str, list[str]] = {}
+        for k, reason in unused.items():
+            why.setdefault(reason, []).append(k)
+        mlflow.set_tag("inert_params", "; ".join(f"{', '.join(ks)} ({r})" for r, ks in why.items()))
     mlflow.log_dict(to_dict(cfg), "config.json")
     if extra is not None:
         mlflow.log_dict(dict(extra), "spec_row.json")
+
+
+def log_datasets(cfg: RunConfig, dataset) -> None:
+    """The run's training and test data as MLflow dataset inputs (contexts 'training' and 'test'), so the runs
+    table's Dataset column and filter show them: name '<dataset>/<synthetic size or folder name>/<split>', source
+    the data's folder, digest a hash of the data config's identity and the split's tracklet and frame counts."""
+    import hashlib
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    d = cfg.data
+    where = f"{d.synthetic_size}-seed{d.synthetic_seed}" if d.dataset == "synthetic" else Path(d.root or "").name
+    root = Path(d.root).resolve().as_uri() if d.root else f"synthetic:{where}"
+    summary = dataset.summary()
+    for context, splits in (("training", ("train",)), ("test", ("query", "gallery"))):
+        ident = json.dumps([d.dataset, where, root, [summary[s] for s in splits]], sort_keys=True)
+        meta = MetaDataset(LocalArtifactDatasetSource(root), name=f"{d.dataset}/{where}/{'+'.join(splits)}",
+                           digest=hashlib.sha256(ident.encode()).hexdigest()[:8])
+        mlflow.log_input(meta, context=context)
 
 
 def _param(value: Any) -> str:
@@ -265,15 +321,15 @@ def _param(value: Any) -> str:
 
 
 class _EpochLogger:
-    """Engine EpochCallback: logs EpochStats.metrics() (ce, triplet, reg, total, train_acc, lr, frames_per_s,
-    compute_frames_per_s, epoch_wall_s, iterations) at step = epoch (0-based) into the active run, and remembers
-    which epochs it logged."""
+    """Engine EpochCallback: logs EpochStats.metrics() (ce, triplet, reg, total, train_acc, lr, iterations under
+    train/; frames_per_s, compute_frames_per_s, epoch_wall_s under time/: core.record) at step = epochs done (1..E,
+    the epoch the console prints) into the active run, and remembers which epochs (0-based) it logged."""
 
     def __init__(self) -> None:
         self.logged: set[int] = set()
 
     def __call__(self, stats, model=None) -> None:
-        mlflow.log_metrics(stats.metrics(), step=stats.epoch)
+        mlflow.log_metrics(record.keyed(stats.metrics()), step=stats.epoch + 1)
         self.logged.add(stats.epoch)
 
 
@@ -286,7 +342,7 @@ def log_history(history, skip: set[int] | frozenset = frozenset()) -> None:
     """Per-epoch metrics of epochs not logged live (a reused or resumed checkpoint's earlier epochs)."""
     for stats in history:
         if stats.epoch not in skip:
-            mlflow.log_metrics(stats.metrics(), step=stats.epoch)
+            mlflow.log_metrics(record.keyed(stats.metrics()), step=stats.epoch + 1)
 
 
 def is_percent(name: str) -> bool:
@@ -306,7 +362,7 @@ def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Map
     metrics = {k: 100.0 * v if is_percent(k) else v for k, v in result.metrics.items()}
     metrics.update(result.losses)
     metrics[TRAIN_WALL_S] = sum(h.seconds for h in result.history)
-    mlflow.log_metrics({**metrics, **(extra_metrics or {})})
+    mlflow.log_metrics(record.keyed({**metrics, **(extra_metrics or {})}))
     mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},
                     "cmc.json")
     log_table(result.per_query, PER_QUERY)
@@ -321,8 +377,9 @@ def log_table(frame: pd.DataFrame, name: str) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Metrics of the active run (e.g. a trial's validation mAP at step = epoch)."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    """Flat-named metrics of the active run under their MLflow keys (core.record.key), e.g. a trial's validation
+    mAP 'val_mAP' as 'val/mAP' at step = epochs done."""
+    mlflow.log_metrics({record.key(k): float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -383,8 +440,24 @@ def runs_frame(experiment: str) -> pd.DataFrame:
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return pd.DataFrame()
-    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.kind = '{ROW_KIND}'",
-                              output_format="pandas")
+    return flat_columns(mlflow.search_runs([exp.experiment_id], filter_string=f"tags.kind = '{ROW_KIND}'",
+                                           output_format="pandas"))
+
+
+def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A search_runs frame with its metric columns under their flat names (core.record.flat: 'metrics.interval/
+    R1_ci_low' -> 'metrics.R1_ci_low'), so runs logged before issue 23 (flat keys) and after read alike; where
+    both kinds of run are in one frame, their values share one column."""
+    out = frame.copy()
+    for col in frame.columns:
+        if not col.startswith("metrics.") or "/" not in col:
+            continue
+        name = "metrics." + record.flat(col[len("metrics."):])
+        if name == col:
+            continue
+        out[name] = out[col].combine_first(out[name]) if name in out else out[col]
+        out = out.drop(columns=col)
+    return out
 
 
 def load_json(run_id: str, name: str) -> Any | None:
@@ -404,6 +477,44 @@ def load_table(run_id: str, name: str) -> pd.DataFrame | None:
         except Exception:  # noqa: BLE001 - a missing artifact raises backend-specific errors
             return None
         return pd.read_parquet(path)
+
+
+def log_report(experiment: str, report: str | Path) -> str | None:
+    """The table's report (reports/tableN.md) and the figures it links (figures/...png) as artifacts REPORT/ of the
+    latest table run of `experiment` (the invocation's parent run); returns its run id (None without one).
+    Rebuilding a report logs it again (the files are replaced)."""
+    import re
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    client = MlflowClient()
+    found = client.search_runs([exp.experiment_id], f"tags.kind = '{TABLE_KIND}'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    if not found:
+        return None
+    run_id, report = found[0].info.run_id, Path(report)
+    client.log_artifact(run_id, str(report), REPORT)
+    for rel in dict.fromkeys(re.findall(r"\]\((figures/[^)\s]+\.png)\)", report.read_text(encoding="utf-8"))):
+        if (report.parent / rel).is_file():
+            client.log_artifact(run_id, str(report.parent / rel), f"{REPORT}/figures")
+    return run_id
+
+
+def find_runs(experiment: str, filter_string: str) -> list:
+    """Runs of `experiment` matching an MLflow filter (e.g. "tags.kind = 'test' and tags.study = 's'"), newest first."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return MlflowClient().search_runs([exp.experiment_id], filter_string, max_results=1000,
+                                      order_by=["attributes.start_time DESC"])
+
+
+def name_run(run_id: str, name: str, tags: Mapping[str, Any] | None = None) -> None:
+    """Rename a run (e.g. a trial once its value is known) and set tags on it."""
+    client = MlflowClient()
+    client.set_tag(run_id, "mlflow.runName", name)
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, str(v))
 
 
 def log_claims(experiment: str, records: list[dict]) -> list[str]:
@@ -429,7 +540,7 @@ def log_claims(experiment: str, records: list[dict]) -> list[str]:
             continue
         run_id = found[0].info.run_id
         client.log_dict(run_id, {"claims": recs}, CLAIMS)
-        metrics = [Metric(f"{r['key']}_{r['metric']}_{name}", float(r[field]), now, 0) for r in recs
+        metrics = [Metric(record.key(f"{r['key']}_{r['metric']}_{name}"), float(r[field]), now, 0) for r in recs
                    for name, field in (("delta", "delta"), ("ci_low", "low"), ("ci_high", "high"),
                                        ("paper_delta", "paper_delta")) if r[field] is not None]
         counts: dict[str, int] = {}
