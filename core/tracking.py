@@ -448,16 +448,13 @@ def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """A search_runs frame with its metric columns under their flat names (core.record.flat: 'metrics.interval/
     R1_ci_low' -> 'metrics.R1_ci_low'), so runs logged before issue 23 (flat keys) and after read alike; where
     both kinds of run are in one frame, their values share one column."""
-    out = frame.copy()
-    for col in frame.columns:
-        if not col.startswith("metrics.") or "/" not in col:
-            continue
-        name = "metrics." + record.flat(col[len("metrics."):])
-        if name == col:
-            continue
-        out[name] = out[col].combine_first(out[name]) if name in out else out[col]
-        out = out.drop(columns=col)
-    return out
+    names = {c: "metrics." + record.flat(c[len("metrics."):]) if c.startswith("metrics.") else c
+             for c in frame.columns}
+    columns: dict[str, pd.Series] = {}
+    for col in frame.columns:          # a flat name logged before issue 23 and its sectioned key: one column
+        name = names[col]
+        columns[name] = columns[name].combine_first(frame[col]) if name in columns else frame[col]
+    return pd.DataFrame(columns, index=frame.index)
 
 
 def load_json(run_id: str, name: str) -> Any | None:
