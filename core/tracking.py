@@ -497,6 +497,16 @@ def log_report(experiment: str, report: str | Path) -> str | None:
     return run_id
 
 
+def suite_experiments() -> list[tuple[str, str, set[str]]]:
+    """(id, name, the kinds of its runs' tag 'kind') of the suite's experiments ('STA ...') in the store."""
+    client = MlflowClient()
+    out = []
+    for exp in client.search_experiments(filter_string="name LIKE 'STA %'", max_results=1000):
+        runs = client.search_runs([exp.experiment_id], "tags.kind = 'study'", max_results=1)
+        out.append((exp.experiment_id, exp.name, {STUDY_KIND} if runs else {ROW_KIND}))
+    return sorted(out, key=lambda e: e[1])
+
+
 def find_runs(experiment: str, filter_string: str) -> list:
     """Runs of `experiment` matching an MLflow filter (e.g. "tags.kind = 'test' and tags.study = 's'"), newest first."""
     exp = mlflow.get_experiment_by_name(experiment)
