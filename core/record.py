@@ -3,12 +3,15 @@ not use, and the names of runs. No mlflow import here (core.tracking writes, rep
 
 Metric sections (issue 23). MLflow's chart view groups metrics by the prefix before the first '/', so the code
 names a metric by its flat name (``R1``, ``official_rerank_mAP_ci_low``, ``loss_ce``, ``attn_auc_map``, ``ce``)
-and ``key(flat)`` gives the key logged:
+and ``key(flat)`` gives the key logged. MLflow 3.17 orders the sections by plain string order and puts the metrics
+without a section ("Model metrics") after all of them (mlflow/server/js, RunsChartsCard section generation), so the
+headline gets a section whose capital first letter sorts before the lower-case ones: ``Headline/R1`` opens the
+chart view (the study's summary, ``Study/``, likewise):
 
 =============  ===========================================  ==========================================
 section        flat names                                   logged as
 =============  ===========================================  ==========================================
-(none)         R1 R5 R10 R20 mAP (the headline protocol)   R1 ... mAP: the chart view's first section
+Headline       R1 R5 R10 R20 mAP (the headline protocol)   Headline/R1: the chart view's first section
 interval       R1_ci_low ... mAP_ci_high                    interval/R1_ci_low
 rerank         rerank_*                                     rerank/R1, rerank/R1_ci_low, rerank/set_size
 official, gao  official_*, gao_* (named protocols)          official/R1, gao/rerank_mAP_ci_high, ...
@@ -19,6 +22,7 @@ time           epoch_wall_s frames_per_s train_wall_s ...   time/epoch_wall_s
 audit          attn_* (attention audit)                     audit/auc_map
 val, test      val_*, test_* (tuning)                       val/mAP (step = epochs done), test/delta_mAP
 claims         claim<k>_* (verdicts, table's parent run)    claims/claim1_mAP_delta
+Study          best_*, trials_* (a study's parent run)      Study/best_val_mAP, Study/trials_complete
 =============  ===========================================  ==========================================
 
 ``flat(key)`` is the inverse: readers (``core.tracking.runs_frame``) turn the logged keys back into flat names, so
@@ -40,7 +44,9 @@ def _headline_ci(name: str) -> bool:
 
 
 # (section, flat prefix, which flat names): key = section + "/" + name without the prefix; first match wins
+HEADLINE = "Headline"
 SECTIONS: tuple[tuple[str, str, Any], ...] = (
+    (HEADLINE, "", lambda n: n in METRICS),
     ("rerank", "rerank_", lambda n: n.startswith("rerank_")),
     ("official", "official_", lambda n: n.startswith("official_")),
     ("gao", "gao_", lambda n: n.startswith("gao_")),
@@ -53,15 +59,16 @@ SECTIONS: tuple[tuple[str, str, Any], ...] = (
     ("val", "val_", lambda n: n.startswith("val_")),
     ("test", "test_", lambda n: n.startswith("test_")),
     ("claims", "", lambda n: n.startswith("claim") and n[5:6].isdigit()),
+    ("Study", "", lambda n: n.startswith(("best_", "trials_"))),
 )
 _PREFIX = {section: prefix for section, prefix, _ in SECTIONS}
 
 
 def key(flat_name: str) -> str:
-    """The MLflow key of a metric: 'R1' -> 'R1', 'R1_ci_low' -> 'interval/R1_ci_low', 'official_rerank_mAP' ->
+    """The MLflow key of a metric: 'R1' -> 'Headline/R1', 'R1_ci_low' -> 'interval/R1_ci_low', 'official_rerank_mAP' ->
     'official/rerank_mAP', 'loss_ce' -> 'loss/ce', 'ce' -> 'train/ce', 'attn_auc_map' -> 'audit/auc_map'.
     A name already holding a '/' (MLflow's system/...) and any other name stay as they are."""
-    if "/" in flat_name or flat_name in METRICS:
+    if "/" in flat_name:
         return flat_name
     for section, prefix, matches in SECTIONS:
         if matches(flat_name):
@@ -123,3 +130,21 @@ def trial_run_name(number: int, lam: float, margin: float, value: float | None =
 def test_run_name(labels: list[str], lam: float, margin: float) -> str:
     """'test: chosen = defaults (λ=0.01, m=0.3)'; labels empty: a test run no longer chosen nor the defaults."""
     return f"test: {' = '.join(labels) or 'earlier best'} (λ={lam:g}, m={margin:g})"
+
+
+# ---- the runs table's columns (issue 23, item 2): an experiment's shared view ----------------------------------
+# MLflow 3.17 shows Source, Models and Dataset by default, no result. A view saved as the experiment tag
+# 'mlflow.sharedViewState.<key>' (JSON: search facets and UI state, as its "Share" button writes it) opens with the URL
+# parameter viewStateShareKey=<key> (core.ui.runs_url): rows flat (a filter and an order other than the start time
+# switch off the nesting under the parent run), ordered by name, with the results and the rows' knobs as columns.
+VIEW_KEY = "suite"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+RUN_NAME_ORDER = "tags.`mlflow.runName`"
+
+
+def runs_view(search_filter: str, metrics: list[str], params: list[str]) -> dict[str, Any]:
+    """The shared view of an experiment's runs: `search_filter` (e.g. "tags.kind = 'row'"), ordered by run name,
+    columns Dataset, the flat-named `metrics` (under their keys) and the `params`."""
+    columns = ["attributes.`Dataset`", *(f"metrics.`{key(m)}`" for m in metrics), *(f"params.`{p}`" for p in params)]
+    return {"searchFilter": search_filter, "orderByKey": RUN_NAME_ORDER, "orderByAsc": True,
+            "selectedColumns": columns}

@@ -180,7 +180,7 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         tracking.end_orphaned_runs(experiment)     # runs of a killed earlier invocation: RUNNING -> KILLED
     cleared: set[Path] = set()
     parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo),
-                                 tracking.describe(spec.title, spec.path)) if main \
+                                 tracking.describe(spec.title, spec.path), _runs_view(spec)) if main \
         else contextlib.nullcontext()
     with parent:
         for job in todo:
@@ -211,6 +211,12 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         outcome.report = rebuild_report(spec.path, reports_dir, tracking_uri)
     _barrier()
     return outcome
+
+
+def _runs_view(spec: Spec) -> dict:
+    """The experiment's runs table (core.record.runs_view): its row runs, the spec's metrics, the knobs its rows set."""
+    knobs = dict.fromkeys(k for row in spec.rows if row.run for k in row.overrides)
+    return record.runs_view(f"tags.kind = '{tracking.ROW_KIND}'", list(spec.metrics), list(knobs))
 
 
 def _parent_name(spec: Spec) -> str:

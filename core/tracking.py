@@ -3,13 +3,15 @@
 Plain functions around one store: a parent run per invocation (``parent_run``), a nested run per row and seed
 (``child_run``), the resolved config as params (``log_config``), per-epoch metrics through an engine callback
 (``epoch_callback``), final metrics and artifacts (``log_result``), and look-ups for reuse and reports
-(``find_finished``, ``runs_frame``, ``load_json``, ``load_table``), and the report's claim verdicts on the table's
-parent run (``log_claims``). Metrics R1..mAP and their bootstrap intervals (``*_ci_low``, ``*_ci_high``) are logged
-in percent; every query's outcome is the artifact ``per_query.parquet``.
+(``find_finished``, ``runs_frame``, ``load_json``, ``load_table``), and the report, its figures and the claim
+verdicts on the table's parent run (``log_report``, ``log_claims``). Metrics R1..mAP and their bootstrap intervals
+(``*_ci_low``, ``*_ci_high``) are logged in percent; every query's outcome is the artifact ``per_query.parquet``.
+Callers name metrics by their flat names; they are logged under the keys of core.record (``'/'`` sections:
+``Headline/R1``, ``interval/R1_ci_low``, ``train/ce`` at step = epochs done) and read back flat (``flat_columns``).
 
 Store: ``configure(uri)``; the URI comes from the argument, else $MLFLOW_TRACKING_URI, else a SQLite database in
-the working folder (``sqlite:///mlflow.db``, artifacts under ./mlruns). Browse it with
-``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+the working folder (``sqlite:///mlflow.db``); new experiments keep their artifacts in 'mlruns' beside a SQLite
+database (``artifact_root``). Browse it with ``python reproduce/ui.py`` (core.ui).
 
 No telemetry: MLflow 3 reports usage to its developers unless MLFLOW_DISABLE_TELEMETRY or DO_NOT_TRACK is true;
 both are set here before mlflow is imported (they also reach the processes this one starts).
@@ -123,11 +125,13 @@ def _system_metrics(enabled: bool) -> bool:
     return True
 
 
-def use_experiment(name: str, description: str | None = None) -> str:
+def use_experiment(name: str, description: str | None = None, view: Mapping[str, Any] | None = None) -> str:
     """Make experiment `name` (created if missing) the active one; returns its id.
 
-    Tags it as a model-training experiment (EXPERIMENT_KIND) and, given a `description` (a table's title and spec
-    path), sets it as the experiment's description (NOTE_TAG); both are set again by every invocation.
+    Tags it as a model-training experiment (EXPERIMENT_KIND; MLflow 3.17's UI ignores it: core.ui) and, given a
+    `description` (a table's title and spec path), sets it as the experiment's description (NOTE_TAG), given a
+    `view` (core.record.runs_view) saves it as the experiment's shared runs view (record.VIEW_TAG); all are set
+    again by every invocation.
 
     Safe for workers that create it at the same moment: when another process wins the creation, MLflow's
     set_experiment returns it without activating it, and nested runs then land in the 'Default' experiment.
@@ -136,7 +140,8 @@ def use_experiment(name: str, description: str | None = None) -> str:
         _create_experiment(name)
     exp = mlflow.set_experiment(name)
     mlflow.set_experiment(experiment_id=exp.experiment_id)
-    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({NOTE_TAG: description} if description else {})}
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({NOTE_TAG: description} if description else {}),
+            **({record.VIEW_TAG: json.dumps(view)} if view else {})}
     client = MlflowClient()
     for key, value in tags.items():
         if exp.tags.get(key) != value:
@@ -183,13 +188,13 @@ def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, valu
 
 @contextlib.contextmanager
 def parent_run(experiment: str, name: str, tags: Mapping[str, str] | None = None,
-               description: str | None = None) -> Iterator[str]:
+               description: str | None = None, view: Mapping[str, Any] | None = None) -> Iterator[str]:
     """Start the invocation's run in `experiment` (created if missing, described by `description`: use_experiment);
     yields its run id.
 
     The status is FINISHED on a normal exit, FAILED when the body raises, KILLED on Ctrl-C.
     """
-    use_experiment(experiment, description)
+    use_experiment(experiment, description, view)
     with _run(run_name=name, tags={"kind": TABLE_KIND, "worker": leftovers.worker(), **(tags or {})}) as run_id:
         yield run_id
 
@@ -207,7 +212,7 @@ def child_run(name: str, tags: Mapping[str, str] | None = None, system_metrics: 
 
 @contextlib.contextmanager
 def study_run(experiment: str, study: str, name: str, tags: Mapping[str, str] | None = None,
-              description: str | None = None) -> Iterator[str]:
+              description: str | None = None, view: Mapping[str, Any] | None = None) -> Iterator[str]:
     """The parent run of an Optuna study (core.tuning), made the active run so child_run() nests under it.
 
     Found by the tags kind=study and study=<study> in `experiment`, or created: every worker and every resumed
@@ -215,7 +220,7 @@ def study_run(experiment: str, study: str, name: str, tags: Mapping[str, str] | 
     both keep the older and the newer is deleted. `description`: the experiment's (use_experiment). Yields the
     run id.
     """
-    use_experiment(experiment, description)
+    use_experiment(experiment, description, view)
     run_id = _study_run_id(experiment, study, name)
     with _run(tags={"kind": STUDY_KIND, "study": study, **(tags or {})}, run_id=run_id) as rid:
         yield rid
@@ -497,14 +502,21 @@ def log_report(experiment: str, report: str | Path) -> str | None:
     return run_id
 
 
-def suite_experiments() -> list[tuple[str, str, set[str]]]:
-    """(id, name, the kinds of its runs' tag 'kind') of the suite's experiments ('STA ...') in the store."""
-    client = MlflowClient()
-    out = []
-    for exp in client.search_experiments(filter_string="name LIKE 'STA %'", max_results=1000):
-        runs = client.search_runs([exp.experiment_id], "tags.kind = 'study'", max_results=1)
-        out.append((exp.experiment_id, exp.name, {STUDY_KIND} if runs else {ROW_KIND}))
-    return sorted(out, key=lambda e: e[1])
+def suite_experiments() -> list[tuple[str, str, bool]]:
+    """(id, name, whether it has the suite's shared runs view: record.VIEW_TAG) of the suite's experiments
+    ('STA ...') in the store, by name."""
+    exps = MlflowClient().search_experiments(filter_string="name LIKE 'STA %'", max_results=1000)
+    return sorted(((e.experiment_id, e.name, record.VIEW_TAG in e.tags) for e in exps), key=lambda e: e[1])
+
+
+def run_url(run_id: str) -> str:
+    """The run's page in MLflow's UI: on the tracking server for an http(s) store, else where reproduce/ui.py serves
+    it (http://127.0.0.1:5000), in the model-training view."""
+    from core import ui
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://{ui.HOST}:{ui.DEFAULT_PORT}"
+    exp_id = MlflowClient().get_run(run_id).info.experiment_id
+    return f"{endpoints.shown(base)}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def find_runs(experiment: str, filter_string: str) -> list:

@@ -387,6 +387,7 @@ class Objective:
         pruned: optuna.TrialPruned | None = None
         with tracking.child_run(record.trial_run_name(trial.number, lam, margin), tags) as run_id:
             trial.set_user_attr("mlflow_run_id", run_id)     # the report reads VAL_PER_QUERY from it
+            _link_run(trial, tracking.run_url(run_id))
             tracking.log_config(cfg, extra={"study": self.plan.study_name, "trial": trial.number,
                                             "params": trial.params})
             tracking.log_params({"trial.number": trial.number, "trial.reg": "off" if lam == 0 else "on",
@@ -409,6 +410,18 @@ class Objective:
         if pruned is not None:
             raise pruned
         return value
+
+
+def _link_run(trial: optuna.Trial, url: str) -> None:
+    """The trial's MLflow run as a user attr (mlflow_run_url) and, where optuna-dashboard is installed (extra
+    'dashboard'), as a clickable link in the trial's note there (user attrs are plain text in the dashboard)."""
+    trial.set_user_attr("mlflow_run_url", url)
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    save_note(trial, f"MLflow run of this trial: [{url.rsplit('/runs/', 1)[-1].split('?')[0]}]({url}) "
+                     f"(open the MLflow UI with `python reproduce/ui.py`)")
 
 
 # ---- the study -----------------------------------------------------------------------------------------------
@@ -453,7 +466,9 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     test: dict[str, dict] = {}
     report = None
     described = tracking.describe(f"Optuna tuning of {plan.spec.table} row '{plan.spec.row}'", plan.spec.path)
-    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split), described):
+    view = record.runs_view("tags.kind = 'trial'", ["val_mAP_final", "val_mAP"], ["trial.lambda", "trial.margin"])
+    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split), described,
+                            view):
         remaining = plan.n_trials - budget.count(study)
         objective = Objective(plan, split, progress)
         if remaining > 0:

@@ -23,36 +23,36 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+from core import record
+
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
-ROW_FILTER = "tags.kind = 'row'"       # the comparable runs of a table (a study: its trials)
-TRIAL_FILTER = "tags.kind = 'trial'"
-RUN_NAME = "tags.`mlflow.runName`"     # the runs table's key for ordering by run name
 
 
-def runs_url(base: str, experiment_id: str, search_filter: str | None = ROW_FILTER) -> str:
-    """The runs table of one experiment, rows flat (a filter turns off MLflow's nesting under the parent run)
-    and ordered by name (table and row index first: core.record.row_run_name), in the model-training view."""
+def runs_url(base: str, experiment_id: str, shared_view: bool = True, chart: bool = False) -> str:
+    """The runs table of one experiment in the model-training view; `shared_view`: the view the suite saved with the
+    experiment (core.record.runs_view: rows flat and ordered by name, results as columns); `chart`: its chart
+    view (sections by the prefix before '/', Headline/ first)."""
     query = {"workflowType": "machine_learning"}
-    if search_filter:
-        query.update(searchFilter=search_filter, orderByKey=RUN_NAME, orderByAsc="true")
+    if shared_view:
+        query["viewStateShareKey"] = record.VIEW_KEY
+    if chart:
+        query["compareRunsMode"] = "CHART"
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(query)}"
 
 
 def experiment_urls(base: str) -> list[tuple[str, str]]:
     """(experiment name, runs URL) of every suite experiment ('STA ...') in the configured store."""
     from core import tracking
-    out = []
-    for exp_id, name, kinds in tracking.suite_experiments():
-        out.append((name, runs_url(base, exp_id, TRIAL_FILTER if "study" in kinds else ROW_FILTER)))
-    return out
+    return [(name, runs_url(base, exp_id, shared_view=has_view)) for exp_id, name, has_view in
+            tracking.suite_experiments()]
 
 
 def server_command(uri: str, port: int) -> list[str]:
     """`mlflow server` on the store `uri`, bound to 127.0.0.1, new experiments' artifacts beside the store."""
     from core import tracking
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", uri,
-           "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", HOST, "--port", str(port), "--workers", "1"]   # one user: one worker starts fastest
     root = tracking.artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
