@@ -37,7 +37,7 @@ def playwright_missing() -> str | None:
 def log_table_store(uri: str, rows: tuple[int, ...] = (1, 2, 3, 6)) -> str:
     """Table 1's `rows` (1-based) as row runs under one parent run, logged by core.tracking with the names, tags
     and metric keys a real table run gives (no training: fake numbers); returns the experiment id."""
-    from core import record, tracking
+    from core import record, tables, tracking
     from core.specs import load_spec, spec_path
     from tests.helpers import FakeEpoch, FakeResult, fake_per_query
     tracking.configure(uri)
@@ -45,7 +45,7 @@ def log_table_store(uri: str, rows: tuple[int, ...] = (1, 2, 3, 6)) -> str:
     experiment = tracking.experiment_name("table1")
     with tracking.parent_run(experiment, "table1 synthetic cpu", {"table": "table1", "profile": "cpu",
                                                                    "dataset": "synthetic"},
-                             tracking.describe(spec.title, spec.path)):
+                             tracking.describe(spec.title, spec.path), tables._runs_view(spec)):
         for i in rows:
             row = spec.rows[i - 1]
             r1 = 0.40 + 0.05 * i
