@@ -64,7 +64,7 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
-def wait_until_up(base: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+def wait_until_up(base: str, timeout_s: float = 180.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
