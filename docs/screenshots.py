@@ -92,7 +92,10 @@ def dashboard(journal: Path, port: int):
 
 
 def dashboard_shot(page, base: str) -> Path:
-    page.goto(f"{base}/dashboard/studies/1")
+    import json
+    with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as r:
+        study_id = json.load(r)["study_summaries"][0]["study_id"]
+    page.goto(f"{base}/dashboard/studies/{study_id}")
     page.get_by_text("val mAP (%)").first.wait_for()
     _settle(page, 3000)
     path = DOCS / "optuna_dashboard.png"
@@ -105,6 +108,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tracking-uri", required=True, help="the store holding a tiny table1 run (sqlite:///...)")
     ap.add_argument("--journal", type=Path, help="a tiny study's journal file (optuna-dashboard shot)")
+    ap.add_argument("--dashboard-only", action="store_true", help="only the optuna-dashboard shot")
     args = ap.parse_args()
     uri = tracking.configure(args.tracking_uri)
     exp = tracking.find_runs(tracking.experiment_name("table1"), "tags.kind = 'row'")
@@ -117,8 +121,9 @@ def main() -> int:
         browser = pw.chromium.launch(executable_path=chromium(), headless=True)
         page = browser.new_context(viewport=SIZE).new_page()      # a fresh profile, as a new user has
         page.set_default_timeout(120_000)
-        with ui_server(uri, free_port(), Path(os.devnull)) as base:
-            shots += mlflow_shots(page, base, exp_id)
+        if not args.dashboard_only:
+            with ui_server(uri, free_port(), Path(os.devnull)) as base:
+                shots += mlflow_shots(page, base, exp_id)
         if args.journal:
             with dashboard(args.journal, free_port()) as base:
                 shots.append(dashboard_shot(page, base))
