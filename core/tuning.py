@@ -548,6 +548,7 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
                     "profile": plan.profile, "config_hash": config_hash(cfg), **tracking.provenance_tags()}
             with tracking.child_run(record.test_run_name([label], lam, margin), tags) as run_id:
                 tracking.log_config(cfg, extra={"study": plan.study_name, "label": label, "trial": trial})
+                tracking.log_datasets(cfg, dataset)
                 callback = tracking.epoch_callback()
                 result = run(cfg, plan.work_dir, callbacks=[callback], dataset=dataset, progress=progress)
                 tracking.log_result(result, logged_by=callback)
