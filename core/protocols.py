@@ -13,7 +13,8 @@ the run's own options (``data.gallery_with_queries`` [A15a], ``eval.ap_rule`` [A
 Under all of them a gallery item with the query's identity and camera is ignored, junk (identity -1) never counts
 and distractors (identity 0) stay as negatives; a query left with no valid match is skipped and counted.
 
-MLflow metric names (percent): headline ``R1 R5 R10 R20 mAP`` (and ``rerank_*``), then ``official_R1`` …
+Metric names (percent; flat names, logged in MLflow under core.record's '/' sections: ``Headline/R1``,
+``official/R1``, ``rerank/mAP``): headline ``R1 R5 R10 R20 mAP`` (and ``rerank_*``), then ``official_R1`` …
 ``official_mAP``, ``gao_R1`` … ``gao_mAP`` (and ``official_rerank_*``, ``gao_rerank_*``); per protocol also
 ``<prefix>num_queries`` (queries with a valid match), ``<prefix>num_skipped_queries`` (without one) and
 ``<prefix>num_gallery``; ``rerank_set_size`` is the number of distinct tracklets re-ranked.

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from core import claims, endpoints, figures, pretraining, reporting, tracking
+from core import claims, endpoints, figures, pretraining, record, reporting, tracking
 from core.config import RunConfig, apply_overrides, config_hash, uses_pretraining
 from core.engine.checkpoint import CheckpointError, DiskFullError
 from core.engine.pretrained import stage_hash
@@ -126,11 +126,13 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool,
         run(job.cfg, work_dir, dataset=dataset, progress=False)
         return None
     tags = {**_row_tags(spec, job), **(stage_tags or {})}
-    with tracking.child_run(job.name, tags, system_metrics=tags["device"].startswith("cuda")):
+    run_name = record.row_run_name(spec.table, job.row.index, job.row.label, job.seed)
+    with tracking.child_run(run_name, tags, system_metrics=tags["device"].startswith("cuda")):
         tracking.log_config(job.cfg, extra={"label": job.row.label, "overrides": job.row.overrides,
                                             "paper": job.row.paper, "deviation": job.row.full_deviation,
                                             "preset": job.row.preset.name if job.row.preset else None,
                                             "spec": str(spec.path), "profile": spec.profile, "seed": job.seed})
+        tracking.log_datasets(job.cfg, dataset)
         callback = tracking.epoch_callback()
         t0 = time.perf_counter()
         result = run(job.cfg, work_dir, callbacks=[callback], dataset=dataset, progress=progress)
@@ -197,7 +199,7 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
     stages = pretraining.ensure_all([j.cfg for j, f in zip(todo, found) if not f], progress) if main else {}
     _barrier()                                   # the other ranks load the stage's weights from the cache
     parent = tracking.parent_run(experiment, _parent_name(spec), _parent_tags(spec, todo),
-                                 tracking.describe(spec.title, spec.path)) if main \
+                                 tracking.describe(spec.title, spec.path), _runs_view(spec)) if main \
         else contextlib.nullcontext()
     with parent:
         for i, (job, reuse) in enumerate(zip(todo, found)):
@@ -271,6 +273,12 @@ def _check_checkpoints(todo: list[Job], work_dir: Path) -> None:
             check_checkpoint(path, next(j.cfg for j in todo if train_dir(j.cfg, work_dir) / "last.pt" == path))
 
 
+def _runs_view(spec: Spec) -> dict:
+    """The experiment's runs table (core.record.runs_view): its row runs, the spec's metrics, the knobs its rows set."""
+    knobs = dict.fromkeys(k for row in spec.rows if row.run for k in row.overrides)
+    return record.runs_view(f"tags.kind = '{tracking.ROW_KIND}'", list(spec.metrics), list(knobs))
+
+
 def _parent_name(spec: Spec) -> str:
     return f"{spec.table} {spec.dataset} {spec.profile} {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
@@ -305,7 +313,8 @@ class KeptReport(Exception):
 def rebuild_report(spec_path: str | Path, reports_dir: str | Path = "reports",
                    tracking_uri: str | None = None, create: bool = True) -> Path:
     """Rebuild reports/<table>.md and its figures from the tracking store (no training), and the index; log the
-    claim verdicts on the table's parent run (tracking.log_claims).
+    claim verdicts (tracking.log_claims), the report and its figures (tracking.log_report) on the table's parent
+    run.
 
     A report with no finished run behind it never replaces an existing one (a misspelt store, or a table not run on
     this store): KeptReport, naming the experiment and the store looked in, and nothing is written. ``create=False``
@@ -322,4 +331,5 @@ def rebuild_report(spec_path: str | Path, reports_dir: str | Path = "reports",
     path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
     reporting.write_index(reports_dir)
     tracking.log_claims(experiment, reporting.claim_records(spec, runs, load_table))
+    tracking.log_report(experiment, path)
     return path

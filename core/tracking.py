@@ -3,13 +3,15 @@
 Plain functions around one store: a parent run per invocation (``parent_run``), a nested run per row and seed
 (``child_run``), the resolved config as params (``log_config``), per-epoch metrics through an engine callback
 (``epoch_callback``), final metrics and artifacts (``log_result``), and look-ups for reuse and reports
-(``find_finished``, ``runs_frame``, ``load_json``, ``load_table``), and the report's claim verdicts on the table's
-parent run (``log_claims``). Metrics R1..mAP and their bootstrap intervals (``*_ci_low``, ``*_ci_high``) are logged
-in percent; every query's outcome is the artifact ``per_query.parquet``.
+(``find_finished``, ``runs_frame``, ``load_json``, ``load_table``), and the report, its figures and the claim
+verdicts on the table's parent run (``log_report``, ``log_claims``). Metrics R1..mAP and their bootstrap intervals
+(``*_ci_low``, ``*_ci_high``) are logged in percent; every query's outcome is the artifact ``per_query.parquet``.
+Callers name metrics by their flat names; they are logged under the keys of core.record (``'/'`` sections:
+``Headline/R1``, ``interval/R1_ci_low``, ``train/ce`` at step = epochs done) and read back flat (``flat_columns``).
 
 Store: ``configure(uri)``; the URI comes from the argument, else $MLFLOW_TRACKING_URI, else a SQLite database in
-the working folder (``sqlite:///mlflow.db``, artifacts under ./mlruns). Browse it with
-``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+the working folder (``sqlite:///mlflow.db``); new experiments keep their artifacts in 'mlruns' beside a SQLite
+database (``artifact_root``). Browse it with ``python reproduce/ui.py`` (core.ui).
 
 No telemetry: MLflow 3 reports usage to its developers unless MLFLOW_DISABLE_TELEMETRY or DO_NOT_TRACK is true;
 both are set here before mlflow is imported (they also reach the processes this one starts).
@@ -36,7 +38,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from core import endpoints, leftovers, stores  # noqa: E402
+from core import endpoints, leftovers, record, stores  # noqa: E402
 from core.claims import PER_QUERY  # noqa: E402
 from core.config import ConfigError, RunConfig, to_dict, to_flat_dict  # noqa: E402
 from core.provenance import provenance  # noqa: E402
@@ -58,7 +60,8 @@ STUDY_KIND = "study"                         # tag "kind" of an Optuna study's p
 # PER_QUERY (claims.PER_QUERY, "per_query.parquet"): artifact of a row run, core.evaluation.PER_QUERY_COLUMNS, one row
 # per (protocol, reranked, query); read it with load_table(run_id, PER_QUERY)
 CLAIMS = "claims.json"                       # artifact of a table's parent run: reporting.claim_records (log_claims)
-CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
+CI_SUFFIXES = record.CI_SUFFIXES             # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
+REPORT = "report"                            # artifact folder of a table's parent run: tableN.md, figures/
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges) and asks which kind it is; the
 # value its UI names CUSTOM_MODEL_DEVELOPMENT opens the runs table (mlflow/server/js ExperimentKind, MLflow 3.x)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -144,23 +147,54 @@ def _system_metrics(enabled: bool) -> bool:
     return True
 
 
-def use_experiment(name: str, description: str | None = None) -> str:
+def use_experiment(name: str, description: str | None = None, view: Mapping[str, Any] | None = None) -> str:
     """Make experiment `name` (created if missing) the active one; returns its id.
 
-    Tags it as a model-training experiment (EXPERIMENT_KIND) and, given a `description` (a table's title and spec
-    path), sets it as the experiment's description (NOTE_TAG); both are set again by every invocation.
+    Tags it as a model-training experiment (EXPERIMENT_KIND; MLflow 3.17's UI ignores it: core.ui) and, given a
+    `description` (a table's title and spec path), sets it as the experiment's description (NOTE_TAG), given a
+    `view` (core.record.runs_view) saves it as the experiment's shared runs view (record.VIEW_TAG); all are set
+    again by every invocation.
 
     Safe for workers that create it at the same moment: when another process wins the creation, MLflow's
     set_experiment returns it without activating it, and nested runs then land in the 'Default' experiment.
     """
+    if mlflow.get_experiment_by_name(name) is None:
+        _create_experiment(name)
     exp = mlflow.set_experiment(name)
     mlflow.set_experiment(experiment_id=exp.experiment_id)
-    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({NOTE_TAG: description} if description else {})}
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({NOTE_TAG: description} if description else {}),
+            **({record.VIEW_TAG: json.dumps(view)} if view else {})}
     client = MlflowClient()
     for key, value in tags.items():
         if exp.tags.get(key) != value:
             _set_experiment_tag(client, exp.experiment_id, key, value)
     return exp.experiment_id
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where new experiments keep their artifacts: the folder 'mlruns' beside a SQLite database
+    ('sqlite:////data/m.db' -> 'file:///data/mlruns', 'sqlite:///mlflow.db' -> ./mlruns), so moving the database
+    and that folder together keeps every figure; None (the store's own default) for servers, other databases and
+    folders."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme.split("+", 1)[0].lower() != "sqlite" or ":///" not in uri:
+        return None
+    path = uri.split(":///", 1)[1].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return (Path(path).expanduser().resolve().parent / "mlruns").as_uri()
+
+
+def _create_experiment(name: str) -> None:
+    """Create experiment `name` with its artifacts under artifact_root() of the store (when it has one); another
+    worker creating it at the same moment is fine."""
+    root = artifact_root(mlflow.get_tracking_uri())
+    folder = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    try:
+        mlflow.create_experiment(name, artifact_location=f"{root}/{folder}" if root else None)
+    except mlflow.exceptions.MlflowException:
+        if mlflow.get_experiment_by_name(name) is None:
+            raise
 
 
 def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str) -> None:
@@ -176,13 +210,13 @@ def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, valu
 
 @contextlib.contextmanager
 def parent_run(experiment: str, name: str, tags: Mapping[str, str] | None = None,
-               description: str | None = None) -> Iterator[str]:
+               description: str | None = None, view: Mapping[str, Any] | None = None) -> Iterator[str]:
     """Start the invocation's run in `experiment` (created if missing, described by `description`: use_experiment);
     yields its run id.
 
     The status is FINISHED on a normal exit, FAILED when the body raises, KILLED on Ctrl-C.
     """
-    use_experiment(experiment, description)
+    use_experiment(experiment, description, view)
     with _run(run_name=name, tags={"kind": TABLE_KIND, "worker": leftovers.worker(), **(tags or {})}) as run_id:
         yield run_id
 
@@ -200,7 +234,7 @@ def child_run(name: str, tags: Mapping[str, str] | None = None, system_metrics: 
 
 @contextlib.contextmanager
 def study_run(experiment: str, study: str, name: str, tags: Mapping[str, str] | None = None,
-              description: str | None = None) -> Iterator[str]:
+              description: str | None = None, view: Mapping[str, Any] | None = None) -> Iterator[str]:
     """The parent run of an Optuna study (core.tuning), made the active run so child_run() nests under it.
 
     Found by the tags kind=study and study=<study> in `experiment`, or created: every worker and every resumed
@@ -208,7 +242,7 @@ def study_run(experiment: str, study: str, name: str, tags: Mapping[str, str] | 
     both keep the older and the newer is deleted. `description`: the experiment's (use_experiment). Yields the
     run id.
     """
-    use_experiment(experiment, description)
+    use_experiment(experiment, description, view)
     run_id = _study_run_id(experiment, study, name)
     with _run(tags={"kind": STUDY_KIND, "study": study, **(tags or {})}, run_id=run_id) as rid:
         yield rid
@@ -272,14 +306,41 @@ def end_orphaned_runs(experiment: str) -> list[str]:
 
 
 def log_config(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> None:
-    """The full resolved config as params (same dotted names for every run) and as config.json.
+    """The resolved config as params (same dotted names for every run) and, in full, as config.json.
 
+    Knobs the run's model does not use (core.record.inert, e.g. model.fusion on an avg row) are left out of the
+    params and named in the tag ``inert_params``, so Compare's "Show diff only" shows only real differences.
     `extra` (e.g. the spec row) is written beside it as spec_row.json.
     """
-    mlflow.log_params({k: _param(v) for k, v in to_flat_dict(cfg).items()})
+    flat = to_flat_dict(cfg)
+    unused = record.inert(flat)
+    mlflow.log_params({k: _param(v) for k, v in flat.items() if k not in unused})
+    if unused:
+        why: dict[str, list[str]] = {}
+        for k, reason in unused.items():
+            why.setdefault(reason, []).append(k)
+        mlflow.set_tag("inert_params", "; ".join(f"{', '.join(ks)} ({r})" for r, ks in why.items()))
     mlflow.log_dict(to_dict(cfg), "config.json")
     if extra is not None:
         mlflow.log_dict(dict(extra), "spec_row.json")
+
+
+def log_datasets(cfg: RunConfig, dataset) -> None:
+    """The run's training and test data as MLflow dataset inputs (contexts 'training' and 'test'), so the runs
+    table's Dataset column and filter show them: name '<dataset>/<synthetic size or folder name>/<split>', source
+    the data's folder, digest a hash of the data config's identity and the split's tracklet and frame counts."""
+    import hashlib
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    d = cfg.data
+    where = f"{d.synthetic_size}-seed{d.synthetic_seed}" if d.dataset == "synthetic" else Path(d.root or "").name
+    root = Path(d.root).resolve().as_uri() if d.root else f"synthetic:{where}"
+    summary = dataset.summary()
+    for context, splits in (("training", ("train",)), ("test", ("query", "gallery"))):
+        ident = json.dumps([d.dataset, where, root, [summary[s] for s in splits]], sort_keys=True)
+        meta = MetaDataset(LocalArtifactDatasetSource(root), name=f"{d.dataset}/{where}/{'+'.join(splits)}",
+                           digest=hashlib.sha256(ident.encode()).hexdigest()[:8])
+        mlflow.log_input(meta, context=context)
 
 
 def _param(value: Any) -> str:
@@ -287,15 +348,15 @@ def _param(value: Any) -> str:
 
 
 class _EpochLogger:
-    """Engine EpochCallback: logs EpochStats.metrics() (ce, triplet, reg, total, train_acc, lr, frames_per_s,
-    compute_frames_per_s, epoch_wall_s, iterations) at step = epoch (0-based) into the active run, and remembers
-    which epochs it logged."""
+    """Engine EpochCallback: logs EpochStats.metrics() (ce, triplet, reg, total, train_acc, lr, iterations under
+    train/; frames_per_s, compute_frames_per_s, epoch_wall_s under time/: core.record) at step = epochs done (1..E,
+    the epoch the console prints) into the active run, and remembers which epochs (0-based) it logged."""
 
     def __init__(self) -> None:
         self.logged: set[int] = set()
 
     def __call__(self, stats, model=None) -> None:
-        mlflow.log_metrics(stats.metrics(), step=stats.epoch)
+        mlflow.log_metrics(record.keyed(stats.metrics()), step=stats.epoch + 1)
         self.logged.add(stats.epoch)
 
 
@@ -308,7 +369,7 @@ def log_history(history, skip: set[int] | frozenset = frozenset()) -> None:
     """Per-epoch metrics of epochs not logged live (a reused or resumed checkpoint's earlier epochs)."""
     for stats in history:
         if stats.epoch not in skip:
-            mlflow.log_metrics(stats.metrics(), step=stats.epoch)
+            mlflow.log_metrics(record.keyed(stats.metrics()), step=stats.epoch + 1)
 
 
 def is_percent(name: str) -> bool:
@@ -328,7 +389,7 @@ def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Map
     metrics = {k: 100.0 * v if is_percent(k) else v for k, v in result.metrics.items()}
     metrics.update(result.losses)
     metrics[TRAIN_WALL_S] = sum(h.seconds for h in result.history)
-    mlflow.log_metrics({**metrics, **(extra_metrics or {})})
+    mlflow.log_metrics(record.keyed({**metrics, **(extra_metrics or {})}))
     mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},
                     "cmc.json")
     log_table(result.per_query, PER_QUERY)
@@ -343,8 +404,9 @@ def log_table(frame: pd.DataFrame, name: str) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Metrics of the active run (e.g. a trial's validation mAP at step = epoch)."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    """Flat-named metrics of the active run under their MLflow keys (core.record.key), e.g. a trial's validation
+    mAP 'val_mAP' as 'val/mAP' at step = epochs done."""
+    mlflow.log_metrics({record.key(k): float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -405,8 +467,21 @@ def runs_frame(experiment: str) -> pd.DataFrame:
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return pd.DataFrame()
-    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.kind = '{ROW_KIND}'",
-                              output_format="pandas")
+    return flat_columns(mlflow.search_runs([exp.experiment_id], filter_string=f"tags.kind = '{ROW_KIND}'",
+                                           output_format="pandas"))
+
+
+def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A search_runs frame with its metric columns under their flat names (core.record.flat: 'metrics.interval/
+    R1_ci_low' -> 'metrics.R1_ci_low'), so runs logged before issue 23 (flat keys) and after read alike; where
+    both kinds of run are in one frame, their values share one column."""
+    names = {c: "metrics." + record.flat(c[len("metrics."):]) if c.startswith("metrics.") else c
+             for c in frame.columns}
+    columns: dict[str, pd.Series] = {}
+    for col in frame.columns:          # a flat name logged before issue 23 and its sectioned key: one column
+        name = names[col]
+        columns[name] = columns[name].combine_first(frame[col]) if name in columns else frame[col]
+    return pd.DataFrame(columns, index=frame.index)
 
 
 def load_json(run_id: str, name: str) -> Any | None:
@@ -426,6 +501,61 @@ def load_table(run_id: str, name: str) -> pd.DataFrame | None:
         except Exception:  # noqa: BLE001 - a missing artifact raises backend-specific errors
             return None
         return pd.read_parquet(path)
+
+
+def log_report(experiment: str, report: str | Path) -> str | None:
+    """The table's report (reports/tableN.md) and the figures it links (figures/...png) as artifacts REPORT/ of the
+    latest table run of `experiment` (the invocation's parent run); returns its run id (None without one).
+    Rebuilding a report logs it again (the files are replaced)."""
+    import re
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    client = MlflowClient()
+    found = client.search_runs([exp.experiment_id], f"tags.kind = '{TABLE_KIND}'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    if not found:
+        return None
+    run_id, report = found[0].info.run_id, Path(report)
+    client.log_artifact(run_id, str(report), REPORT)
+    for rel in dict.fromkeys(re.findall(r"\]\((figures/[^)\s]+\.png)\)", report.read_text(encoding="utf-8"))):
+        if (report.parent / rel).is_file():
+            client.log_artifact(run_id, str(report.parent / rel), f"{REPORT}/figures")
+    return run_id
+
+
+def suite_experiments() -> list[tuple[str, str, bool]]:
+    """(id, name, whether it has the suite's shared runs view: record.VIEW_TAG) of the suite's experiments
+    ('STA ...') in the store, by name."""
+    exps = MlflowClient().search_experiments(filter_string="name LIKE 'STA %'", max_results=1000)
+    return sorted(((e.experiment_id, e.name, record.VIEW_TAG in e.tags) for e in exps), key=lambda e: e[1])
+
+
+def run_url(run_id: str) -> str:
+    """The run's page in MLflow's UI: on the tracking server for an http(s) store, else where reproduce/ui.py serves
+    it (http://127.0.0.1:5000), in the model-training view."""
+    from core import ui
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://{ui.HOST}:{ui.DEFAULT_PORT}"
+    exp_id = MlflowClient().get_run(run_id).info.experiment_id
+    return f"{endpoints.shown(base)}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def find_runs(experiment: str, filter_string: str) -> list:
+    """Runs of `experiment` matching an MLflow filter (e.g. "tags.kind = 'test' and tags.study = 's'"), newest first."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return MlflowClient().search_runs([exp.experiment_id], filter_string, max_results=1000,
+                                      order_by=["attributes.start_time DESC"])
+
+
+def name_run(run_id: str, name: str, tags: Mapping[str, Any] | None = None) -> None:
+    """Rename a run (e.g. a trial once its value is known) and set tags on it."""
+    client = MlflowClient()
+    client.set_tag(run_id, "mlflow.runName", name)
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, str(v))
 
 
 def log_claims(experiment: str, records: list[dict]) -> list[str]:
@@ -451,7 +581,7 @@ def log_claims(experiment: str, records: list[dict]) -> list[str]:
             continue
         run_id = found[0].info.run_id
         client.log_dict(run_id, {"claims": recs}, CLAIMS)
-        metrics = [Metric(f"{r['key']}_{r['metric']}_{name}", float(r[field]), now, 0) for r in recs
+        metrics = [Metric(record.key(f"{r['key']}_{r['metric']}_{name}"), float(r[field]), now, 0) for r in recs
                    for name, field in (("delta", "delta"), ("ci_low", "low"), ("ci_high", "high"),
                                        ("paper_delta", "paper_delta")) if r[field] is not None]
         counts: dict[str, int] = {}

@@ -134,8 +134,8 @@ def write_tuning_report(plan: Plan, trials: Sequence[Mapping[str, Any]], study_a
     lines += ["## Commands", "", "```bash", f"{continue_command(plan, tracking_uri)}    # continue (or extend with "
               f"--n-trials)",
               *_recommended_commands(plan, compared),
-              f"mlflow ui --backend-store-uri {endpoints.shown(tracking_uri)}    # experiment '{plan.experiment}', parent run "
-              f"'{stem}'", "```", ""]
+              f"python reproduce/ui.py --tracking-uri {endpoints.shown(tracking_uri)}    # MLflow's UI: experiment "
+              f"'{plan.experiment}', parent run '{stem}'", "```", ""]
     path = reports_dir / f"{stem}.md"
     from core.engine.checkpoint import save_text
     save_text("\n".join(lines), path)

@@ -53,7 +53,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from core import endpoints, leftovers
+from core import endpoints, leftovers, record
 from core.config import RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, config_hash, to_flat_dict
 from core.specs import METRICS
 from core.tune_compare import Compared
@@ -173,6 +173,9 @@ def _comparable_config(cfg: RunConfig) -> dict[str, Any]:
             if k not in MACHINE_KEYS + REPORT_KEYS and k not in ("loss.reg_weight", "loss.margin")}
 
 
+OBJECTIVE = "val mAP (%)"    # the objective's name in the study (Study.set_metric_names) and in optuna-dashboard
+
+
 def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
                wait_s: float = 60.0) -> tuple[optuna.Study, bool]:
     """Create the study (queueing the baseline and the lambda = 0 reference) or load it and check that it has the
@@ -186,6 +189,9 @@ def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
     try:
         study = optuna.create_study(storage=storage, study_name=plan.study_name, direction="maximize",
                                     sampler=sampler, pruner=pruner)
+        with warnings.catch_warnings():      # experimental since Optuna 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])  # optuna-dashboard's name of the objective (else "Objective 0")
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner)
         _check_existing(study, plan, space, base, wait_s)
@@ -195,7 +201,10 @@ def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
     if spec.reg_off and plan.baseline.get("reg") != "off":
         study.enqueue_trial({"reg": "off", "margin": plan.baseline["margin"]},
                             user_attrs={"role": "reference (lambda = 0)"})
-    study.set_user_attr("base_config", base)
+    # the base config as its hash and its keys off the defaults: optuna-dashboard shows a user attr on one line, cut
+    # (the whole config, 1,400+ characters, read as nothing there); config.json of every trial's MLflow run has it all
+    study.set_user_attr("base_config_hash", _hash(base))
+    study.set_user_attr("base_config_changed", _changed(base))
     study.set_user_attr("spec", str(spec.path))
     study.set_user_attr("validation", _validation_key(spec))
     study.set_user_attr("search_space", space)   # last: other workers wait for it, so the queue is complete
@@ -222,12 +231,30 @@ def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wa
         raise ConfigError(f"{where} exists with another validation split {stored}; {plan.spec.path} gives "
                           f"{_validation_key(plan.spec)}; use another --study-name or the spec's validation keys "
                           f"the study was created with")
-    old = {k: v for k, v in study.user_attrs.get("base_config", {}).items() if k not in MACHINE_KEYS}  # older: more
-    diff = sorted(k for k in set(old) | set(base) if old.get(k) != base.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {base.get(k)!r}" for k in diff[:8])
+    if "base_config" in study.user_attrs:      # a study created before issue 23: the whole config
+        old = {k: v for k, v in study.user_attrs["base_config"].items() if k not in MACHINE_KEYS}  # older: more
+        new = base
+    elif study.user_attrs.get("base_config_hash") == _hash(base):
+        return
+    else:
+        old, new = {**_comparable_config(RunConfig()), **study.user_attrs.get("base_config_changed", {})}, base
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff or "base_config" not in study.user_attrs:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8]) or \
+            "the same keys off the defaults, other defaults: the code's defaults changed"
         raise ConfigError(f"{where} exists with another base config ({shown}); use another --study-name or the "
                           f"dataset/profile/--set it was created with")
+
+
+def _hash(base: dict[str, Any]) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _changed(base: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a comparable base config that differ from RunConfig()'s (a short user attr)."""
+    default = _comparable_config(RunConfig())
+    return {k: v for k, v in base.items() if default.get(k) != v}
 
 
 def _validation_key(spec: TuneSpec) -> dict[str, Any]:
@@ -280,13 +307,13 @@ class ValidationReporter:
         done = stats.epoch + 1
         if done % self.every and done != self.cfg.train.epochs:
             return
-        value = self.evaluate(model, done, stats.epoch)
+        value = self.evaluate(model, done)
         if done < self.cfg.train.epochs and self.trial.should_prune():
             reason = self._reason(done, value)
             self.trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(reason)
 
-    def evaluate(self, model, done: int, step: int) -> float:
+    def evaluate(self, model, done: int) -> float:
         from core import tracking
         from core.engine import evaluate_model
         # the headline protocol only: a gallery made of the queries (validation.queries: all) has no "without the
@@ -297,7 +324,8 @@ class ValidationReporter:
         if not math.isfinite(value):     # never a score: the trial fails with this reason (Objective.__call__)
             raise FloatingPointError(f"validation mAP after epoch {done} is {value}; the trial is failed, not scored")
         self.trial.report(value, done)
-        tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * ev.metrics["R1"]}, step=step)
+        # step = epochs done, as trial.report above, the console and the report (core.tracking's epoch steps too)
+        tracking.log_metrics({"val_mAP": value, "val_R1": 100.0 * ev.metrics["R1"]}, step=done)
         if done == self.cfg.train.epochs:       # the objective's evaluation: the report's paired comparison
             tracking.log_table(ev.per_query, VAL_PER_QUERY)
         self.last = (done, value)
@@ -357,8 +385,9 @@ class Objective:
                 "role": trial.user_attrs.get("role", "search"), "dataset": self.plan.dataset,
                 "profile": self.plan.profile, **tracking.provenance_tags()}
         pruned: optuna.TrialPruned | None = None
-        with tracking.child_run(f"trial {trial.number}", tags) as run_id:
+        with tracking.child_run(record.trial_run_name(trial.number, lam, margin), tags) as run_id:
             trial.set_user_attr("mlflow_run_id", run_id)     # the report reads VAL_PER_QUERY from it
+            _link_run(trial, tracking.run_url(run_id))
             tracking.log_config(cfg, extra={"study": self.plan.study_name, "trial": trial.number,
                                             "params": trial.params})
             tracking.log_params({"trial.number": trial.number, "trial.reg": "off" if lam == 0 else "on",
@@ -368,17 +397,31 @@ class Objective:
                 model, _ = train(cfg, self.split.dataset, run_dir, progress=self.progress,
                                  callbacks=[tracking.epoch_callback(), reporter])
                 if reporter.last is None or reporter.last[0] != cfg.train.epochs:   # resumed from a finished checkpoint
-                    reporter.evaluate(model, cfg.train.epochs, cfg.train.epochs - 1)
+                    reporter.evaluate(model, cfg.train.epochs)
                 value = reporter.last[1]
                 tracking.log_metrics({"val_mAP_final": value})
                 tracking.set_tags({"optuna_state": "COMPLETE"})
+                tracking.name_run(run_id, record.trial_run_name(trial.number, lam, margin, value))
             except optuna.TrialPruned as e:
                 pruned = e
                 tracking.set_tags({"optuna_state": "PRUNED", "reason": trial.user_attrs.get("reason", str(e))})
+                tracking.name_run(run_id, record.trial_run_name(trial.number, lam, margin, state="pruned"))
         shutil.rmtree(run_dir, ignore_errors=True)     # a finished trial's checkpoint is not needed again
         if pruned is not None:
             raise pruned
         return value
+
+
+def _link_run(trial: optuna.Trial, url: str) -> None:
+    """The trial's MLflow run as a user attr (mlflow_run_url) and, where optuna-dashboard is installed (extra
+    'dashboard'), as a clickable link in the trial's note there (user attrs are plain text in the dashboard)."""
+    trial.set_user_attr("mlflow_run_url", url)
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    save_note(trial, f"MLflow run of this trial: [{url.rsplit('/runs/', 1)[-1].split('?')[0]}]({url}) "
+                     f"(open the MLflow UI with `python reproduce/ui.py`)")
 
 
 # ---- the study -----------------------------------------------------------------------------------------------
@@ -424,7 +467,9 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     test: dict[str, dict] = {}
     report = None
     described = tracking.describe(f"Optuna tuning of {plan.spec.table} row '{plan.spec.row}'", plan.spec.path)
-    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split), described):
+    view = record.runs_view("tags.kind = 'trial'", ["val_mAP_final", "val_mAP"], ["trial.lambda", "trial.margin"])
+    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split), described,
+                            view):
         remaining = plan.n_trials - budget.count(study)
         objective = Objective(plan, split, progress)
         if remaining > 0:
@@ -443,7 +488,9 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
             tracking.log_file(report, "report")
             for png in sorted(Path(reports_dir, "figures").glob(f"{plan.study_name}_*.png")):
                 tracking.log_file(png, "report/figures")
-        tracking.set_tags(_summary_tags(study))
+        tags = _summary_tags(study)
+        tracking.set_tags(tags)          # and as metrics, to chart and sort: best_val_mAP, best_lambda, trials_*
+        tracking.log_metrics({k: float(v) for k, v in tags.items()})
     return TuneOutcome(study=study, report=report, test=test, new_trials=new)
 
 
@@ -500,8 +547,9 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
         if found is None:
             tags = {"kind": "test", "study": plan.study_name, "label": label, "dataset": plan.dataset,
                     "profile": plan.profile, "config_hash": config_hash(cfg), **tracking.provenance_tags()}
-            with tracking.child_run(f"test: {label} (lambda {lam:g}, margin {margin:g})", tags) as run_id:
+            with tracking.child_run(record.test_run_name([label], lam, margin), tags) as run_id:
                 tracking.log_config(cfg, extra={"study": plan.study_name, "label": label, "trial": trial})
+                tracking.log_datasets(cfg, dataset)
                 callback = tracking.epoch_callback()
                 result = run(cfg, plan.work_dir, callbacks=[callback], dataset=dataset, progress=progress)
                 tracking.log_result(result, logged_by=callback)
@@ -511,10 +559,31 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
                      "mlflow_run_id": run_id, "config_hash": config_hash(cfg)}
             study.set_user_attr(key, found)
         out[label] = {**found, "trial": trial}
+    _name_test_runs(plan, out)
     if "://" not in plan.storage:
         from core.engine.checkpoint import save_json
         save_json(out, Path(plan.storage).with_suffix(".test.json"))
     return out
+
+
+def _name_test_runs(plan: Plan, out: dict[str, dict]) -> None:
+    """Name every test run of the study by the roles it has now ('chosen', 'defaults', both, or none: an earlier
+    best), so a run evaluated as 'chosen' and later reused as the defaults' run says so (tag label too)."""
+    from core import tracking
+    roles: dict[str, list[str]] = {}
+    for label, res in out.items():
+        roles.setdefault(res.get("mlflow_run_id") or "", []).append(label)
+    study_tag = plan.study_name.replace("\\", "\\\\").replace("'", "\\'")
+    for run in tracking.find_runs(plan.experiment, f"tags.kind = 'test' and tags.study = '{study_tag}'"):
+        labels = roles.get(run.info.run_id, [])
+        params = run.data.params
+        try:
+            lam, margin = float(params["loss.reg_weight"]), float(params["loss.margin"])
+        except (KeyError, ValueError):
+            continue
+        name = record.test_run_name(labels, lam, margin)
+        if run.info.run_name != name:
+            tracking.name_run(run.info.run_id, name, {"label": " = ".join(labels) or "earlier best"})
 
 
 # ---- chosen vs defaults --------------------------------------------------------------------------------------

@@ -118,7 +118,8 @@ def runs_of(tmp_path: Path, study: str):
     from core import tracking
     tracking.configure(uri(tmp_path))
     exp = mlflow.get_experiment_by_name("STA tiny")
-    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'", output_format="pandas")
+    return tracking.flat_columns(mlflow.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
+                                                    output_format="pandas"))      # metrics under their flat names
 
 
 # ---- fake run results (tracking and reports without training) -----------------------------------------------------

@@ -24,7 +24,7 @@ def _argv(root, tmp_path, *extra):
 
 def _runs(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    return mlflow.search_runs(experiment_names=["STA table1"])
+    return tracking.flat_columns(mlflow.search_runs(experiment_names=["STA table1"]))   # metrics: flat names
 
 
 def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_path, monkeypatch, capsys):
@@ -42,11 +42,18 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
                        "tags.seed": "0", "tags.device": "cpu"}.items():
         assert set(rows[tag]) == {value}
     assert rows["tags.config_hash"].nunique() == 2 and rows["tags.git_commit"].notna().all()
-    # the full resolved config as params, same names in every row; values differ where the rows do
+    # the resolved config as params, same names in every row; values differ where the rows do; a knob the row's
+    # model does not use (Baseline: aggregation frame, no STA fusion) is left out and named in inert_params
     params = [c for c in runs.columns if c.startswith("params.")]
     assert {"params.model.aggregation", "params.loss.reg_weight", "params.eval.ap_rule",
             "params.train.seed"} <= set(params)
-    assert rows[params].notna().all().all()
+    for _, row in rows.iterrows():
+        missing = {c[len("params."):] for c in params if pd.isna(row[c])}
+        assert all(k in str(row.get("tags.inert_params", "")) for k in missing)
+    assert pd.isna(rows[rows["tags.row"] == "Baseline"]["params.model.fusion"].iloc[0])
+    # run names start with the table and row index (issue 23): they differ when the UI cuts them
+    assert sorted(rows["tags.mlflow.runName"]) == ["T1.1 Baseline · seed 0",
+                                                   "T1.6 Baseline + TL + STA + Fusion + Reg · seed 0"]
     assert sorted(rows["params.model.aggregation"]) == ["frame", "sta"]
     # final metrics in percent, per-epoch metrics at step = epoch
     for m in ("R1", "R5", "R10", "R20", "mAP"):
@@ -60,7 +67,10 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     assert rows[rows["tags.row"] == "Baseline"]["metrics.loss_reg_weighted"].iloc[0] == 0.0
     client = mlflow.MlflowClient()
     sta = rows[rows["tags.row"] != "Baseline"].iloc[0]
-    assert [h.step for h in client.get_metric_history(sta.run_id, "ce")] == [0]
+    assert [h.step for h in client.get_metric_history(sta.run_id, "train/ce")] == [1]     # epoch 1, as printed
+    inputs = client.get_run(sta.run_id).inputs.dataset_inputs                    # the Dataset column's data
+    assert sorted((i.dataset.name, [t.value for t in i.tags][0]) for i in inputs) == \
+        [("synthetic/tiny-seed0/query+gallery", "test"), ("synthetic/tiny-seed0/train", "training")]
     for name in ("triplet", "reg", "train_acc", "lr", "frames_per_s"):
         assert f"metrics.{name}" in rows
     artifacts = {a.path for a in client.list_artifacts(sta.run_id)}
@@ -103,6 +113,8 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     latest = again[again["tags.kind"] == "table"].sort_values("start_time").iloc[-1]
     verdicts = tracking.load_json(latest["run_id"], tracking.CLAIMS)["claims"]
     assert len(verdicts) == 12 and {v["verdict"] for v in verdicts} == {"no verdict"}
+    assert tracking.has_artifact(latest["run_id"], "report/table1.md")            # the report on the table's run
+    assert tracking.has_artifact(latest["run_id"], "report/figures/table1_cpu_synthetic_bars.png")
     assert "### Claims" in report and "no verdict (row 'Baseline + TL' has no finished run)" in report
     assert "table1" in (tmp_path / "reports" / "README.md").read_text()
     audit = report[report.index("### Attention audit"):]

@@ -143,7 +143,8 @@ def test_table_row_under_torchrun_on_two_ranks_then_reused_by_one(tiny_synthetic
 
     import mlflow  # here, not at the top: the spawned ranks of the other tests import this module
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["STA table1"])
+    from core import tracking
+    runs = tracking.flat_columns(mlflow.search_runs(experiment_names=["STA table1"]))     # metrics: flat names
     rows = runs[runs["tags.kind"] == "row"]
     assert len(rows) == 1 and rows["status"].iloc[0] == "FINISHED"   # rank 0 alone logged, once
     row = rows.iloc[0]

@@ -214,7 +214,8 @@ def test_table_row_logged_to_the_server_and_report_rebuilt_from_it(mlflow_server
 
     assert len(results) == 2
     mlflow.set_tracking_uri(server)
-    runs = mlflow.search_runs(experiment_names=["STA table1"])
+    from core.tracking import flat_columns
+    runs = flat_columns(mlflow.search_runs(experiment_names=["STA table1"]))     # metrics under their flat names
     row = runs[runs["tags.kind"] == "row"]
     assert len(row) == 1 and row["status"].iloc[0] == "FINISHED"
     row = row.iloc[0]
@@ -222,7 +223,7 @@ def test_table_row_logged_to_the_server_and_report_rebuilt_from_it(mlflow_server
     assert row["params.model.aggregation"] == "sta" and row["params.loss.reg_weight"] is not None   # params
     assert 0 <= row["metrics.R1"] <= 100 and 0 <= row["metrics.mAP"] <= 100                        # metrics
     client = mlflow.MlflowClient()
-    assert [m.step for m in client.get_metric_history(row.run_id, "ce")] == [0]
+    assert [m.step for m in client.get_metric_history(row.run_id, "train/ce")] == [1]      # epochs done
     logged = {a.path for a in client.list_artifacts(row.run_id)}
     assert {"config.json", "spec_row.json", "cmc.json", "cmc.png", "scores.json", "attention.png"} <= logged
     assert client.get_run(row.run_id).info.artifact_uri.startswith("mlflow-artifacts:")

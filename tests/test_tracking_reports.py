@@ -137,7 +137,8 @@ def test_row_runs_hold_params_metrics_history_and_artifacts(store):
     assert runs["metrics.train_wall_s"].eq(2.0).all()
     import mlflow
     rid = store["ids"][("Baseline", 0)]
-    assert [m.step for m in mlflow.MlflowClient().get_metric_history(rid, "ce")] == [0, 1]
+    # step = epochs done (1..E), as the console prints them (issue 23); per-epoch losses under train/
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(rid, "train/ce")] == [1, 2]
     assert tracking.load_json(rid, "cmc.json")["cmc"][0] == pytest.approx(50.0)
     assert tracking.load_json(rid, "missing.json") is None
     assert tracking.runs_frame("STA no such table").empty
@@ -307,7 +308,96 @@ def test_claim_verdicts_land_on_the_tables_parent_run(store):
     assert tracking.load_json(parent, tracking.CLAIMS)["claims"] == records
     data = mlflow.MlflowClient().get_run(parent).data
     assert data.tags["claim1"] == "Baseline + TL > Baseline" and data.tags["claim1_R1_verdict"] == "supported"
-    assert data.metrics["claim1_R1_delta"] == pytest.approx(65.0) and data.metrics["claim1_R1_paper_delta"] == \
-        pytest.approx(6.3)
-    assert "claim2_R1_ci_low" not in data.metrics and "no verdict" in data.tags["claims"]
+    assert data.metrics["claims/claim1_R1_delta"] == pytest.approx(65.0) and \
+        data.metrics["claims/claim1_R1_paper_delta"] == pytest.approx(6.3)
+    assert "claims/claim2_R1_ci_low" not in data.metrics and "no verdict" in data.tags["claims"]
     assert claims.PER_QUERY == tracking.PER_QUERY
+
+
+# ---- issue 23: metric sections, old stores, artifacts beside the store, inert knobs, the table run's report ------
+
+def test_metrics_are_logged_in_sections_with_the_headline_alone_at_the_top(store):
+    import mlflow
+
+    from core import record
+    tracking.configure(store["uri"])
+    logged = set(mlflow.MlflowClient().get_run(store["ids"][("Baseline", 0)]).data.metrics)
+    assert all("/" in k for k in logged)                          # no "Model metrics" section: MLflow puts it last
+    assert {k for k in logged if k.startswith("Headline/")} == {f"Headline/{m}" for m in ("R1", "R5", "R10", "R20",
+                                                                                          "mAP")}
+    assert min(k.split("/")[0] for k in logged) == "Headline"       # the chart view's first section (string order)
+    assert {"interval/R1_ci_low", "official/R1", "gao/num_gallery", "loss/ce", "train/ce", "time/train_wall_s",
+            "eval/num_queries"} <= logged
+    for flat in ("R1", "R1_ci_low", "official_rerank_mAP_ci_high", "rerank_set_size", "loss_reg_weighted", "ce",
+                 "epoch_wall_s", "attn_auc_map_gain", "val_mAP", "test_delta_mAP_ci_low", "claim3_R1_delta",
+                 "best_val_mAP", "system/cpu_utilization_percentage"):
+        assert record.flat(record.key(flat)) == flat                # readers get the flat name back
+    assert record.key("attn_auc_map") == "audit/auc_map" and record.key("rerank_R1") == "rerank/R1"
+
+
+def test_a_frame_of_old_flat_and_new_sectioned_runs_reads_as_one_column():
+    frame = pd.DataFrame({"run_id": ["old", "new"], "metrics.R1_ci_low": [40.0, np.nan],
+                          "metrics.interval/R1_ci_low": [np.nan, 45.0], "metrics.loss/ce": [np.nan, 2.0],
+                          "metrics.system/cpu": [1.0, 2.0]})
+    flat = tracking.flat_columns(frame)
+    assert flat["metrics.R1_ci_low"].tolist() == [40.0, 45.0]
+    assert flat["metrics.loss_ce"].isna().tolist() == [True, False] and "metrics.system/cpu" in flat
+    assert not any("/" in c for c in flat.columns if c.startswith("metrics.") and "system" not in c)
+
+
+def test_new_experiments_keep_their_artifacts_beside_a_sqlite_store(tmp_path, monkeypatch):
+    import mlflow
+    monkeypatch.chdir(tmp_path)
+    store_dir = tmp_path / "elsewhere"
+    store_dir.mkdir()
+    uri = f"sqlite:///{store_dir}/m.db"
+    assert tracking.artifact_root(uri) == (store_dir / "mlruns").as_uri()
+    assert tracking.artifact_root("sqlite:///mlflow.db") == (tmp_path / "mlruns").as_uri()
+    assert tracking.artifact_root("http://127.0.0.1:5000") is None
+    tracking.configure(uri)
+    try:
+        with tracking.parent_run("STA artifacts", "t"):
+            tracking.log_dict({"a": 1}, "x.json")
+        exp = mlflow.get_experiment_by_name("STA artifacts")
+        assert exp.artifact_location.startswith((store_dir / "mlruns").as_uri())
+        assert list((store_dir / "mlruns").rglob("x.json")) and not (tmp_path / "mlruns").exists()
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_knobs_the_model_does_not_use_are_not_params_and_are_named(store):
+    import mlflow
+
+    from core import record
+    from core.config import to_flat_dict
+    tracking.configure(store["uri"])
+    run = mlflow.MlflowClient().get_run(store["ids"][("Baseline", 0)])       # aggregation frame: no STA knobs
+    assert "model.fusion" not in run.data.params and "model.aggregation" in run.data.params
+    assert "model.fusion" in run.data.tags["inert_params"] and "model.aggregation is not sta" in \
+        run.data.tags["inert_params"]
+    sta = store["t1"].rows[-1].config
+    assert "model.fusion" not in record.inert(to_flat_dict(sta))
+    assert tracking.load_json(store["ids"][("Baseline", 0)], "config.json")["model"]["fusion"] is True  # all there
+
+
+def test_row_run_names_differ_in_their_first_characters():
+    from core import record
+    names = [record.row_run_name("table1", i, label, 0) for i, label in
+             enumerate(("Baseline + TL + Avg", "Baseline + TL + STA"), start=3)]
+    assert [n[:5] for n in names] == ["T1.3 ", "T1.4 "] and names[0].endswith("· seed 0")
+
+
+def test_the_report_and_its_figures_land_on_the_tables_parent_run(store, tmp_path):
+    import mlflow
+    tracking.configure(store["uri"])
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "t_bars.png").write_bytes(b"png")
+    report = tmp_path / "table9.md"
+    report.write_text("# T\n\n![bars](figures/t_bars.png)\n![gone](figures/missing.png)\n", encoding="utf-8")
+    with tracking.parent_run("STA report test", "run") as parent:
+        pass
+    assert tracking.log_report("STA report test", report) == parent
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(parent, "report")}
+    assert files == {"report/table9.md", "report/figures"}
+    assert tracking.has_artifact(parent, "report/figures/t_bars.png")
+    assert tracking.log_report("STA no such experiment", report) is None

@@ -3,6 +3,7 @@ worker processes and log to MLflow; the validation split stays inside the traini
 refused before any trial runs."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -71,9 +72,17 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path, monkeypatch
     frame = tracking.load_table(trial_runs["run_id"].iloc[0], VAL_PER_QUERY)   # the last validation, per query
     assert len(frame) == split["val_query_tracklets"] and set(frame["protocol"]) == {"headline"}
     assert parent["tags.conclusion"].iloc[0] == "chosen = defaults"
-    history = mlflow.tracking.MlflowClient().get_metric_history(trial_runs["run_id"].iloc[0], "val_mAP")
-    assert [m.step for m in history] == [0]
+    history = mlflow.tracking.MlflowClient().get_metric_history(trial_runs["run_id"].iloc[0], "val/mAP")
+    assert [m.step for m in history] == [1]          # epochs done, as Optuna's intermediate values (issue 23)
     assert (runs["tags.kind"] == "test").sum() == 1                        # chosen == defaults here: one run
+    # trial runs named by their values and result; the study's summary as metrics; the objective named
+    first = trial_runs[trial_runs["tags.trial"] == "0"].iloc[0]
+    assert first["tags.mlflow.runName"] == f"#0 λ=1 m=0.3 → {trials[0].value:.2f}"
+    assert parent["metrics.best_val_mAP"].iloc[0] == pytest.approx(max(t.value for t in trials), abs=0.006)
+    assert parent["metrics.trials_complete"].iloc[0] == 3 and parent["metrics.best_lambda"].iloc[0] == 1.0
+    assert out.study.metric_names == ["val mAP (%)"]
+    assert runs[runs["tags.kind"] == "test"]["tags.mlflow.runName"].tolist() == ["test: chosen = defaults (λ=1, m=0.3)"]
+    assert len(json.dumps(out.study.user_attrs["base_config_changed"])) < 400   # short enough for optuna-dashboard
 
     # resumed, with the lambda = 0 reference taken as the best (whatever trial 3 gives): a real comparison
     reference = trials[1]
@@ -86,6 +95,9 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path, monkeypatch
     assert sum(t.user_attrs.get("role") == "baseline" for t in trials) == 1
     runs = runs_of(tmp_path, "s")
     assert (runs["tags.kind"] == "study").sum() == 1
+    # the earlier test run, now the defaults' run only, says so; the new best has its own
+    assert sorted(runs[runs["tags.kind"] == "test"]["tags.mlflow.runName"]) == \
+        ["test: chosen (λ=0, m=0.3)", "test: defaults (λ=1, m=0.3)"]
     assert set(runs[runs["tags.kind"] == "trial"]["tags.mlflow.parentRunId"]) == set(parent["run_id"])
 
     text = again.report.read_text()
@@ -264,7 +276,7 @@ def test_too_large_p_is_refused_before_the_study_is_saved(tiny_synthetic_root, t
         run_study(plan(7), tracking_uri=uri(tmp_path), evaluate_test=False, progress=False)
     assert not (tmp_path / "runs" / "optuna").exists()                  # no study in the default journal
     study, created = open_study(plan(4))                                 # the corrected command starts afresh
-    assert created and study.user_attrs["base_config"]["data.ids_per_batch"] == 4
+    assert created and study.user_attrs["base_config_changed"]["data.ids_per_batch"] == 4
 
 
 def test_a_study_resumes_across_result_neutral_keys_and_refuses_others(tiny_synthetic_root, tmp_path):
@@ -272,11 +284,15 @@ def test_a_study_resumes_across_result_neutral_keys_and_refuses_others(tiny_synt
         return plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="neutral", n_trials=1,
                           work_dir=tmp_path / "runs", overrides={"train.epochs": 1, **overrides})
     study, created = open_study(plan())
-    assert created and not set(study.user_attrs["base_config"]) & set(core.tuning.MACHINE_KEYS)
+    assert created and not set(study.user_attrs["base_config_changed"]) & set(core.tuning.MACHINE_KEYS)
     assert set(core.config.RESULT_NEUTRAL_KEYS) <= set(core.tuning.MACHINE_KEYS)     # one list: config's
-    study.set_user_attr("base_config", {**study.user_attrs["base_config"], "train.compile": False})  # older studies
     neutral = {"train.compile": True, "train.checkpoint_every_s": 1.0, "data.num_workers": 0, "eval.batch_size": 3,
                "eval.bootstrap_resamples": 7}
+    assert open_study(plan(**neutral))[1] is False
+    with pytest.raises(ConfigError, match=r"another base config \(loss.triplet: True -> False\)"):
+        open_study(plan(**{"loss.triplet": False}))
+    # a study created before issue 23 holds the whole base config (older ones machine keys too): still compared
+    study.set_user_attr("base_config", {**core.tuning._comparable_config(plan().config), "train.compile": False})
     assert open_study(plan(**neutral))[1] is False
     with pytest.raises(ConfigError, match=r"another base config \(loss.triplet: True -> False\)"):
         open_study(plan(**{"loss.triplet": False}))

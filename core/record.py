@@ -1,0 +1,150 @@
+"""What the suite writes to MLflow, by name, in one place: metric keys and their '/' sections, the knobs a model does
+not use, and the names of runs. No mlflow import here (core.tracking writes, reports read through it).
+
+Metric sections (issue 23). MLflow's chart view groups metrics by the prefix before the first '/', so the code
+names a metric by its flat name (``R1``, ``official_rerank_mAP_ci_low``, ``loss_ce``, ``attn_auc_map``, ``ce``)
+and ``key(flat)`` gives the key logged. MLflow 3.17 orders the sections by plain string order and puts the metrics
+without a section ("Model metrics") after all of them (mlflow/server/js, RunsChartsCard section generation), so the
+headline gets a section whose capital first letter sorts before the lower-case ones: ``Headline/R1`` opens the
+chart view (the study's summary, ``Study/``, likewise):
+
+=============  ===========================================  ==========================================
+section        flat names                                   logged as
+=============  ===========================================  ==========================================
+Headline       R1 R5 R10 R20 mAP (the headline protocol)   Headline/R1: the chart view's first section
+interval       R1_ci_low ... mAP_ci_high                    interval/R1_ci_low
+rerank         rerank_*                                     rerank/R1, rerank/R1_ci_low, rerank/set_size
+official, gao  official_*, gao_* (named protocols)          official/R1, gao/rerank_mAP_ci_high, ...
+eval           num_queries, num_skipped_queries             eval/num_queries
+loss           loss_* (the last epoch's terms)              loss/ce, loss/reg_weighted
+train          per-epoch ce triplet reg total ... lr        train/ce (step = epochs done, 1..E)
+time           epoch_wall_s frames_per_s train_wall_s ...   time/epoch_wall_s
+audit          attn_* (attention audit)                     audit/auc_map
+val, test      val_*, test_* (tuning)                       val/mAP (step = epochs done), test/delta_mAP
+claims         claim<k>_* (verdicts, table's parent run)    claims/claim1_mAP_delta
+Study          best_*, trials_* (a study's parent run)      Study/best_val_mAP, Study/trials_complete
+=============  ===========================================  ==========================================
+
+``flat(key)`` is the inverse: readers (``core.tracking.runs_frame``) turn the logged keys back into flat names, so
+reports read ``metrics.R1_ci_low`` from stores written before and after issue 23 alike.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from core.specs import EPOCH_WALL_S, METRICS, ROW_WALL_S, TRAIN_WALL_S
+
+CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
+EPOCH_TRAIN = ("ce", "triplet", "reg", "total", "train_acc", "lr", "iterations", "div", "triplet_local", "consist")
+TIMES = (EPOCH_WALL_S, "frames_per_s", "compute_frames_per_s", TRAIN_WALL_S, ROW_WALL_S)
+
+
+def _headline_ci(name: str) -> bool:
+    return any(name.endswith(s) and name[:-len(s)] in METRICS for s in CI_SUFFIXES)
+
+
+# (section, flat prefix, which flat names): key = section + "/" + name without the prefix; first match wins
+HEADLINE = "Headline"
+SECTIONS: tuple[tuple[str, str, Any], ...] = (
+    (HEADLINE, "", lambda n: n in METRICS),
+    ("rerank", "rerank_", lambda n: n.startswith("rerank_")),
+    ("official", "official_", lambda n: n.startswith("official_")),
+    ("gao", "gao_", lambda n: n.startswith("gao_")),
+    ("interval", "", _headline_ci),
+    ("eval", "", lambda n: n in ("num_queries", "num_skipped_queries", "num_gallery")),
+    ("loss", "loss_", lambda n: n.startswith("loss_")),
+    ("train", "", lambda n: n in EPOCH_TRAIN),
+    ("time", "", lambda n: n in TIMES),
+    ("audit", "attn_", lambda n: n.startswith("attn_")),
+    ("val", "val_", lambda n: n.startswith("val_")),
+    ("test", "test_", lambda n: n.startswith("test_")),
+    ("claims", "", lambda n: n.startswith("claim") and n[5:6].isdigit()),
+    ("Study", "", lambda n: n.startswith(("best_", "trials_"))),
+)
+_PREFIX = {section: prefix for section, prefix, _ in SECTIONS}
+
+
+def key(flat_name: str) -> str:
+    """The MLflow key of a metric: 'R1' -> 'Headline/R1', 'R1_ci_low' -> 'interval/R1_ci_low', 'official_rerank_mAP' ->
+    'official/rerank_mAP', 'loss_ce' -> 'loss/ce', 'ce' -> 'train/ce', 'attn_auc_map' -> 'audit/auc_map'.
+    A name already holding a '/' (MLflow's system/...) and any other name stay as they are."""
+    if "/" in flat_name:
+        return flat_name
+    for section, prefix, matches in SECTIONS:
+        if matches(flat_name):
+            return f"{section}/{flat_name[len(prefix):]}"
+    return flat_name
+
+
+def flat(mlflow_key: str) -> str:
+    """The inverse of key(): 'interval/R1_ci_low' -> 'R1_ci_low'; a key of no section here stays as it is."""
+    section, sep, rest = mlflow_key.partition("/")
+    return _PREFIX[section] + rest if sep and section in _PREFIX else mlflow_key
+
+
+def keyed(metrics: Mapping[str, float]) -> dict[str, float]:
+    """{key(name): value} of flat-named metrics."""
+    return {key(k): v for k, v in metrics.items()}
+
+
+# ---- params: the knobs a run's model does not use (issue 23, item 7) --------------------------------------------
+# (flat config keys, why they do nothing, when): logged in the config.json artifact and the config hash, but not as
+# MLflow params, so Compare's "Show diff only" shows only differences that change the model or the loss
+_INERT: tuple[tuple[tuple[str, ...], str, Any], ...] = (
+    (("model.fusion", "model.num_regions", "model.f2_weights"), "model.aggregation is not sta",
+     lambda c: c["model.aggregation"] != "sta"),
+    (("model.stan_models", "model.stan_hidden", "model.stan_embed", "loss.div_weight", "loss.div_squared"),
+     "model.aggregation is not stan", lambda c: c["model.aggregation"] != "stan"),
+    (("model.stal_parts", "model.stal_ran", "model.stal_part_norm", "loss.stal_margin_global",
+      "loss.stal_margin_local", "loss.stal_local_weight", "loss.stal_consist_weight"),
+     "model.aggregation is not stal", lambda c: c["model.aggregation"] != "stal"),
+    (("loss.margin",), "loss.triplet is false", lambda c: not c["loss.triplet"]),
+    (("loss.reg_squared",), "loss.reg_weight is 0", lambda c: not c["loss.reg_weight"]),
+    (("model.weights_path",), "model.pretrained is false", lambda c: not c["model.pretrained"]),
+)
+
+
+def inert(flat_config: Mapping[str, Any]) -> dict[str, str]:
+    """{config key: why it has no effect} for a run's flat config (core.config.to_flat_dict)."""
+    out: dict[str, str] = {}
+    for keys, why, applies in _INERT:
+        if applies(flat_config):
+            out.update({k: why for k in keys if k in flat_config and k not in out})
+    return out
+
+
+# ---- run names (issue 23, item 2): they differ in their first characters ------------------------------------------
+
+def row_run_name(table: str, index: int, label: str, seed: int) -> str:
+    """'T1.3 Baseline + TL + Avg · seed 0': the table and row index first, so truncated names still differ."""
+    short = table.replace("table", "T") if table.startswith("table") else table
+    return f"{short}.{index} {label} · seed {seed}"
+
+
+def trial_run_name(number: int, lam: float, margin: float, value: float | None = None, state: str = "") -> str:
+    """'#3 λ=0.01 m=0.3 → 41.20' (value: val mAP %, once known; else the state, e.g. 'pruned')."""
+    tail = f" → {value:.2f}" if value is not None else f" ({state})" if state else ""
+    return f"#{number} λ={lam:g} m={margin:g}{tail}"
+
+
+def test_run_name(labels: list[str], lam: float, margin: float) -> str:
+    """'test: chosen = defaults (λ=0.01, m=0.3)'; labels empty: a test run no longer chosen nor the defaults."""
+    return f"test: {' = '.join(labels) or 'earlier best'} (λ={lam:g}, m={margin:g})"
+
+
+# ---- the runs table's columns (issue 23, item 2): an experiment's shared view ----------------------------------
+# MLflow 3.17 shows Source, Models and Dataset by default, no result. A view saved as the experiment tag
+# 'mlflow.sharedViewState.<key>' (JSON: search facets and UI state, as its "Share" button writes it) opens with the URL
+# parameter viewStateShareKey=<key> (core.ui.runs_url): rows flat (a filter and an order other than the start time
+# switch off the nesting under the parent run), ordered by name, with the results and the rows' knobs as columns.
+VIEW_KEY = "suite"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+RUN_NAME_ORDER = "tags.`mlflow.runName`"
+
+
+def runs_view(search_filter: str, metrics: list[str], params: list[str]) -> dict[str, Any]:
+    """The shared view of an experiment's runs: `search_filter` (e.g. "tags.kind = 'row'"), ordered by run name,
+    columns Dataset, the flat-named `metrics` (under their keys) and the `params`."""
+    columns = ["attributes.`Dataset`", *(f"metrics.`{key(m)}`" for m in metrics), *(f"params.`{p}`" for p in params)]
+    return {"searchFilter": search_filter, "orderByKey": RUN_NAME_ORDER, "orderByAsc": True,
+            "selectedColumns": columns}
