@@ -1,10 +1,13 @@
 """Reports: the tracking store's runs (an mlflow.search_runs frame) joined with a spec -> reports/<table>.md.
 
-Each (profile, dataset) the store holds runs for gets a table in the paper's layout: per dataset and metric the
-paper's number, this run's number (mean ± std over seeds) and the difference, once under the headline protocol
+Each (profile, dataset) the store holds runs for gets a table in the paper's layout, once under the headline protocol
 (the runs' eval options) and once under each other protocol of ``core.protocols`` (the paper never states its
-own), with the count of queries that had no valid match. Synthetic runs are compared with
-the paper's MARS column (the synthetic data has the MARS layout) and always labelled synthetic. Every number of
+own), dataset, protocol and split size in the table's caption: per metric this run's number (mean ± std over seeds)
+and, on MARS and DukeMTMC-VideoReID, the paper's number and the difference; the count of queries that had no valid
+match; and as the first line the split's chance level (the expected value of a uniformly random ranking, logged by
+every run; core.evaluation.chance). Synthetic runs (MARS layout) are labelled synthetic and set beside chance, not
+beside the paper. The section opens with what the runs ran, from their logged configs (data preset, split sizes,
+model, epochs, …), and the keys in which they depart from their profile's declared settings. Every number of
 this run carries its 95 % bootstrap interval and every claim of the spec (``claims:``) a verdict, both computed from
 the runs' per-query results (core.claims); a run logged before those were kept shows its number without one. Per
 row and seed
@@ -18,6 +21,7 @@ deleted, so a report killed half-way never links a missing figure.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -483,6 +487,92 @@ def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str
         (["What the intervals show (one seed; written from the numbers above):", "", *readings, ""] if readings else [])
 
 
+def _per_query_pids(sel: pd.DataFrame, load_table: LoadTable | None) -> int | None:
+    """Distinct query identities of a run's test split (its per-query artifact), or None."""
+    if load_table is None or sel.empty:
+        return None
+    frame = load_table(str(sel["run_id"].iloc[0]), claims.PER_QUERY) if "run_id" in sel else None
+    if frame is None or frame.empty:
+        return None
+    return int(frame.loc[frame["protocol"] == frame["protocol"].iloc[0], "pid"].nunique())
+
+
+def _split_text(sub: pd.DataFrame, load_table: LoadTable | None) -> str:
+    """'425 queries of 256 identities (0 without a valid match); gallery 1230 tracklets (`official`), 805 (`gao`)'
+    from the counts the runs logged."""
+    col = [f"metrics.{k}" for k in ("num_queries", "num_skipped_queries")]
+    totals = sorted({int(a + b) for a, b in zip(sub[col[0]], sub[col[1]]) if pd.notna(a) and pd.notna(b)}) \
+        if all(c in sub for c in col) else []
+    pids = _per_query_pids(sub, load_table)
+    queries = "(not logged)" if not totals else str(totals[0]) if len(totals) == 1 else f"{totals[0]}–{totals[-1]}"
+    gallery = ", ".join(f"{_count(sub, f'{n}_num_gallery')} (`{n}`)" for n in protocols.NAMES
+                        if _count(sub, f"{n}_num_gallery") != "—")
+    return (f"test split {queries} queries" + (f" of {pids} identities" if pids else "") +
+            (f", gallery {gallery} tracklets" if gallery else ""))
+
+
+def ran_lines(runs: pd.DataFrame, datasets: list[str], seeds: Sequence[int],
+              load_table: LoadTable | None = None) -> list[str]:
+    """What the runs of one profile actually ran, from the resolved configs they logged (params) and the split
+    sizes they counted: data (preset or root), split, model, training, evaluation options, seeds, commit."""
+    data = []
+    for ds in datasets:
+        sub = runs[runs["tags.dataset"] == ds]
+        source = (f"preset `{_values(sub, 'data.synthetic_size')}` (data.synthetic_size), generator seed "
+                  f"{_values(sub, 'data.synthetic_seed')}" if ds == "synthetic"
+                  else f"root `{_values(sub, 'data.root')}`")
+        data.append(f"{run_header(ds)}, {source}; {_split_text(sub, load_table)}")
+    pretrained = {"True": "pretrained", "False": "from scratch"}
+    weights = " / ".join(pretrained.get(v, v) for v in _values(runs, "model.pretrained").split(" / "))
+    path = _values(runs, "model.weights_path")
+    weights += f" (weights `{path}`)" if path not in ("—", "None") else ""
+    return [f"**What these runs ran** (from the resolved configs they logged): data: {'; '.join(data)}. Model: "
+            f"{_values(runs, 'model.backbone')} {weights}, frames {_values(runs, 'data.height')}x"
+            f"{_values(runs, 'data.width')}, N = {_values(runs, 'data.seq_len')} frames per training clip, K = "
+            f"{_values(runs, 'model.num_regions')} regions. Training: {_values(runs, 'train.epochs')} epochs "
+            f"({_setting(runs, 'data.epoch_def')}), batches of {_values(runs, 'data.ids_per_batch')} identities x "
+            f"{_values(runs, 'data.tracklets_per_id')} tracklets, lr {_values(runs, 'train.lr')} "
+            f"(x{_values(runs, 'train.gamma')} after epochs {_values(runs, 'train.milestones')}), "
+            f"{_setting(runs, 'loss.reg_weight')}. Evaluation: {_setting(runs, 'eval.ap_rule')}, "
+            f"{_setting(runs, 'data.gallery_with_queries')}, {_setting(runs, 'eval.sampling')}, N = "
+            f"{_values(runs, 'eval.seq_len')} (eval.seq_len), {_setting(runs, 'eval.distance')}. Seeds: "
+            f"{', '.join(map(str, seeds))} ({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: "
+            f"{_commits(runs)}.", ""]
+
+
+def profile_differences(runs: pd.DataFrame, profile: str) -> list[tuple[str, str, str]]:
+    """(key, the runs' values, the profile's value) for each key the profile sets that some run has otherwise
+    (a command-line --set or --epochs, a spec row; keys a run did not log are skipped)."""
+    from core.specs import load_profiles
+    try:
+        declared = load_profiles().get(profile, {})
+    except Exception:  # noqa: BLE001 - a store made with another profiles.yaml: no comparison, no failure
+        return []
+    out = []
+    for key, value in declared.items():
+        col = f"params.{key}"
+        if col not in runs or runs[col].isna().all():
+            continue
+        want = json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+        if any(str(v) != want for v in runs[col].dropna()):
+            out.append((key, _values(runs, key), want))
+    return out
+
+
+def profile_lines(runs: pd.DataFrame, profile: str, desc: str) -> list[str]:
+    """The profile's declared description, preceded by the keys in which these runs depart from it."""
+    diff = profile_differences(runs, profile)
+    lines = []
+    if diff:
+        lines += [f"**These runs depart from the profile `{profile}`** in: " + ", ".join(
+            f"{k} = {mine} (profile: {theirs})" for k, mine, theirs in diff) +
+            ". The profile's description below is the profile as declared; where it disagrees, the line above is "
+            "what ran.", ""]
+    if desc:
+        lines += [f"Profile `{profile}` as declared (`experiments/profiles.yaml`): {desc}", ""]
+    return lines
+
+
 def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: str,
             load_json: LoadJson | None, left_out: Sequence[dict] = (), load_table: LoadTable | None = None) -> str:
     """Markdown for one profile: protocol line, comparison tables with intervals, left-out runs, claims,
@@ -495,15 +585,10 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
         lines += ["**Synthetic data.** These runs use the suite's generated dataset in the MARS layout; they test "
                   "the pipeline, are not MARS results and are not set beside the paper's numbers (those are at the "
                   "end, *The paper's numbers*): read them against the chance line of each table.", ""]
-    lines += [f"Profile `{profile}`: {desc}", "",
-              f"Protocol: {_setting(runs, 'eval.ap_rule')}, {_setting(runs, 'data.gallery_with_queries')}, "
-              f"{_setting(runs, 'eval.sampling')}, {_setting(runs, 'eval.distance')}; backbone "
-              f"{_values(runs, 'model.backbone')}, frames {_values(runs, 'data.height')}x{_values(runs, 'data.width')}, "
-              f"{_values(runs, 'train.epochs')} epochs ({_setting(runs, 'data.epoch_def')}), "
-              f"{_setting(runs, 'loss.reg_weight')}. Seeds: {', '.join(map(str, seeds))} "
-              f"({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: {_commits(runs)}. "
-              f"Metrics in percent" + ("; Δ = this run − paper." if any(map(compares_with_paper, datasets))
-                                       else "."), "", interval_line(runs, seeds), ""]
+    lines += [*ran_lines(runs, datasets, seeds, load_table),
+              *profile_lines(runs, profile, desc),
+              "Metrics in percent" + ("; Δ = this run − paper." if any(map(compares_with_paper, datasets))
+                                      else "."), "", interval_line(runs, seeds), ""]
     others = other_protocols(runs, datasets)
     lines += ["Protocols [A15] (the paper does not state its own; both are computed from one feature extraction):",
               "", *protocol_lines(runs, datasets, others)]

@@ -230,6 +230,11 @@ def test_report_gives_synthetic_runs_with_intervals_beside_chance_not_beside_the
     assert "gallery without the query tracklets, non-interpolated (step) AP" in text
     assert "headline** = `official`" in text and "gallery with the query tracklets, trapezoid AP" in text
     assert max(len(ln) for ln in text.splitlines() if ln.startswith("|")) < 300      # was 1,351 characters
+    # what the runs ran, from their logged configs: the cpu profile's settings, nothing departs from it
+    assert "**What these runs ran** (from the resolved configs they logged): data: synthetic, MARS layout, preset " \
+           "`occluded` (data.synthetic_size), generator seed 0; test split 10 queries" in text
+    assert "resnet18 from scratch, frames 128x64" in text and "Training: 10 epochs" in text
+    assert "depart from the profile" not in text and "Profile `cpu` as declared" in text
     # run details: the last epoch's weighted loss terms and the gallery sizes
     assert "last epoch λ·Reg" in text and "0.0125" in text and re.search(r"\| 11310 +\| 9330 +\|", text)
     assert "Seeds: 0, 1 (mean ± std over seeds)" in text and "eval.ap_rule = trapezoid" in text
@@ -299,6 +304,24 @@ def test_attention_colour_scale_is_fixed_around_one_over_n():
                                      "scores": [[0.26, 0.24], [0.24, 0.26], [0.25, 0.25], [0.25, 0.25]]}], "t")
     assert "fixed scale (N = 4: 1/N = 0.25, 2/N = 0.5)" in fig._suptitle.get_text()
     figures.close(fig)
+
+
+def test_report_states_where_the_runs_depart_from_their_profile():
+    runs = pd.DataFrame({"tags.dataset": ["synthetic"] * 2, "params.data.synthetic_size": ["tiny"] * 2,
+                         "params.train.epochs": ["2", "2"], "params.train.milestones": ["[8]", "[8]"],
+                         "params.model.num_regions": ["2", "4"], "params.model.backbone": ["resnet18"] * 2,
+                         "metrics.num_queries": [13.0, 13.0], "metrics.num_skipped_queries": [0.0, 0.0],
+                         "metrics.gao_num_gallery": [14.0, 14.0]})
+    assert reporting.profile_differences(runs, "cpu") == [("model.num_regions", "2 / 4", "4"),
+                                                          ("data.synthetic_size", "tiny", "occluded"),
+                                                          ("train.epochs", "2", "10")]
+    text = "\n".join(reporting.profile_lines(runs, "cpu", "the occluded data, 10 epochs"))
+    assert "**These runs depart from the profile `cpu`** in: model.num_regions = 2 / 4 (profile: 4), " \
+           "data.synthetic_size = tiny (profile: occluded), train.epochs = 2 (profile: 10)." in text
+    assert "Profile `cpu` as declared (`experiments/profiles.yaml`): the occluded data, 10 epochs" in text
+    ran = "\n".join(reporting.ran_lines(runs, ["synthetic"], [0]))
+    assert "preset `tiny` (data.synthetic_size)" in ran and "test split 13 queries, gallery 14 (`gao`) tracklets" \
+        in ran and "Training: 2 epochs" in ran and "Seeds: 0 (one seed)" in ran
 
 
 def test_rerank_row_reports_reranked_metrics_and_literature_rows_are_quoted(store, tmp_path):
