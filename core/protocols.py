@@ -17,13 +17,23 @@ Metric names (percent; flat names, logged in MLflow under core.record's '/' sect
 ``official/R1``, ``rerank/mAP``): headline ``R1 R5 R10 R20 mAP`` (and ``rerank_*``), then ``official_R1`` …
 ``official_mAP``, ``gao_R1`` … ``gao_mAP`` (and ``official_rerank_*``, ``gao_rerank_*``); per protocol also
 ``<prefix>num_queries`` (queries with a valid match), ``<prefix>num_skipped_queries`` (without one) and
-``<prefix>num_gallery``; ``rerank_set_size`` is the number of distinct tracklets re-ranked.
+``<prefix>num_gallery``; ``rerank_set_size`` is the number of distinct tracklets re-ranked. The chance level of
+each protocol's split (the expected results of a uniformly random ranking, ``core.evaluation.chance``):
+``chance_R1`` … ``chance_mAP`` (headline), ``official_chance_R1`` …, ``gao_chance_R1`` … (percent), its CMC curve
+beside the run's in ``cmc.json`` (key ``chance``); every such name comes from ``chance_name``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 NAMES = ("official", "gao")   # the named protocols, in report order
+CHANCE = "chance_"            # the one place that names chance-level metrics (see chance_name)
+
+
+def chance_name(metric: str, prefix: str = "") -> str:
+    """MLflow name of the chance level of `metric` ('R1' … 'mAP', 'cmc') under a protocol prefix ('' headline,
+    'official_', 'gao_'): 'chance_R1', 'gao_chance_mAP'."""
+    return f"{prefix}{CHANCE}{metric}"
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def _headline_ci(name: str) -> bool:
 HEADLINE = "Headline"
 SECTIONS: tuple[tuple[str, str, Any], ...] = (
     (HEADLINE, "", lambda n: n in METRICS),
+    ("chance", "chance_", lambda n: n.startswith("chance_")),     # a uniformly random ranking of the split
     ("rerank", "rerank_", lambda n: n.startswith("rerank_")),
     ("official", "official_", lambda n: n.startswith("official_")),
     ("gao", "gao_", lambda n: n.startswith("gao_")),
@@ -100,7 +101,12 @@ _INERT: tuple[tuple[tuple[str, ...], str, Any], ...] = (
      "model.aggregation is not stal", lambda c: c["model.aggregation"] != "stal"),
     (("loss.margin",), "loss.triplet is false", lambda c: not c["loss.triplet"]),
     (("loss.reg_squared",), "loss.reg_weight is 0", lambda c: not c["loss.reg_weight"]),
-    (("model.weights_path",), "model.pretrained is false", lambda c: not c["model.pretrained"]),
+    (("model.weights_path", "model.init"), "model.pretrained is false", lambda c: not c["model.pretrained"]),
+    (tuple(f"pretrain.{k}" for k in ("identities", "epochs", "lr", "milestones", "ids_per_batch", "tracklets_per_id",
+                                     "seq_len", "triplet", "classifier_std", "seed")),
+     "the backbone does not start from the pretraining stage (model.pretrained and model.init=synthetic)",
+     lambda c: not (c["model.pretrained"] and c["model.init"] == "synthetic")),
+    (("train.momentum",), "train.optimizer is not sgd", lambda c: c["train.optimizer"] != "sgd"),
 )
 
 

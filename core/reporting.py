@@ -1,10 +1,13 @@
 """Reports: the tracking store's runs (an mlflow.search_runs frame) joined with a spec -> reports/<table>.md.
 
-Each (profile, dataset) the store holds runs for gets a table in the paper's layout: per dataset and metric the
-paper's number, this run's number (mean ± std over seeds) and the difference, once under the headline protocol
+Each (profile, dataset) the store holds runs for gets a table in the paper's layout, once under the headline protocol
 (the runs' eval options) and once under each other protocol of ``core.protocols`` (the paper never states its
-own), with the count of queries that had no valid match. Synthetic runs are compared with
-the paper's MARS column (the synthetic data has the MARS layout) and always labelled synthetic. Every number of
+own), dataset, protocol and split size in the table's caption: per metric this run's number (mean ± std over seeds)
+and, on MARS and DukeMTMC-VideoReID, the paper's number and the difference; the count of queries that had no valid
+match; and as the first line the split's chance level (the expected value of a uniformly random ranking, logged by
+every run; core.evaluation.chance). Synthetic runs (MARS layout) are labelled synthetic and set beside chance, not
+beside the paper. The section opens with what the runs ran, from their logged configs (data preset, split sizes,
+model, epochs, …), and the keys in which they depart from their profile's declared settings. Every number of
 this run carries its 95 % bootstrap interval and every claim of the spec (``claims:``) a verdict, both computed from
 the runs' per-query results (core.claims); a run logged before those were kept shows its number without one. Per
 row and seed
@@ -18,6 +21,7 @@ deleted, so a report killed half-way never links a missing figure.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,6 +41,9 @@ DATASET_ORDER = ("mars", "duke", "synthetic")
 SEED_KEYS = ("train.seed", *RESULT_NEUTRAL_KEYS)
 MARKS = ("†", "‡", "§", "¶")        # footnote marks of the reasons a number has no interval
 AUDIT_CLIPS = "audit_clips.json"    # artifact of an STA row run on synthetic data: the audit figure's clips
+CHANCE_ROW = "chance (random ranking)"   # the first line of every comparison table
+NO_MATCH = "queries without a valid match"
+NO_CHANCE = "chance level not logged: runs logged before the suite computed it (`--force` reruns them)"
 
 
 def reference_dataset(spec: Spec, dataset: str) -> str:
@@ -201,33 +208,84 @@ def other_protocols(runs: pd.DataFrame, datasets: list[str]) -> list[str]:
     return [n for n in protocols.NAMES if any(headline_names(runs, ds) != {n} for ds in datasets)]
 
 
-def comparison_frame(spec: Spec, runs: pd.DataFrame, datasets: list[str], protocol: str | None = None,
+def comparison_frame(spec: Spec, runs: pd.DataFrame, ds: str, protocol: str | None = None,
                      load_table: LoadTable | None = None, notes: list[str] | None = None) -> pd.DataFrame:
-    """One block of columns per dataset: paper (REF) m | this run (DATASET, PROTOCOL) m | Δ m, for each metric,
-    then the number of queries without a valid match. `protocol`: None for the headline metrics (R1 …), else
-    a name of core.protocols (official_R1 …). This run's cells carry their 95 % interval (core.claims); a cell
-    without one gets a footnote mark whose reason is appended to `notes`."""
+    """One dataset under one protocol (named in the table's caption, table_caption, not in its columns): per
+    metric this run's number with its 95 % interval (core.claims), and on a paper dataset the paper's number and
+    Δ beside it (synthetic runs are not comparable with the paper: no paper columns, and rows the suite does not
+    run are left out), then the number of queries without a valid match. The first line is the split's chance
+    level (core.evaluation.chance, logged per run). `protocol`: None for the headline metrics (R1 …), else a name
+    of core.protocols (official_R1 …). A cell without an interval gets a footnote mark whose reason is appended
+    to `notes`."""
     notes = [] if notes is None else notes
     prefix = f"{protocol}_" if protocol else ""
+    ref = reference_dataset(spec, ds)
+    paper_cols = compares_with_paper(ds)
+    sub = runs[runs["tags.dataset"] == ds] if not runs.empty else runs
     table = []
     for row in spec.rows:
+        if not row.run and not paper_cols:
+            continue
         line = {"#": row.index, "row": row.label}
-        for ds in datasets:
-            ref = reference_dataset(spec, ds)
-            sel = runs[(runs["tags.dataset"] == ds) & (runs["tags.row"] == row.label)] if not runs.empty else runs
-            tag = _tag(runs, ds, protocol)
-            for m in spec.metrics:
-                paper = row.paper.get(ref, {}).get(m)
-                mean, std, n = row_stats(sel, m, prefix) if row.run else (float("nan"), float("nan"), 0)
-                est, why = claims.cell_interval(sel, m, protocol or claims.HEADLINE, load_table) if n else (None, "")
-                line[f"paper ({DATASET_NAMES[ref]}) {m}"] = _fmt(paper)
-                line[f"this run ({run_header(ds)}, {tag}) {m}"] = _fmt_cell(mean, std, n, est, why, notes) \
-                    if row.run else "quoted"
+        sel = sub[sub["tags.row"] == row.label] if not sub.empty else sub
+        for m in spec.metrics:
+            paper = row.paper.get(ref, {}).get(m)
+            mean, std, n = row_stats(sel, m, prefix) if row.run else (float("nan"), float("nan"), 0)
+            est, why = claims.cell_interval(sel, m, protocol or claims.HEADLINE, load_table) if n else (None, "")
+            if paper_cols:
+                line[f"paper {m}"] = _fmt(paper)
+            line[m] = _fmt_cell(mean, std, n, est, why, notes) if row.run else "quoted"
+            if paper_cols:
                 line[f"Δ {m}"] = _fmt(mean - paper) if n and paper is not None else "—"
-            line[f"queries without a valid match ({run_header(ds)})"] = _count(sel, f"{prefix}num_skipped_queries") \
-                if row.run else ""
+        line[NO_MATCH] = _count(sel, f"{prefix}num_skipped_queries") if row.run else ""
         table.append(line)
-    return pd.DataFrame(table)
+    chance = {"#": "—", "row": CHANCE_ROW}          # first line, its footnote mark after the rows' own
+    for m in spec.metrics:
+        chance.update({f"paper {m}": "—"} if paper_cols else {})
+        chance[m] = chance_cell(sub, m, prefix)
+        if chance[m] == "—" and not sub.empty:
+            chance[m] += f" {_mark(NO_CHANCE, notes)}"
+        chance.update({f"Δ {m}": "—"} if paper_cols else {})
+    return pd.DataFrame([{**chance, NO_MATCH: ""}, *table])
+
+
+def compares_with_paper(dataset: str) -> bool:
+    """Whether a dataset's numbers are set beside the paper's (MARS, DukeMTMC-VideoReID), not synthetic data."""
+    return dataset != "synthetic"
+
+
+def chance_values(sel: pd.DataFrame, metric: str, prefix: str = "") -> list[float]:
+    """The chance level of `metric` (percent) logged by each run of `sel` under a protocol prefix."""
+    col = f"metrics.{protocols.chance_name(metric, prefix)}"
+    return sel[col].dropna().astype(float).tolist() if col in sel else []
+
+
+def chance_cell(sel: pd.DataFrame, metric: str, prefix: str = "") -> str:
+    """'0.22' (every run's split the same), '0.22–0.31' (splits differ), '—' (runs logged before chance levels)."""
+    vals = sorted({round(v, 2) for v in chance_values(sel, metric, prefix)})
+    return "—" if not vals else f"{vals[0]:.2f}" if len(vals) == 1 else f"{vals[0]:.2f}–{vals[-1]:.2f}"
+
+
+def table_caption(spec: Spec, runs: pd.DataFrame, ds: str, protocol: str | None) -> str:
+    """The caption of one comparison table: which numbers, which dataset, which protocol, the split's size, what
+    the chance line is (the columns then need neither dataset nor protocol)."""
+    prefix = f"{protocol}_" if protocol else ""
+    sub = runs[runs["tags.dataset"] == ds]
+    if protocol:
+        head, what = f"**Protocol `{protocol}` — {run_header(ds)}**", protocols.named(ds)[protocol].describe(ds)
+    else:
+        heads = sorted({protocols.headline(ds, str(r.get("params.data.gallery_with_queries")) == "True",
+                                           str(r.get("params.eval.ap_rule"))).describe(ds) for _, r in sub.iterrows()})
+        tag = _tag(runs, ds, None)
+        head = f"**Headline protocol — {run_header(ds)}**"
+        what = ("" if tag == "headline" else f"= `{tag}`: ") + " / ".join(heads)
+    sizes = [f"{v} {name}" for v, name in ((_count(sub, f"{prefix}num_queries"), "queries with a valid match"),
+                                           (_count(sub, f"{prefix}num_gallery"), "gallery tracklets")) if v != "—"]
+    paper = (f" Paper: the paper's {DATASET_NAMES[reference_dataset(spec, ds)]} column; Δ = this run − paper."
+             if compares_with_paper(ds) else "")
+    return (f"{head} ({what}{'; ' + ', '.join(sizes) if sizes else ''}). Percent: this run's value [95 % interval]; "
+            f"first line: the chance level, the expected value of a uniformly random ranking of this split under this "
+            f"protocol (`core/evaluation/chance.py`).{paper}")
 
 
 def _count(sel: pd.DataFrame, metric: str) -> str:
@@ -305,12 +363,14 @@ def claims_block(spec: Spec, runs: pd.DataFrame, ds: str, profile: str, fig_dir:
     """Markdown lines for the claims on one dataset: one line per claim and metric, and the forest plot."""
     ref = reference_dataset(spec, ds)
     verdicts = claims.evaluate_claims(spec, runs, ref, load_table)
-    ours = f"this run Δ ({run_header(ds)}, {_tag(runs, ds, None)}) [95 % interval]"
-    table = pd.DataFrame([{"claim": v.claim, "metric": v.metric, f"paper Δ ({DATASET_NAMES[ref]})":
-                           _fmt_delta(v.paper_delta), ours: _fmt_delta(v.delta) + (
+    table = pd.DataFrame([{"claim": v.claim, "metric": v.metric, "paper Δ": _fmt_delta(v.paper_delta),
+                           "this run Δ [95 % interval]": _fmt_delta(v.delta) + (
                                f" [{v.low:+.1f}, {v.high:+.1f}]" if v.low is not None else ""),
                            "verdict": v.verdict + (f" ({v.reason})" if v.reason else "")} for v in verdicts])
-    lines = [f"**Claims — {run_header(ds)}**", "", _markdown(table), ""]
+    tag = _tag(runs, ds, None)
+    lines = [f"**Claims — {run_header(ds)}** (this run: headline protocol" + (f" = `{tag}`" if tag != "headline"
+                                                                            else "") +
+             f"; paper Δ: the paper's {DATASET_NAMES[ref]} column)", "", _markdown(table), ""]
     if any(v.delta is not None for v in verdicts):
         nan = float("nan")
         fig = figures.forest_figure(
@@ -447,6 +507,92 @@ def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str
         (["What the intervals show (one seed; written from the numbers above):", "", *readings, ""] if readings else [])
 
 
+def _per_query_pids(sel: pd.DataFrame, load_table: LoadTable | None) -> int | None:
+    """Distinct query identities of a run's test split (its per-query artifact), or None."""
+    if load_table is None or sel.empty:
+        return None
+    frame = load_table(str(sel["run_id"].iloc[0]), claims.PER_QUERY) if "run_id" in sel else None
+    if frame is None or frame.empty:
+        return None
+    return int(frame.loc[frame["protocol"] == frame["protocol"].iloc[0], "pid"].nunique())
+
+
+def _split_text(sub: pd.DataFrame, load_table: LoadTable | None) -> str:
+    """'425 queries of 256 identities (0 without a valid match); gallery 1230 tracklets (`official`), 805 (`gao`)'
+    from the counts the runs logged."""
+    col = [f"metrics.{k}" for k in ("num_queries", "num_skipped_queries")]
+    totals = sorted({int(a + b) for a, b in zip(sub[col[0]], sub[col[1]]) if pd.notna(a) and pd.notna(b)}) \
+        if all(c in sub for c in col) else []
+    pids = _per_query_pids(sub, load_table)
+    queries = "(not logged)" if not totals else str(totals[0]) if len(totals) == 1 else f"{totals[0]}–{totals[-1]}"
+    gallery = ", ".join(f"{_count(sub, f'{n}_num_gallery')} (`{n}`)" for n in protocols.NAMES
+                        if _count(sub, f"{n}_num_gallery") != "—")
+    return (f"test split {queries} queries" + (f" of {pids} identities" if pids else "") +
+            (f", gallery {gallery} tracklets" if gallery else ""))
+
+
+def ran_lines(runs: pd.DataFrame, datasets: list[str], seeds: Sequence[int],
+              load_table: LoadTable | None = None) -> list[str]:
+    """What the runs of one profile actually ran, from the resolved configs they logged (params) and the split
+    sizes they counted: data (preset or root), split, model, training, evaluation options, seeds, commit."""
+    data = []
+    for ds in datasets:
+        sub = runs[runs["tags.dataset"] == ds]
+        source = (f"preset `{_values(sub, 'data.synthetic_size')}` (data.synthetic_size), generator seed "
+                  f"{_values(sub, 'data.synthetic_seed')}" if ds == "synthetic"
+                  else f"root `{_values(sub, 'data.root')}`")
+        data.append(f"{run_header(ds)}, {source}; {_split_text(sub, load_table)}")
+    pretrained = {"True": "pretrained", "False": "from scratch"}
+    weights = " / ".join(pretrained.get(v, v) for v in _values(runs, "model.pretrained").split(" / "))
+    path = _values(runs, "model.weights_path")
+    weights += f" (weights `{path}`)" if path not in ("—", "None") else ""
+    return [f"**What these runs ran** (from the resolved configs they logged): data: {'; '.join(data)}. Model: "
+            f"{_values(runs, 'model.backbone')} {weights}, frames {_values(runs, 'data.height')}x"
+            f"{_values(runs, 'data.width')}, N = {_values(runs, 'data.seq_len')} frames per training clip, K = "
+            f"{_values(runs, 'model.num_regions')} regions. Training: {_values(runs, 'train.epochs')} epochs "
+            f"({_setting(runs, 'data.epoch_def')}), batches of {_values(runs, 'data.ids_per_batch')} identities x "
+            f"{_values(runs, 'data.tracklets_per_id')} tracklets, lr {_values(runs, 'train.lr')} "
+            f"(x{_values(runs, 'train.gamma')} after epochs {_values(runs, 'train.milestones')}), "
+            f"{_setting(runs, 'loss.reg_weight')}. Evaluation: {_setting(runs, 'eval.ap_rule')}, "
+            f"{_setting(runs, 'data.gallery_with_queries')}, {_setting(runs, 'eval.sampling')}, N = "
+            f"{_values(runs, 'eval.seq_len')} (eval.seq_len), {_setting(runs, 'eval.distance')}. Seeds: "
+            f"{', '.join(map(str, seeds))} ({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: "
+            f"{_commits(runs)}.", ""]
+
+
+def profile_differences(runs: pd.DataFrame, profile: str) -> list[tuple[str, str, str]]:
+    """(key, the runs' values, the profile's value) for each key the profile sets that some run has otherwise
+    (a command-line --set or --epochs, a spec row; keys a run did not log are skipped)."""
+    from core.specs import load_profiles
+    try:
+        declared = load_profiles().get(profile, {})
+    except Exception:  # noqa: BLE001 - a store made with another profiles.yaml: no comparison, no failure
+        return []
+    out = []
+    for key, value in declared.items():
+        col = f"params.{key}"
+        if col not in runs or runs[col].isna().all():
+            continue
+        want = json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+        if any(str(v) != want for v in runs[col].dropna()):
+            out.append((key, _values(runs, key), want))
+    return out
+
+
+def profile_lines(runs: pd.DataFrame, profile: str, desc: str) -> list[str]:
+    """The profile's declared description, preceded by the keys in which these runs depart from it."""
+    diff = profile_differences(runs, profile)
+    lines = []
+    if diff:
+        lines += [f"**These runs depart from the profile `{profile}`** in: " + ", ".join(
+            f"{k} = {mine} (profile: {theirs})" for k, mine, theirs in diff) +
+            ". The profile's description below is the profile as declared; where it disagrees, the line above is "
+            "what ran.", ""]
+    if desc:
+        lines += [f"Profile `{profile}` as declared (`experiments/profiles.yaml`): {desc}", ""]
+    return lines
+
+
 def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: str,
             load_json: LoadJson | None, left_out: Sequence[dict] = (), load_table: LoadTable | None = None) -> str:
     """Markdown for one profile: protocol line, comparison tables with intervals, left-out runs, claims,
@@ -457,32 +603,27 @@ def section(spec: Spec, runs: pd.DataFrame, profile: str, fig_dir: Path, rel: st
     lines = [f"## Profile `{profile}` — {', '.join(run_header(d) for d in datasets)}", ""]
     if "synthetic" in datasets:
         lines += ["**Synthetic data.** These runs use the suite's generated dataset in the MARS layout; they test "
-                  "the pipeline and are compared with the paper's MARS column only for orientation — they are not "
-                  "MARS results.", ""]
-    lines += [f"Profile `{profile}`: {desc}", "",
-              f"Protocol: {_setting(runs, 'eval.ap_rule')}, {_setting(runs, 'data.gallery_with_queries')}, "
-              f"{_setting(runs, 'eval.sampling')}, {_setting(runs, 'eval.distance')}; backbone "
-              f"{_values(runs, 'model.backbone')}, frames {_values(runs, 'data.height')}x{_values(runs, 'data.width')}, "
-              f"{_values(runs, 'train.epochs')} epochs ({_setting(runs, 'data.epoch_def')}), "
-              f"{_setting(runs, 'loss.reg_weight')}. Seeds: {', '.join(map(str, seeds))} "
-              f"({'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}). Commit: {_commits(runs)}. "
-              f"Metrics in percent; Δ = this run − paper.", "", interval_line(runs, seeds), ""]
+                  "the pipeline, are not MARS results and are not set beside the paper's numbers (those are at the "
+                  "end, *The paper's numbers*): read them against the chance line of each table.", ""]
+    lines += [*ran_lines(runs, datasets, seeds, load_table),
+              *profile_lines(runs, profile, desc),
+              "Metrics in percent" + ("; Δ = this run − paper." if any(map(compares_with_paper, datasets))
+                                      else "."), "", interval_line(runs, seeds), ""]
     others = other_protocols(runs, datasets)
     lines += ["Protocols [A15] (the paper does not state its own; both are computed from one feature extraction):",
               "", *protocol_lines(runs, datasets, others)]
     notes: list[str] = []
-    lines += ["**Headline protocol**", "", comparison_frame(spec, runs, datasets, None, load_table, notes).pipe(
-        _markdown), ""]
-    for name in others:
-        lines += [f"**Protocol `{name}`**", "", comparison_frame(spec, runs, datasets, name, load_table, notes).pipe(
-            _markdown), ""]
+    for name in (None, *others):
+        for ds in datasets:
+            lines += [table_caption(spec, runs, ds, name), "",
+                      comparison_frame(spec, runs, ds, name, load_table, notes).pipe(_markdown), ""]
     lines += [f"{_mark(reason, notes)} {reason}" for reason in list(notes)] + ([""] if notes else [])
     lines += left_out_lines(left_out)
     lines += claims_lines(spec, runs, datasets, profile, fig_dir, rel, load_table)
     lines += audit_lines(spec, runs, datasets)
     for ds in datasets:
         sub = runs[runs["tags.dataset"] == ds]
-        for name, fig in _figures(spec, sub, ds, load_json):
+        for name, fig in _figures(spec, sub, ds, load_json, load_table):
             path = figures.save(fig, fig_dir / f"{spec.table}_{profile}_{ds}_{name}.png")
             lines += [f"![{name}]({rel}/{path.name})", ""]
     lines += ["<details><summary>Runs used (MLflow)</summary>", "", _runs_frame(spec, runs).pipe(_markdown),
@@ -518,30 +659,43 @@ def _set_sizes(run: pd.Series) -> dict[str, str]:
     return {k: "—" if v is None or pd.isna(v) else str(int(v)) for k, v in sizes.items()}
 
 
-def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None):
-    """(name, Figure) pairs: paper-vs-run plot (Tables 1-3), CMC curves, attention over frames."""
+def _interval(sel: pd.DataFrame, metric: str, load_table: LoadTable | None) -> tuple[float, float, float]:
+    """(value, low, high) in percent of a row's headline metric, as its table cell prints it (nan: none)."""
+    mean, _, n = row_stats(sel, metric)
+    est = claims.cell_interval(sel, metric, claims.HEADLINE, load_table)[0] if n else None
+    return (mean, np.nan, np.nan) if est is None else (mean, 100 * est.low, 100 * est.high)
+
+
+def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None,
+             load_table: LoadTable | None = None):
+    """(name, Figure) pairs: rows with their 95 % intervals and chance (Tables 1-3; the paper's numbers beside
+    them on paper datasets only), CMC curves with the chance CMC, attention over frames."""
     ref = reference_dataset(spec, ds)
+    paper_too = compares_with_paper(ds)
     paper_name, ours_name = f"paper ({DATASET_NAMES[ref]})", f"this run ({run_header(ds)})"
-    rows = [r for r in spec.run_rows if ref in r.paper and (runs["tags.row"] == r.label).any()]
+    rows = [r for r in spec.run_rows if (runs["tags.row"] == r.label).any() and (ref in r.paper or not paper_too)]
     kind, key, x_name = (spec.figure.kind, spec.figure.x, spec.figure.label) if spec.figure else ("", "", "")
     if rows and kind:
-        paper = {m: [r.paper[ref][m] if r.paper[ref][m] is not None else np.nan for r in rows] for m in spec.metrics}
-        ours = {m: [row_stats(runs[runs["tags.row"] == r.label], m)[:2] for r in rows] for m in spec.metrics}
-        title = f"{spec.title} — {run_header(ds)}"
+        paper = {m: [r.paper[ref][m] if r.paper[ref][m] is not None else np.nan for r in rows]
+                 for m in spec.metrics} if paper_too else None
+        ours = {m: [_interval(runs[runs["tags.row"] == r.label], m, load_table) for r in rows] for m in spec.metrics}
+        chance = {m: float(np.mean(v)) if (v := chance_values(runs, m)) else np.nan for m in spec.metrics}
+        title = f"{spec.title} — {run_header(ds)}, headline protocol ({_tag(runs, ds, None)})"
         if kind == "bars":
-            yield "bars", figures.bars_figure([r.label for r in rows], spec.metrics, paper, ours, paper_name,
-                                              ours_name, title)
+            yield "bars", figures.bars_figure([r.label for r in rows], spec.metrics, ours, ours_name, title,
+                                              paper, paper_name, chance)
         elif all(key in r.overrides for r in rows):
-            yield "lines", figures.lines_figure([r.overrides[key] for r in rows], x_name, spec.metrics, paper, ours,
-                                                paper_name, ours_name, title)
+            yield "lines", figures.lines_figure([r.overrides[key] for r in rows], x_name, spec.metrics, ours,
+                                                ours_name, title, paper, paper_name, chance)
     if load_json is None:
         return
-    curves, clips, clip_row = {}, None, ""
+    curves, chance_cmc, clips, clip_row = {}, None, None, ""
     for r in spec.run_rows:
         sel = runs[runs["tags.row"] == r.label]
-        cmcs = [c["cmc"] for c in (load_json(rid, "cmc.json") for rid in sel["run_id"]) if c]
-        if cmcs:
-            curves[r.label] = np.mean(np.array(cmcs, dtype=float), axis=0).tolist()
+        found = [c for c in (load_json(rid, "cmc.json") for rid in sel["run_id"]) if c]
+        if found:
+            curves[r.label] = np.mean(np.array([c["cmc"] for c in found], dtype=float), axis=0).tolist()
+            chance_cmc = chance_cmc or next((c["chance"] for c in found if c.get("chance")), None)
     for r in reversed(spec.run_rows):    # the last row with scores (STA models): the full model
         found = next((c for c in (load_json(rid, "scores.json") for rid in runs.loc[runs["tags.row"] == r.label,
                                                                                       "run_id"]) if c), None)
@@ -549,7 +703,7 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
             clips, clip_row = found["clips"], r.label
             break
     if curves:
-        yield "cmc", figures.cmc_figure(curves, f"CMC — {spec.title} — {run_header(ds)}")
+        yield "cmc", figures.cmc_figure(curves, f"CMC — {spec.title} — {run_header(ds)}", chance_cmc)
     if clips:
         yield "attention", figures.attention_figure(clips, f"N x K attention scores — {clip_row} ({run_header(ds)})")
     for r in reversed(spec.run_rows):    # the attention audit's clips (synthetic data with ground truth)

@@ -145,7 +145,9 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool,
 
 
 def _log_figures(job: Job, result, dataset) -> None:
-    fig = figures.cmc_figure({job.row.label: [100.0 * c for c in result.cmc]}, title=f"CMC — {job.row.label}")
+    chance = getattr(result, "chance_cmc", ())            # the split's random-ranking CMC (core.evaluation.chance)
+    fig = figures.cmc_figure({job.row.label: [100.0 * c for c in result.cmc]}, title=f"CMC — {job.row.label}",
+                             chance=[100.0 * c for c in chance] if len(chance) else None)
     tracking.log_figure(fig, "cmc.png")
     figures.close(fig)
     clips = figures.attention_clips(result.scores, dataset.query, job.cfg.eval.seq_len, job.cfg.eval.sampling)

@@ -384,14 +384,15 @@ def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Map
     """Final metrics of a core.engine.RunResult (R1..mAP of every protocol and their *_ci_low / *_ci_high in
     percent, counts; core.protocols), the last epoch's loss terms as they enter the total (loss_ce, loss_triplet,
     loss_reg_weighted, loss_total, loss_reg), TRAIN_WALL_S, the epochs the callback did not see, the cmc.json
-    artifact (the report rebuilds its figures from it) and the per-query outcomes as the artifact PER_QUERY."""
+    artifact (the report rebuilds its figures from it; "chance": the split's CMC under a random ranking) and the per-query outcomes as the artifact PER_QUERY."""
     log_history(result.history, logged_by.logged if logged_by else set())
     metrics = {k: 100.0 * v if is_percent(k) else v for k, v in result.metrics.items()}
     metrics.update(result.losses)
     metrics[TRAIN_WALL_S] = sum(h.seconds for h in result.history)
     mlflow.log_metrics(record.keyed({**metrics, **(extra_metrics or {})}))
-    mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc]},
-                    "cmc.json")
+    chance = getattr(result, "chance_cmc", ())     # the split's chance level (core.evaluation.chance)
+    mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc],
+                     **({"chance": [100.0 * float(c) for c in chance]} if len(chance) else {})}, "cmc.json")
     log_table(result.per_query, PER_QUERY)
 
 

@@ -56,9 +56,9 @@ def write_tuning_report(plan: Plan, trials: Sequence[Mapping[str, Any]], study_a
              f"(spec `{_rel(spec.path)}`); rebuild with the same command and `--n-trials 0`. Do not edit.", "",
              f"**Dataset: {ds}.**" + (" These numbers check the pipeline on generated data; they say nothing about "
                                       "λ or the margin on MARS." if plan.dataset == "synthetic" else ""), "",
-             f"Config tuned: Table 1 row “{spec.row}” (`experiments/{spec.table}.yaml`), profile `{plan.profile}` "
-             f"with the spec's `budgets.{plan.profile}` overrides "
-             f"({', '.join(f'{k}={v}' for k, v in spec.budgets[plan.profile].overrides.items()) or 'none'}): "
+             f"Config the trials ran (every trial and test run: this with λ and the margin replaced): Table 1 row "
+             f"“{spec.row}” (`experiments/{spec.table}.yaml`), profile `{plan.profile}`, {overrides_text(plan)}: "
+             f"{_data_text(cfg)}, "
              f"{cfg.model.backbone}, {cfg.data.height}x{cfg.data.width} frames, N={cfg.data.seq_len} frames per "
              f"clip, K={cfg.model.num_regions} regions, batches of {cfg.data.ids_per_batch} identities x "
              f"{cfg.data.tracklets_per_id} tracklets, {cfg.train.epochs} epochs (lr x{cfg.train.gamma:g} after "
@@ -145,6 +145,25 @@ def write_tuning_report(plan: Plan, trials: Sequence[Mapping[str, Any]], study_a
     return path
 
 
+def overrides_text(plan: Plan) -> str:
+    """The overrides applied on top of the profile, in order: the spec's budget, then the command line's --set
+    (which wins: a budget key it replaces is shown with the value that ran)."""
+    budget = plan.spec.budgets[plan.profile].overrides
+    cli = plan.overrides
+    shown = [f"{k}={v}" + (f" (replaced by --set {k}={cli[k]})" if k in cli and cli[k] != v else "")
+             for k, v in budget.items()]
+    text = f"the spec's `budgets.{plan.profile}` overrides ({', '.join(shown) or 'none'})"
+    return text + (f", then the command line's --set ({', '.join(f'{k}={v}' for k, v in cli.items())})" if cli
+                   else "")
+
+
+def _data_text(cfg) -> str:
+    """'synthetic preset `tiny` (generator seed 0)' or the dataset's root."""
+    if cfg.data.dataset == "synthetic":
+        return f"synthetic preset `{cfg.data.synthetic_size}` (generator seed {cfg.data.synthetic_seed})"
+    return f"{DATASET_NAMES.get(cfg.data.dataset, cfg.data.dataset)} from `{cfg.data.root}`"
+
+
 def continue_command(plan: Plan, tracking_uri: str | None = None) -> str:
     """``python reproduce/tune.py`` with every flag that identifies the study of `plan` (spec, study name, dataset,
     profile, --data-root, --set, --work-dir, --storage when not the work dir's default, --tracking-uri when not
@@ -213,10 +232,17 @@ def _test_section(study_attrs: Mapping[str, Any], plan: Plan, best, compared: Co
         rows.append(f"| {what} | {lam:.4g} | {margin:.3f} | " + " | ".join(
             f"{m[k]:.1f}" + (f" [{100 * ci[k].low:.1f}, {100 * ci[k].high:.1f}]" if k in ci else "")
             for k in ("R1", "R5", "R10", "mAP")) + " |")
+    chance = next((f["chance"] for f in found if f.get("chance")), None)
+    chance_row = (["| chance (random ranking) | | | " + " | ".join(
+        f"{chance[k]:.2f}" if k in chance else "—" for k in ("R1", "R5", "R10", "mAP")) + " |"] if chance else [])
     out = head + ["Each row is trained once on the full training set (all training identities) with its values and "
                   "evaluated once on the test split (percent, with the 95 % cluster-bootstrap interval over test "
-                  f"query identities, {resamples} resamples, seed {seed}).", "",
-                  "| values | λ | margin | R1 | R5 | R10 | mAP |", "|---|---|---|---|---|---|---|", *rows, ""]
+                  f"query identities, {resamples} resamples, seed {seed}). " +
+                  ("First line: the chance level, the expected value of a uniformly random ranking of this split "
+                   "(`core/evaluation/chance.py`)." if chance else
+                   "Chance level: not recorded (test runs evaluated before the suite computed it)." if found else ""),
+                  "", "| values | λ | margin | R1 | R5 | R10 | mAP |", "|---|---|---|---|---|---|---|", *chance_row,
+                  *rows, ""]
     if lambda_margin(best["params"]) == plan.baseline_values:
         out += ["The baseline trial is the best: the chosen values are the defaults (one test run).", ""]
     if found:

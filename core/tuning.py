@@ -55,6 +55,7 @@ from optuna.trial import TrialState
 
 from core import endpoints, leftovers, record
 from core.config import RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, config_hash, to_flat_dict
+from core.protocols import chance_name
 from core.specs import METRICS
 from core.tune_compare import Compared
 from core.tune_spec import Plan, TuneSpec, lambda_margin, with_values
@@ -555,6 +556,8 @@ def evaluate_on_test(study: optuna.Study, plan: Plan, dataset, progress: bool = 
                 tracking.log_result(result, logged_by=callback)
             found = {"lambda": lam, "margin": margin, "dataset": result.dataset_name, "synthetic": result.synthetic,
                      "metrics": {k: 100.0 * result.metrics[k] for k in METRICS},
+                     "chance": {k: 100.0 * result.metrics[chance_name(k)] for k in METRICS
+                                if chance_name(k) in result.metrics},      # the test split's random ranking
                      "num_queries": int(result.metrics["num_queries"]), "num_gallery": len(dataset.gallery),
                      "mlflow_run_id": run_id, "config_hash": config_hash(cfg)}
             study.set_user_attr(key, found)

@@ -2,6 +2,7 @@
 Claims section for a fake store, and the verdicts on the table's MLflow run."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
@@ -136,12 +137,13 @@ def test_report_shows_intervals_claims_and_forest_plot(tmp_path):
     avg = next(ln for ln in lines if ln.startswith("| 3 "))
     assert "100.0 †" in avg and f"† {claims.NO_INTERVAL}" in text
     assert "95 % bootstrap percentile interval (200 resamples, seed 0" in text and "two-way" in text
-    gao = text[text.index("**Protocol `gao`**"):]
+    gao = text[text.index("**Protocol `gao`"):]
     assert "100.0 [100.0, 100.0]" in next(ln for ln in gao.splitlines() if ln.startswith("| 2 "))
     # the Claims section: one line per claim and metric, synthetic labelled in the table itself
     claims_part = text[text.index("### Claims"):]
-    assert "this run Δ (synthetic, MARS layout, official) [95 % interval]" in claims_part
-    assert "paper Δ (MARS)" in claims_part and "this run (MARS" not in text
+    assert "**Claims — synthetic, MARS layout** (this run: headline protocol = `official`; paper Δ: the paper's MARS " \
+           "column)" in claims_part and "| this run Δ [95 % interval] |" in re.sub(r" +", " ", claims_part)
+    assert "| paper Δ " in claims_part and "this run (MARS" not in text
     r1 = next(ln for ln in claims_part.splitlines() if ln.startswith("| Baseline + TL > Baseline ") and "R1" in ln)
     assert "+6.3" in r1 and "+65.0 [" in r1 and "supported" in r1
     avg_claim = next(ln for ln in claims_part.splitlines() if ln.startswith("| Baseline + TL + Avg > Baseline + TL "))

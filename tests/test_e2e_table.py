@@ -2,6 +2,8 @@
 a second invocation reuses the finished runs (no new runs, no training); the report holds both numbers."""
 from __future__ import annotations
 
+import re
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -100,14 +102,22 @@ def test_table1_two_rows_tracked_reused_and_reported(tiny_synthetic_root, tmp_pa
     again = _runs(tmp_path)
     assert len(again[again["tags.kind"] == "row"]) == 2 and len(again[again["tags.kind"] == "table"]) == 2
 
-    # the report joins spec and runs: the paper's number beside this run's, labelled synthetic
+    # the report: this run's numbers with their intervals beside the split's chance level, labelled synthetic (and
+    # not set beside the paper's MARS numbers, which are only in the paper's table at the end)
     report = (tmp_path / "reports" / "table1.md").read_text()
-    assert "this run (synthetic, MARS layout, official) R1" in report and "paper (MARS) R1" in report
-    assert "this run (synthetic, MARS layout, gao) R1" in report and "queries without a valid match" in report
+    assert "**Headline protocol — synthetic, MARS layout** (= `official`" in report
+    assert "**Protocol `gao` — synthetic, MARS layout**" in report and "queries without a valid match" in report
+    assert "paper (MARS) R1" not in report and "| MARS R1 " in report
+    chance = rows["metrics.chance_R1"]                               # logged by every row run, the same split
+    assert chance.nunique() == 1 and 0 < chance.iloc[0] < 100 and (rows["metrics.gao_chance_mAP"] > 0).all()
+    assert re.search(rf"\| — +\| chance \(random ranking\) +\| {chance.iloc[0]:.2f} ", report)
+    cmc = tracking.load_json(rows["run_id"].iloc[0], "cmc.json")
+    assert cmc["chance"][0] == pytest.approx(chance.iloc[0])        # the CMC figure's chance line
     for label, paper_r1 in (("Baseline", "74.5"), ("Baseline + TL + STA + Fusion + Reg", "86.3")):
         line = next(ln for ln in report.splitlines() if ln.startswith("|") and f"| {label} " in ln)
         ours = f"{rows[rows['tags.row'] == label]['metrics.R1'].iloc[0]:.1f}"
-        assert paper_r1 in line and f"{ours} [" in line              # with its 95 % interval (per-query results)
+        assert paper_r1 not in line and f"{ours} [" in line          # with its 95 % interval (per-query results)
+    assert "**What these runs ran**" in report and "preset `tiny` (data.synthetic_size)" in report
     assert (tmp_path / "reports" / "figures" / "table1_cpu_synthetic_bars.png").exists()
     # the claim verdicts (here: rows not run) on the latest table run
     latest = again[again["tags.kind"] == "table"].sort_values("start_time").iloc[-1]

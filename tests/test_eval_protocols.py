@@ -50,7 +50,8 @@ def test_both_protocols_by_hand_and_the_query_without_match():
         assert (m[f"{p}R1"], m[f"{p}R5"]) == (0.0, 1.0)
         assert (m[f"{p}num_queries"], m[f"{p}num_skipped_queries"]) == (2, 1)
     assert (m["official_num_gallery"], m["gao_num_gallery"]) == (7, 4)
-    assert cmcs["cmc"].shape == (20,) and set(cmcs) == {"cmc", "official_cmc", "gao_cmc"}
+    assert cmcs["cmc"].shape == (20,) and set(cmcs) == {"cmc", "official_cmc", "gao_cmc", "chance_cmc",
+                                                         "official_chance_cmc", "gao_chance_cmc"}
     # the headline follows the run's options: gallery as loaded, eval.ap_rule
     with pytest.warns(UserWarning):
         step = score_protocols(FEATS, Q_ROWS, G_ROWS, PIDS, CAMS, _protocols(ap_rule="step")).metrics

@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import reporting, tracking
+from core import figures, protocols, reporting, tracking
 from core.config import config_hash
 from core.specs import load_spec, read_spec, spec_path
 from tests.helpers import FakeEpoch, FakeResult, fake_per_query
+
+
+CHANCE = {"R1": 0.0022, "R5": 0.011, "R10": 0.022, "R20": 0.043, "mAP": 0.008}   # a random ranking's (fractions)
 
 
 def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank: float | None = None) -> str:
@@ -34,6 +37,8 @@ def _log_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank
                         "gao_num_gallery": 9330.0})
         metrics.update({"R1_ci_low": r1 - 0.125, "R1_ci_high": r1 + 0.125, "mAP_ci_low": 0.375,
                         "mAP_ci_high": 0.625})                              # bootstrap interval bounds (fractions)
+        metrics.update({protocols.chance_name(m, p): v * (1.5 if p == "gao_" else 1.0) for p in ("", "official_", "gao_")
+                        for m, v in CHANCE.items()})                        # the split's chance level (fractions)
         losses = {"loss_ce": 2.5, "loss_triplet": 0.75, "loss_reg_weighted": 0.0125, "loss_total": 3.2625}
         tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0), FakeEpoch(1)], {}, losses,
                                        fake_per_query(metrics)), logged_by=callback)
@@ -191,53 +196,151 @@ def test_failed_row_is_marked_failed_and_never_reused(store):
     assert tracking.find_finished("STA failures", "deadbeef") is None
 
 
-def test_report_sets_paper_beside_run_with_mean_and_std(store, tmp_path):
+def _table_lines(text: str, caption: str) -> list[str]:
+    """The markdown table right after the paragraph starting with `caption`."""
+    part = text[text.index(caption):].split("\n\n")
+    return [ln for ln in part[1].splitlines() if ln.startswith("|")]
+
+
+def test_report_gives_synthetic_runs_with_intervals_beside_chance_not_beside_the_paper(store, tmp_path):
     tracking.configure(store["uri"])
     spec = read_spec(spec_path("table1"))
     path = reporting.write_report(spec, tracking.runs_frame("STA table1"), tmp_path, load_json=tracking.load_json,
                                   load_table=tracking.load_table)
     text = path.read_text()
-    assert "| paper (MARS) R1 | this run (synthetic, MARS layout, official) R1 | Δ R1 |" in text.replace("  ", "")
-    assert "this run (MARS" not in text          # synthetic numbers are never presented as MARS
-    line = next(ln for ln in text.splitlines() if ln.startswith("| 1 "))
-    assert "74.5" in line and "55.0 ± 7.1 [" in line and "-19.5" in line     # mean ± std [seed x query interval]
+    caption = "**Headline protocol — synthetic, MARS layout** (= `official`: gallery with the query tracklets, " \
+              "trapezoid AP; 10 queries with a valid match"
+    assert caption in text
+    head = _table_lines(text, caption)
+    # dataset and protocol in the caption, not in every column; no paper or Δ column for synthetic runs
+    assert re.sub(r" +", " ", head[0]) == "| # | row | R1 | R5 | R10 | mAP | queries without a valid match |"
+    assert "this run (" not in text and "paper (MARS)" not in text and "Δ R1" not in text
+    assert re.sub(r" +", " ", head[2]) == "| — | chance (random ranking) | 0.22 | 1.10 | 2.20 | 0.80 | |"
+    line = next(ln for ln in head if ln.startswith("| 1 "))
+    assert "55.0 ± 7.1 [" in line and "74.5" not in line            # mean ± std [seed x query interval]
+    assert "Δ = this run − paper" not in text and "read them against the chance line" in text
     assert re.search(r"\| Baseline \+ TL > Baseline +\| R1 +\| \+6\.3 +\| \+[0-9.]+ \[", text)   # the Claims
-    # the other protocol, in its own table with its columns named: gao R1 = 0.125 higher, 2 queries skipped
-    assert "**Protocol `gao`**" in text and "this run (synthetic, MARS layout, gao) R1" in text
-    gao = text[text.index("**Protocol `gao`**"):]
-    line = next(ln for ln in gao.splitlines() if ln.startswith("| 1 "))
-    assert "67.5 ± 7.1" in line and "-7.0" in line and line.rstrip(" |").endswith("2")
+    assert "**Claims — synthetic, MARS layout** (this run: headline protocol = `official`; paper Δ: the paper's " \
+           "MARS column)" in text
+    # the other protocol, in its own table: gao R1 = 0.125 higher, 2 queries skipped, its own chance level
+    gao = _table_lines(text, "**Protocol `gao` — synthetic, MARS layout** (gallery without the query tracklets, "
+                             "non-interpolated (step) AP; 10 queries with a valid match, 9330 gallery tracklets)")
+    assert re.sub(r" +", " ", gao[2]) == "| — | chance (random ranking) | 0.33 | 1.65 | 3.30 | 1.20 | |"
+    line = next(ln for ln in gao if ln.startswith("| 1 "))
+    assert "67.5 ± 7.1" in line and line.rstrip(" |").endswith("2")
     assert "gallery without the query tracklets, non-interpolated (step) AP" in text
     assert "headline** = `official`" in text and "gallery with the query tracklets, trapezoid AP" in text
+    assert max(len(ln) for ln in text.splitlines() if ln.startswith("|")) < 300      # was 1,351 characters
+    # what the runs ran, from their logged configs: the cpu profile's settings, nothing departs from it
+    assert "**What these runs ran** (from the resolved configs they logged): data: synthetic, MARS layout, preset " \
+           "`occluded` (data.synthetic_size), generator seed 0; test split 10 queries" in text
+    assert "resnet18 from scratch, frames 128x64" in text and "Training: 10 epochs" in text
+    assert "depart from the profile" not in text and "Profile `cpu` as declared" in text
     # run details: the last epoch's weighted loss terms and the gallery sizes
     assert "last epoch λ·Reg" in text and "0.0125" in text and re.search(r"\| 11310 +\| 9330 +\|", text)
-    line2 = next(ln for ln in text.splitlines() if ln.startswith("| 2 "))
-    assert "80.8" in line2 and "70.0" in line2 and "-10.8" in line2
     assert "Seeds: 0, 1 (mean ± std over seeds)" in text and "eval.ap_rule = trapezoid" in text
     assert "data.gallery_with_queries = True" in text
     for fig in ("bars", "cmc"):
         assert (tmp_path / "figures" / f"table1_cpu_synthetic_{fig}.png").stat().st_size > 1000
-    assert "## The paper's numbers (as printed)" in text and "79.1" in text   # the Duke column too
+    assert "## The paper's numbers (as printed)" in text and "79.1" in text and "74.5" in text  # the Duke column too
     index = reporting.write_index(tmp_path).read_text()
     assert "[table1](table1.md)" in index
+
+
+def test_report_sets_the_paper_beside_runs_on_a_paper_dataset(tmp_path):
+    from tests.helpers import GOOD, fake_store, per_query, run_row
+    frame = per_query(GOOD)
+    row = {**run_row("m0", "Baseline + TL", frame, dataset="mars"), "metrics.chance_R1": 0.05,
+           "metrics.chance_mAP": 0.3, "metrics.num_gallery": 11310.0}
+    runs, load = fake_store([(row, frame)])
+    text = reporting.render(read_spec(spec_path("table1")), runs, tmp_path, load_table=load)
+    caption = "**Headline protocol — MARS** (= `official`: gallery with the query tracklets, trapezoid AP; " \
+              "11310 gallery tracklets)"
+    assert caption in text and "Paper: the paper's MARS column; Δ = this run − paper." in text
+    head = _table_lines(text, caption)
+    assert re.sub(r" +", " ", head[0]).startswith("| # | row | paper R1 | R1 | Δ R1 | paper R5 | R5 | Δ R5 |")
+    assert re.sub(r" +", " ", head[2]).startswith("| — | chance (random ranking) | — | 0.05 | — | — | — † | — |")
+    line = next(ln for ln in head if ln.startswith("| 2 "))
+    assert "| 80.8 | 100.0 [100.0, 100.0] | 19.2 |" in re.sub(r" +", " ", line)     # paper | this run | Δ
+    assert "† chance level not logged" in text
+
+
+def test_bars_figure_shows_intervals_beside_chance_on_an_axis_that_fits_them():
+    label = "Baseline + TL + STA + Fusion + Reg"
+    fig = figures.bars_figure(["Baseline", label], ["R1", "mAP"],
+                              {"R1": [(2.0, 1.0, 3.0), (5.0, 4.0, 6.5)], "mAP": [(1.0, 0.5, 1.5), (1.2, float("nan"),
+                                                                                                float("nan"))]},
+                              "this run (synthetic, MARS layout)", "t", chance={"R1": 0.22, "mAP": 0.8})
+    r1, ap = fig.axes[:2]
+    lo, hi = r1.get_xlim()
+    assert 0 <= lo <= 0.22 and 6.5 <= hi < 8                     # holds every interval and chance, not 0-100
+    segments = sorted(tuple(np.round(s[:, 0], 6)) for s in r1.collections[0].get_segments())
+    assert segments == [(1.0, 3.0), (4.0, 6.5)]                  # whiskers = the intervals the tables print
+    assert [(t.get_text(), t.get_position()[1]) for t in r1.get_yticklabels()] == [("Baseline", 1), (label, 0)]
+    # full labels, the first row at the top
+    assert r1.get_legend() is None and fig.legends               # the legend is the figure's, below the panels
+    chance = [ln for ln in r1.get_lines() if ln.get_label() == figures.CHANCE_LABEL]
+    assert chance and chance[0].get_xdata()[0] == 0.22
+    assert ap.get_xlim()[1] < 2                                   # each panel its own span
+    # the paper's values (real datasets) are drawn as well and widen the axis to hold them
+    fig = figures.bars_figure(["A"], ["R1"], {"R1": [(70.0, 65.0, 75.0)]}, "this run (MARS)", "t",
+                              paper={"R1": [80.8]}, paper_name="paper (MARS)")
+    assert 62 < fig.axes[0].get_xlim()[0] < 65 and 80.8 < fig.axes[0].get_xlim()[1] <= 100
+    figures.close(fig)
+
+
+def test_cmc_figure_draws_the_chance_cmc():
+    chance = np.linspace(1, 20, 20)
+    fig = figures.cmc_figure({"A": np.linspace(10, 60, 20)}, "t", chance)
+    line = next(ln for ln in fig.axes[0].get_lines() if ln.get_label() == figures.CHANCE_LABEL)
+    np.testing.assert_array_equal(line.get_ydata(), chance)
+    figures.close(fig)
+
+
+def test_attention_colour_scale_is_fixed_around_one_over_n():
+    norm = figures.attention_norm(4)
+    assert (norm(0.0), norm(0.25), norm(0.5), norm(0.9)) == pytest.approx((0.0, 0.5, 1.0, 1.0))
+    assert norm(0.26) == pytest.approx(0.52)                      # a 0.01 deviation stays next to white
+    fig = figures.attention_figure([{"query": 0, "pid": 1, "camid": 1, "frames": [],
+                                     "scores": [[0.26, 0.24], [0.24, 0.26], [0.25, 0.25], [0.25, 0.25]]}], "t")
+    assert "fixed scale (N = 4: 1/N = 0.25, 2/N = 0.5)" in fig._suptitle.get_text()
+    figures.close(fig)
+
+
+def test_report_states_where_the_runs_depart_from_their_profile():
+    runs = pd.DataFrame({"tags.dataset": ["synthetic"] * 2, "params.data.synthetic_size": ["tiny"] * 2,
+                         "params.train.epochs": ["2", "2"], "params.train.milestones": ["[8]", "[8]"],
+                         "params.model.num_regions": ["2", "4"], "params.model.backbone": ["resnet18"] * 2,
+                         "metrics.num_queries": [13.0, 13.0], "metrics.num_skipped_queries": [0.0, 0.0],
+                         "metrics.gao_num_gallery": [14.0, 14.0]})
+    assert reporting.profile_differences(runs, "cpu") == [("model.num_regions", "2 / 4", "4"),
+                                                          ("data.synthetic_size", "tiny", "occluded"),
+                                                          ("train.epochs", "2", "10")]
+    text = "\n".join(reporting.profile_lines(runs, "cpu", "the occluded data, 10 epochs"))
+    assert "**These runs depart from the profile `cpu`** in: model.num_regions = 2 / 4 (profile: 4), " \
+           "data.synthetic_size = tiny (profile: occluded), train.epochs = 2 (profile: 10)." in text
+    assert "Profile `cpu` as declared (`experiments/profiles.yaml`): the occluded data, 10 epochs" in text
+    ran = "\n".join(reporting.ran_lines(runs, ["synthetic"], [0]))
+    assert "preset `tiny` (data.synthetic_size)" in ran and "test split 13 queries, gallery 14 (`gao`) tracklets" \
+        in ran and "Training: 2 epochs" in ran and "Seeds: 0 (one seed)" in ran
 
 
 def test_rerank_row_reports_reranked_metrics_and_literature_rows_are_quoted(store, tmp_path):
     tracking.configure(store["uri"])
     text = reporting.write_report(read_spec(spec_path("table4")), tracking.runs_frame("STA table4"), tmp_path,
                                   load_json=tracking.load_json, load_table=tracking.load_table).read_text()
-    line = {ln.split("|")[1].strip(): ln for ln in text[:text.index("**Protocol `gao`**")].splitlines()
+    line = {ln.split("|")[1].strip(): ln for ln in text[:text.index("**Protocol `gao`")].splitlines()
             if ln.startswith("| ") and ln.split("|")[1].strip().isdigit()}
     sta, rerank, stan, stal = line["12"], line["15"], line["13"], line["14"]
-    assert "| STA " in sta and "40.0" in sta and "45.0" in rerank and "87.2" in rerank
-    assert "STAN (this suite)" in stan and "35.0" in stan and "82.3" in stan and "quoted" not in stan
-    assert "STAL (this suite)" in stal and "38.0" in stal and "82.2" in stal and "quoted" not in stal
-    assert "quoted from its own paper" in line["11"] and line["11"].split("|")[4].strip() == "quoted"
-    assert "57.5" in next(ln for ln in text[text.index("**Protocol `gao`**"):].splitlines() if ln.startswith("| 15 "))
+    assert "| STA " in sta and "40.0" in sta and "45.0" in rerank and "87.2" not in rerank   # synthetic: no paper
+    assert "STAN (this suite)" in stan and "35.0" in stan and "quoted" not in stan
+    assert "STAL (this suite)" in stal and "38.0" in stal and "quoted" not in stal
+    assert "11" not in line                           # a row quoted from the literature: in the paper's table only
+    assert "57.5" in next(ln for ln in text[text.index("**Protocol `gao`"):].splitlines() if ln.startswith("| 15 "))
     assert "re-ranked set" in text and "11310" in text
     assert "preset `full_sta`" in text and "never gives it (A8)" in text and "placeholder" not in text
     qan = next(ln for ln in text.splitlines() if ln.startswith("| 4 "))
-    assert "QAN" in qan and "73.7" in qan and "quoted" in qan
+    assert "QAN" in qan and "73.7" in qan                         # the paper's table, as printed
 
 
 def test_report_without_runs_shows_the_paper_only(tmp_path):

@@ -56,6 +56,15 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path, monkeypatch
     assert "**Recommended: keep the defaults, λ = 1, margin = 0.300** — the best trial is the baseline" in text
     assert "python reproduce/table1.py --dataset synthetic --profile cpu    # recommended: the defaults" in text
     assert re.search(r"\| chosen \(trial 0\) \| 1 \| 0.300 \| [\d.]+ \[[\d.]+, [\d.]+\] \|", text)
+    # the test numbers beside the test split's chance level (logged by the test run)
+    chance = out.test["defaults"]["chance"]
+    assert set(chance) == {"R1", "R5", "R10", "R20", "mAP"} and 0 < chance["R1"] < chance["R5"] <= 100
+    assert f"| chance (random ranking) | | | {chance['R1']:.2f} | {chance['R5']:.2f} |" in text
+    # the config line says what the trials ran: the budget's 2 epochs replaced by the command line's 1
+    assert "the spec's `budgets.cpu` overrides (data.height=32, " in text and "data.synthetic_size=tiny, " in text
+    assert "train.epochs=2 (replaced by --set train.epochs=1)" in text
+    assert "then the command line's --set (train.epochs=1): synthetic preset `tiny` (generator seed 0)" in text
+    assert ", 1 epochs (lr x0.1 after 1)" in text
     # every held-out tracklet is a query (tiny: 2 identities, validation.queries: all)
     split = out.study.user_attrs["validation_split"]
     assert split["queries"] == "all" and split["val_query_tracklets"] == split["val_gallery_tracklets"] > 2

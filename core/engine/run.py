@@ -22,7 +22,7 @@ from core.engine.device import amp_dtype, barrier, current_dist, resolve_device
 from core.engine.extract import extract_features
 from core.engine.training import TRAIN_SECTIONS, EpochCallback, EpochStats, train
 from core.evaluation import bootstrap, score_protocols
-from core.protocols import headline, named
+from core.protocols import chance_name, headline, named
 from core.provenance import provenance
 
 
@@ -39,6 +39,7 @@ class RunResult:
     synthetic: bool = False
     losses: dict[str, float] = field(default_factory=dict)  # last epoch's loss terms as they enter the total
     audit_clips: list[dict] = field(default_factory=list)   # the attention audit's figure clips (core.engine.audit)
+    chance_cmc: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (20,) headline CMC of a random ranking
 
 
 def last_epoch_losses(history: Sequence[EpochStats], cfg: RunConfig) -> dict[str, float]:
@@ -85,6 +86,7 @@ class Evaluation:
     cmc: np.ndarray                           # (20,) headline rank-r accuracy
     per_query: pd.DataFrame                   # core.evaluation.PER_QUERY_COLUMNS; query = position in `query`
     scores: dict[int, torch.Tensor]           # query index -> (N, K) attention scores (keep_scores_for queries)
+    chance_cmc: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (20,) headline CMC of a random ranking
 
 
 def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[Tracklet], cfg: RunConfig,
@@ -113,7 +115,8 @@ def evaluate_model(model: torch.nn.Module, query: list[Tracklet], gallery: list[
                              np.array([t.camid for t in tracklets]), protocols, cfg.eval.distance, rerank,
                              layout=layout)
     q_scores = {i: out.scores[r] for i, r in enumerate(q_rows.tolist()) if r in out.scores}
-    return Evaluation(scored.metrics, scored.cmcs["cmc"], scored.per_query, q_scores)
+    return Evaluation(scored.metrics, scored.cmcs["cmc"], scored.per_query, q_scores,
+                      scored.cmcs.get(chance_name("cmc"), np.zeros(0)))
 
 
 def per_query_path(cfg: RunConfig, work_dir: str | Path) -> Path:
@@ -154,9 +157,9 @@ def run(cfg: RunConfig, work_dir: str | Path, callbacks: Sequence[EpochCallback]
     metrics.update(audit_metrics)
     losses = last_epoch_losses(history, cfg)
     save_parquet(ev.per_query, per_query_path(cfg, work_dir))
-    save_json({"metrics": metrics, "cmc": ev.cmc.tolist(), "losses": losses, "dataset": dataset.name,
-               "synthetic": dataset.synthetic, "config": to_dict(cfg)}, run_dir / f"eval-{config_hash(cfg)}.json")
+    save_json({"metrics": metrics, "cmc": ev.cmc.tolist(), "chance_cmc": ev.chance_cmc.tolist(), "losses": losses,
+               "dataset": dataset.name, "synthetic": dataset.synthetic, "config": to_dict(cfg)}, run_dir / f"eval-{config_hash(cfg)}.json")
     barrier(ddp)
     return RunResult(metrics=metrics, cmc=ev.cmc, history=history, run_dir=run_dir, per_query=ev.per_query,
                      scores=ev.scores, dataset_name=dataset.name, synthetic=dataset.synthetic, losses=losses,
-                     audit_clips=audit_clips)
+                     audit_clips=audit_clips, chance_cmc=ev.chance_cmc)

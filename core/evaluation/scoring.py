@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.evaluation.chance import chance_level
 from core.evaluation.distance import PartLayout, as_tensor, pairwise_distance
 from core.evaluation.metrics import REPORTED_RANKS, evaluate
 from core.evaluation.rerank import k_reciprocal_rerank
-from core.protocols import Protocol
+from core.protocols import Protocol, chance_name
 
 SUMMARY = tuple(f"R{r}" for r in REPORTED_RANKS) + ("mAP",)
 # the per-query frame: protocol name (core.protocols), re-ranked distances or not, position of the query in the
@@ -39,7 +40,8 @@ PER_QUERY_COLUMNS = ("protocol", "reranked", "query", "pid", "camid", "first_mat
 @dataclass(frozen=True)
 class Scores:
     metrics: dict[str, float]        # MLflow names (fractions and counts; core.protocols)
-    cmcs: dict[str, np.ndarray]      # float64 [20] CMC curves: cmc, rerank_cmc (headline), official_cmc, ...
+    cmcs: dict[str, np.ndarray]      # float64 [20] CMC curves: cmc, rerank_cmc (headline), official_cmc, ...,
+                                     # and each protocol's chance level: chance_cmc, official_chance_cmc, ...
     per_query: pd.DataFrame          # one row per (protocol, reranked, query), columns PER_QUERY_COLUMNS
 
 
@@ -73,7 +75,9 @@ def score_protocols(feats, q_rows: np.ndarray, g_rows: np.ndarray, pids: np.ndar
 
     Returns:
         Scores: metrics as MLflow names (fractions and counts; ``core.protocols``); cmcs the float64 [20] CMC
-        curves, named like the metrics: ``cmc``, ``rerank_cmc`` (headline), ``official_cmc``, …; per_query the
+        curves, named like the metrics: ``cmc``, ``rerank_cmc`` (headline), ``official_cmc``, …, and the chance
+        level of each protocol's split (``chance_cmc``, ``official_chance_cmc``, … with metrics ``chance_R1`` …
+        ``chance_mAP``; core.evaluation.chance, names from core.protocols.chance_name); per_query the
         frame of PER_QUERY_COLUMNS, protocols in the given order, then not re-ranked before re-ranked, then queries
         in `q_rows` order (``query`` = position in q_rows).
     """
@@ -132,14 +136,17 @@ def _rerank_all(feats: torch.Tensor, qs: np.ndarray, params: tuple[int, int, flo
 
 
 def _score(dist, reranked, cols: np.ndarray, q_rows, pids, camids, ap_rule: str) -> tuple[dict, dict, dict]:
-    """(summary values, CMC curves, {reranked: (first_match_rank, AP)} per query) of one gallery and AP rule."""
+    """(summary values, CMC curves, {reranked: (first_match_rank, AP)} per query) of one gallery and AP rule; the
+    values and curves include the split's chance level (core.evaluation.chance)."""
     args = (pids[q_rows], pids[cols], camids[q_rows], camids[cols])
     index = torch.as_tensor(cols)
     res = evaluate(dist[:, index.to(dist.device)], *args, max_rank=20, ap_rule=ap_rule)
+    chance = chance_level(*args, ap_rule=ap_rule, max_rank=20)
     values = {k: float(res[k]) for k in SUMMARY}
     values.update(num_queries=float(res["num_valid"]), num_skipped_queries=float(res["num_skipped"]),
                   num_gallery=float(len(cols)))
-    curves = {"cmc": np.asarray(res["cmc"])}
+    values.update({chance_name(k): chance[k] for k in SUMMARY})
+    curves = {"cmc": np.asarray(res["cmc"]), chance_name("cmc"): chance["cmc"]}
     outcomes = {False: (res["first_match_rank"], res["AP"])}
     if reranked is not None:
         rr = evaluate(reranked[:, index], *args, max_rank=20, ap_rule=ap_rule)
