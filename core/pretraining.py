@@ -34,8 +34,9 @@ def ensure_logged(cfg: RunConfig, progress: bool = True) -> StageRun:
         return StageRun(cached, run_id)
     if cached is None:
         p = cfg.pretrain
-        print(f"pretraining stage {key} (one-time, then cached in {pretrain.stage_dir(cfg)}): Avg + TL on "
-              f"{p.identities} synthetic identities of their own, {p.epochs} epochs", file=sys.stderr)
+        print(f"pretraining stage {key} (one-time, then cached in {pretrain.stage_dir(cfg)}): Avg + "
+              f"{'CE + TL' if p.triplet else 'CE'} on {p.identities} synthetic identities of their own, {p.epochs} "
+              f"epochs", file=sys.stderr)
     with tracking.stage_run(key, {"pretrain_weights": str(pretrain.stage_dir(cfg))}) as run_id:
         tracking.log_params({**to_flat_dict(stage_config(cfg)),
                              **{f"pretrain.{k}": v for k, v in vars(cfg.pretrain).items()}})
@@ -43,7 +44,7 @@ def ensure_logged(cfg: RunConfig, progress: bool = True) -> StageRun:
         stage = pretrain.ensure(cfg, callbacks=[callback], progress=progress)
         for row in stage.record.get("epochs", []):
             if row["epoch"] - 1 not in callback.logged:       # a cached stage: its epochs from pretrain.json
-                tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"] - 1)
+                tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])  # epochs done
         tracking.log_metrics({"pretrain_s": stage.record.get("seconds", 0.0),
                               "iterations": stage.record.get("iterations", 0)})
         tracking.log_dict(stage.record, "pretrain.json")
