@@ -6,7 +6,8 @@ is the best estimate on a shared machine), timed round-robin so drifts in load h
 training step (backbone + head + losses, forward and backward), and the head alone (VideoReIDModel.aggregate +
 losses on fixed backbone maps, HEAD_REPS samples per iteration). A head's overhead is its extra head time over avg's,
 as a fraction of avg's full step: the full-step ratio alone is too noisy on a shared CPU to resolve 1-2 %.
-Without --backbone, two presets run: ResNet-50 at 256x128 (the paper's setting) and ResNet-18 at 128x64 (CPU).
+Without --backbone, three presets run: ResNet-50 at 256x128 (the paper's setting), ResNet-18 at 128x64 (the former cpu
+profile) and the narrow ResNet-18 at 64x32 (the cpu profile).
 CUDA (when available): bf16 autocast and channels_last, as in training; CPU: float32.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from core.config import LossConfig
 from core.losses import StalWeights, compute_losses
 from core.models import VideoReIDModel
+from core.models.backbone import BACKBONE_NAMES
 
 HEAD_REPS = 10  # head-only steps per iteration and variant
 VARIANTS = {"avg": ("avg", False), "sta": ("sta", False), "sta+fusion": ("sta", True),
@@ -75,7 +77,7 @@ def bench(backbone: str, height: int, width: int, clips: int, frames: int, iters
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m core.bench model", description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), help="default: both presets")
+    p.add_argument("--backbone", choices=BACKBONE_NAMES, help="default: the three presets")
     p.add_argument("--height", type=int, help="frame height (default 256, or the preset's)")
     p.add_argument("--width", type=int, help="frame width (default 128, or the preset's)")
     p.add_argument("--clips", type=int, help="clips per batch (default: 2 on CPU, 16 on CUDA)")
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     clips, iters = args.clips or (16 if cuda else 2), args.iters or (20 if cuda else 3)
-    presets = [("resnet50", 256, 128), ("resnet18", 128, 64)]
+    presets = [("resnet50", 256, 128), ("resnet18", 128, 64), ("resnet18_narrow", 64, 32)]
     if args.backbone:
         presets = [(args.backbone, args.height or 256, args.width or 128)]
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"

@@ -29,6 +29,7 @@ from core.engine.device import amp_dtype, device_description, resolve_device
 from core.engine.extract import extract_features
 from core.engine.training import _train_epoch
 from core.models import build_model
+from core.models.backbone import BACKBONE_NAMES
 
 VARIANTS = {"avg": {"model.aggregation": "avg"}, "sta": {"model.aggregation": "sta", "model.fusion": False},
             "sta+fusion": {"model.aggregation": "sta", "model.fusion": True}}
@@ -133,7 +134,7 @@ def bench_variant(cfg: RunConfig, device: torch.device, iters: int, warmup: int,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.bench train", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i> (default auto)")
-    p.add_argument("--backbone", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
+    p.add_argument("--backbone", default="resnet50", choices=BACKBONE_NAMES)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--clips", type=int, help="clips per batch, a multiple of 4 (default: 64 on CUDA, 8 on CPU)")
