@@ -443,7 +443,7 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     ``evaluate_test=False`` (extra workers) skips the test runs and the report. ``pruner`` replaces the spec's
     MedianPruner (tests).
     """
-    from core import reporting, tracking
+    from core import pretraining, reporting, tracking
     from core.data import load_dataset
     from core.data.validation import split_validation
     from core.engine.device import check_device
@@ -469,8 +469,12 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     report = None
     described = tracking.describe(f"Optuna tuning of {plan.spec.table} row '{plan.spec.row}'", plan.spec.path)
     view = record.runs_view("tags.kind = 'trial'", ["val_mAP_final", "val_mAP"], ["trial.lambda", "trial.margin"])
-    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name, _study_tags(plan, split), described,
-                            view):
+    # the trials and test runs start from the pretraining stage (model.init=synthetic): cached or trained now, as
+    # its own run, before the study's run is active; the study's run names it
+    stages = pretraining.ensure_all([plan.config], progress)
+    stage_tags = next(iter(stages.values())).tags() if stages else {}
+    with tracking.study_run(plan.experiment, plan.study_name, plan.study_name,
+                            {**_study_tags(plan, split), **stage_tags}, described, view):
         remaining = plan.n_trials - budget.count(study)
         objective = Objective(plan, split, progress)
         if remaining > 0:

@@ -81,7 +81,9 @@ def test_stage_hash_covers_what_makes_the_weights_and_nothing_else(monkeypatch):
         assert stage_hash(_cfg(**{key: value})) != base, key
     # what the rows do after it, and result-neutral keys, leave it alone
     for key, value in {"model.aggregation": "sta", "loss.reg_weight": 0.5, "train.epochs": 3, "train.seed": 4,
-                       "train.device": "auto", "data.num_workers": 2, "eval.seq_len": 8}.items():
+                       "train.device": "auto", "data.num_workers": 2, "eval.seq_len": 8, "model.num_regions": 1,
+                       "model.stal_parts": 2, "data.synthetic_size": "small", "data.ids_per_batch": 2,
+                       "train.lr": 0.1}.items():
         assert stage_hash(_cfg(**{key: value})) == base, key
     monkeypatch.setattr("core.engine.pretrained.SYNTHETIC_VERSION", 99)
     assert stage_hash(_cfg()) != base                       # another generator version is another tree

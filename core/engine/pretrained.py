@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from core.config import SYNTHETIC_VERSION, RunConfig, apply_overrides, to_dict, uses_pretraining
+from core.config import SYNTHETIC_VERSION, RunConfig, apply_overrides, to_dict, to_flat_dict, uses_pretraining
 from core.data.synthetic import pretrain_preset
 from core.engine.checkpoint import load_torch
 from core.models import build_model
@@ -31,20 +31,29 @@ class PretrainMissingError(RuntimeError):
     """The pretraining stage a config needs has not been run (or its cache was removed)."""
 
 
+# The keys a row passes to its stage: what the stage's training depends on besides the `pretrain` keys. Everything else
+# (the row's head, losses, K, data preset, evaluation) is left at its default, so the rows of every table that share
+# these keys share one stage (Table 1's six rows, Table 3's three K, Table 4's STAN and STAL, the tuning trials).
+INHERITED = ("data.synthetic_seed", "data.height", "data.width", "data.train_sampling", "data.flip_prob",
+             "data.flip_per", "data.num_workers", "model.backbone", "model.feat_dim", "train.weight_decay",
+             "train.gamma", "train.device", "train.amp", "train.channels_last", "train.checkpoint_every_s",
+             "train.compile")
+
+
 def stage_config(cfg: RunConfig) -> RunConfig:
-    """The config the stage trains with: Avg and CE (+ the batch-hard triplet with pretrain.triplet; no Reg) on the
-    row's backbone, frame size and feature width, from scratch, with the `pretrain` keys' N, schedule, batch,
-    classifier initialisation and seed.
-    Its data is the pretraining tree (core.data.synthetic.pretrain_preset), read by the stage itself; nothing of
-    the row's evaluation settings matters."""
-    p = cfg.pretrain
-    return apply_overrides(cfg, {
-        "model.pretrained": False, "model.init": "imagenet", "model.weights_path": None, "model.aggregation": "avg",
-        "model.fusion": False, "model.classifier_std": p.classifier_std, "loss.triplet": p.triplet,
-        "loss.margin": 0.3, "loss.reg_weight": 0.0, "data.root": None, "data.seq_len": p.seq_len,
-        "data.ids_per_batch": p.ids_per_batch, "data.tracklets_per_id": p.tracklets_per_id,
-        "data.epoch_def": "identities", "train.epochs": p.epochs, "train.lr": p.lr, "train.optimizer": "adam",
-        "train.milestones": list(p.milestones), "train.seed": p.seed}, "pretraining stage")
+    """The config the stage trains with: the defaults, the row's INHERITED keys, and Avg with CE (+ the batch-hard
+    triplet with pretrain.triplet; no Reg) from scratch, with the `pretrain` keys' N, schedule, batch, classifier
+    initialisation and seed. Its data is the pretraining tree (core.data.synthetic.pretrain_preset), read by the
+    stage itself."""
+    p, flat = cfg.pretrain, to_flat_dict(cfg)
+    return apply_overrides(RunConfig(), {
+        **{key: flat[key] for key in INHERITED}, "data.dataset": "synthetic",
+        "model.pretrained": False, "model.aggregation": "avg", "model.fusion": False,
+        "model.classifier_std": p.classifier_std, "loss.triplet": p.triplet, "loss.margin": 0.3,
+        "loss.reg_weight": 0.0, "data.seq_len": p.seq_len, "data.ids_per_batch": p.ids_per_batch,
+        "data.tracklets_per_id": p.tracklets_per_id, "data.epoch_def": "identities", "train.epochs": p.epochs,
+        "train.lr": p.lr, "train.optimizer": "adam", "train.milestones": list(p.milestones), "train.seed": p.seed},
+        "pretraining stage")
 
 
 def stage_hash(cfg: RunConfig) -> str:
