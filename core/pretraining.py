@@ -3,7 +3,6 @@ logged as an MLflow run of its own (tracking.PRETRAIN_EXPERIMENT), and named by 
 (tags pretrain_hash, pretrain_run)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -36,7 +35,7 @@ def ensure_logged(cfg: RunConfig, progress: bool = True) -> StageRun:
         p = cfg.pretrain
         print(f"pretraining stage {key} (one-time, then cached in {pretrain.stage_dir(cfg)}): Avg + "
               f"{'CE + TL' if p.triplet else 'CE'} on {p.identities} synthetic identities of their own, {p.epochs} "
-              f"epochs", file=sys.stderr)
+              f"epochs", flush=True)
     with tracking.stage_run(key, {"pretrain_weights": str(pretrain.stage_dir(cfg))}) as run_id:
         tracking.log_params({**to_flat_dict(stage_config(cfg)),
                              **{f"pretrain.{k}": v for k, v in vars(cfg.pretrain).items()}})

@@ -24,7 +24,7 @@ from core.data.datasets import as_synthetic
 from core.data.mars import load_mars
 from core.data.synthetic import default_root, ensure_synthetic, pretrain_preset
 from core.engine.checkpoint import save_json, save_torch
-from core.engine.pretrained import RECORD, WEIGHTS, stage_config, stage_dir, stage_hash
+from core.engine.pretrained import RECORD, WEIGHTS, cache_root, stage_config, stage_dir, stage_hash
 from core.engine.training import EpochCallback, EpochStats, train
 from core.provenance import provenance
 
@@ -44,7 +44,8 @@ def tree_name(cfg: RunConfig) -> str:
 
 
 def tree_root(cfg: RunConfig) -> Path:
-    return default_root(tree_name(cfg), cfg.data.synthetic_seed)
+    """The pretraining tree's folder, beside the stage (core.engine.pretrained.cache_root)."""
+    return cache_root(cfg) / default_root(tree_name(cfg), cfg.data.synthetic_seed).name
 
 
 def cached(cfg: RunConfig, cache: str | Path | None = None) -> Stage | None:

@@ -70,9 +70,16 @@ def stage_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
+def cache_root(cfg: RunConfig) -> Path:
+    """Where the stage and its tree are kept: beside the synthetic tree the config reads (the folder holding
+    data.root), or ./.cache under the working folder when data.root is not given (where that tree goes too)."""
+    return Path(cfg.data.root).resolve().parent if cfg.data.root else Path.cwd() / CACHE
+
+
 def stage_dir(cfg: RunConfig, cache: str | Path | None = None) -> Path:
-    """<cache>/pretrain_<stage_hash>: the stage's weights, record and (while it runs) resumable checkpoint."""
-    return Path(cache or Path.cwd() / CACHE) / f"pretrain_{stage_hash(cfg)}"
+    """<cache>/pretrain_<stage_hash> (cache: cache_root by default): the stage's weights, record and (while it
+    runs) resumable checkpoint."""
+    return Path(cache or cache_root(cfg)) / f"pretrain_{stage_hash(cfg)}"
 
 
 def weights_file(cfg: RunConfig, cache: str | Path | None = None) -> Path:
