@@ -531,6 +531,18 @@ def _split_text(sub: pd.DataFrame, load_table: LoadTable | None) -> str:
             (f", gallery {gallery} tracklets" if gallery else ""))
 
 
+def _stage_text(runs: pd.DataFrame) -> str:
+    """' from the synthetic pretraining stage `<hash>` (MLflow run `<id>` of experiment 'STA pretraining', not ImageNet)'
+    for runs that started from it (tags pretrain_hash / pretrain_run, core.pretraining), else ''."""
+    if "tags.pretrain_hash" not in runs or runs["tags.pretrain_hash"].isna().all():
+        return ""
+    run_ids = runs["tags.pretrain_run"] if "tags.pretrain_run" in runs else runs["tags.pretrain_hash"]
+    stages = sorted({(h, r) for h, r in zip(runs["tags.pretrain_hash"], run_ids) if isinstance(h, str)})
+    named = "; ".join(f"`{h}` (MLflow run `{r}`)" for h, r in stages)
+    return (f" from the synthetic pretraining stage {named} of experiment 'STA pretraining' (model.init = synthetic, "
+            f"the cpu profile's stand-in for ImageNet weights; docs/learning.md)")
+
+
 def ran_lines(runs: pd.DataFrame, datasets: list[str], seeds: Sequence[int],
               load_table: LoadTable | None = None) -> list[str]:
     """What the runs of one profile actually ran, from the resolved configs they logged (params) and the split
@@ -546,6 +558,7 @@ def ran_lines(runs: pd.DataFrame, datasets: list[str], seeds: Sequence[int],
     weights = " / ".join(pretrained.get(v, v) for v in _values(runs, "model.pretrained").split(" / "))
     path = _values(runs, "model.weights_path")
     weights += f" (weights `{path}`)" if path not in ("—", "None") else ""
+    weights += _stage_text(runs)
     return [f"**What these runs ran** (from the resolved configs they logged): data: {'; '.join(data)}. Model: "
             f"{_values(runs, 'model.backbone')} {weights}, frames {_values(runs, 'data.height')}x"
             f"{_values(runs, 'data.width')}, N = {_values(runs, 'data.seq_len')} frames per training clip, K = "
