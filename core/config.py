@@ -77,7 +77,7 @@ class ModelConfig:
     backbone: Backbone = "resnet50"     # conv5 stride is always set to 1
     pretrained: bool = True             # ImageNet weights (torchvision cache or weights_path)
     weights_path: str | None = None     # ImageNet state-dict file, overrides the cache; refused with pretrained: false
-    init: Init = "imagenet"             # with pretrained: imagenet (the paper; torchvision cache or weights_path) | synthetic: the backbone of the one-time pretraining stage on synthetic identities disjoint from every split (core.pretrain, the `pretrain` keys; synthetic data only: the cpu profile's stand-in for ImageNet)
+    init: Init = "imagenet"             # with pretrained: imagenet (the paper; torchvision cache or weights_path) | synthetic: the backbone of the one-time pretraining stage on synthetic identities disjoint from every split (core.engine.pretrain, the `pretrain` keys; synthetic data only: the cpu profile's stand-in for ImageNet)
     aggregation: Aggregation = "sta"    # frame: image baseline; avg: temporal average; sta: Eq. 1-4 + F2; stan: Li et al. 2018 (core/models/stan.py)
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
     num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
@@ -130,7 +130,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """The one-time pretraining stage of model.init=synthetic (core.pretrain): Avg + TL on a synthetic tree of its
+    """The one-time pretraining stage of model.init=synthetic (core.engine.pretrain): Avg on a synthetic tree of its
     own identities (core.data.synthetic.pretrain_preset), seen by the cameras of data.synthetic_seed; its backbone
     initialises every row, as ImageNet weights do in the paper. Shared by the rows and seeds of every table (it has
     its own seed) and cached by the hash of everything that makes it. Inert unless model.pretrained and
@@ -365,7 +365,7 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
                               f"synthetic data only; use model.init=imagenet (the paper) or model.pretrained=false")
         if cfg.model.weights_path is not None:
             raise ConfigError(f"{where}: key 'model.weights_path' is set but model.init is 'synthetic', whose "
-                              f"weights come from the pretraining stage (core.pretrain); drop one of them")
+                              f"weights come from the pretraining stage (core.engine.pretrain); drop one of them")
         pm = list(cfg.pretrain.milestones)
         if any(m < 1 for m in pm) or any(a >= b for a, b in zip(pm, pm[1:])):
             raise ConfigError(f"{where}: key 'pretrain.milestones' is {pm}; must be strictly increasing epochs >= 1")
@@ -394,7 +394,7 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def uses_pretraining(cfg: RunConfig) -> bool:
-    """True when the backbone starts from the synthetic pretraining stage (core.pretrain)."""
+    """True when the backbone starts from the synthetic pretraining stage (core.engine.pretrain)."""
     return cfg.model.pretrained and cfg.model.init == "synthetic"
 
 

@@ -82,7 +82,9 @@ def test_bad_values_are_refused_in_one_line(run_cli):
     run_cli("--set", "train.lr=.inf", expect=["key 'train.lr' is inf; must be a finite number"])
     run_cli("--set", "train.milestones=[1,", expect=["--set 'train.milestones=[1,': not valid YAML"])
     run_cli("--set", "train.milestones=[4, 2]", expect=["key 'train.milestones' is [4, 2]; must be strictly"])
-    run_cli("--set", "model.weights_path=/w.pth", expect=["'model.weights_path' is '/w.pth' but 'model.pretrained'"])
+    run_cli("--set", "model.weights_path=/w.pth", "--set", "model.pretrained=false",
+            expect=["'model.weights_path' is '/w.pth' but 'model.pretrained'"])
+    run_cli("--set", "model.weights_path=/w.pth", expect=["'model.weights_path' is set but model.init is 'synthetic'"])
     run_cli("--seeds=-1,2", expect=["--seeds '-1,2': seeds must be distinct integers >= 0"])
 
 
@@ -100,7 +102,8 @@ def test_bad_outputs_tracking_uri_and_device_are_refused_before_any_run(run_cli,
 def test_broken_dataset_stops_the_table_in_one_line(run_cli, tmp_path):
     root = write_mars(tmp_path / "MARS")
     (root / "info" / "test_name.txt").write_bytes(b"\xff\xfe")
-    run_cli("--dataset", "mars", "--data-root", str(root), expect=["test_name.txt: not UTF-8 text (byte 0xff"])
+    run_cli("--dataset", "mars", "--data-root", str(root), "--set", "model.pretrained=false",   # cpu: synthetic stage
+            expect=["test_name.txt: not UTF-8 text (byte 0xff"])
 
 
 def test_report_refuses_a_reports_dir_that_is_a_file(tmp_path, capsys):

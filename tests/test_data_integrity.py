@@ -60,6 +60,7 @@ def test_a_corrupt_frame_stops_the_table_before_training(tmp_path, monkeypatch, 
     root = write_mars(tmp_path / "MARS")
     first_frame(root, "train").write_bytes(b"")
     assert main("table1", ["--dataset", "mars", "--data-root", str(root), "--rows", "1", "--quiet",
+                           "--set", "model.pretrained=false",       # the cpu profile's stage is synthetic-only
                            "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     line = error_line(capsys.readouterr().err)
     assert "empty file (0 bytes)" in line and str(first_frame(root, "train")) in line

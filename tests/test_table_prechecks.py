@@ -32,11 +32,11 @@ def test_more_identities_per_batch_than_the_training_split_has(table, tiny_synth
 
 def test_a_one_identity_training_split_stops_every_row_once(table, tmp_path):
     root = write_mars(tmp_path / "MARS", train=[(5, 1, 3), (5, 2, 2)])
-    line = table(root, "--dataset", "mars", rows=("1", "2"))
+    line = table(root, "--dataset", "mars", "--set", "model.pretrained=false", rows=("1", "2"))
     assert "the training split has 1 identity; expected at least 2" in line
 
 
 def test_queries_without_a_match_from_another_camera(table, tmp_path):
     root = write_mars(tmp_path / "MARS", test=[(3, 1, 2), (3, 1, 1), (9, 2, 2)], query=[1])
-    line = table(root, "--dataset", "mars")
+    line = table(root, "--dataset", "mars", "--set", "model.pretrained=false")
     assert "none of its 1 queries has a gallery tracklet of its identity from another camera" in line

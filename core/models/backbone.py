@@ -3,7 +3,7 @@
 A 256x128 frame gives 2048x16x8 maps with ResNet-50 (512x16x8 with ResNet-18/34). `resnet18_narrow` is ResNet-18's
 layout (torchvision's BasicBlock, 2-2-2-2) at a quarter of its widths (16-32-64-128 channels, 0.7 M parameters): the
 cpu profile's backbone, about 10x faster per frame than ResNet-18 with the same map size; it has no ImageNet weights
-(the cpu profile pretrains it on synthetic identities instead, core.pretrain).
+(the cpu profile pretrains it on synthetic identities instead, core.engine.pretrain).
 ImageNet weights come from the torch hub cache or an explicit state-dict file; this module never downloads:
 when the cached file is missing it raises WeightsUnavailableError saying which file to fetch and where to put it.
 """
@@ -98,7 +98,7 @@ def build_backbone(name: str, pretrained: bool, weights_path: str | None = None)
     """ResNet `name`, conv5 stride 1, avgpool/fc removed: (B, 3, H, W) -> (B, D, H/16, W/16); returns (module, D).
 
     `pretrained` loads ImageNet weights (torchvision's ResNets only); a narrow ResNet is built untrained (its
-    synthetic pretraining is loaded by the model, core.pretrain)."""
+    synthetic pretraining is loaded by the model, core.engine.pretrain)."""
     if name in NARROW:
         if pretrained:
             raise WeightsUnavailableError(f"backbone '{name}' has no ImageNet weights; set model.pretrained=false "
