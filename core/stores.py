@@ -50,6 +50,9 @@ def folder_path(uri: str) -> Path | None:
 def check_local(uri: str, source: str, create: bool) -> None:
     """Raise a one-line ConfigError for a local store that cannot be used (module doc)."""
     db = sqlite_path(uri)
+    if db is None and uri.lower().startswith("sqlite:"):
+        raise ConfigError(f"{source} {shown(uri)}: names no database file (an in-memory store keeps nothing); "
+                          f"expected sqlite:///PATH.db, e.g. sqlite:///mlflow.db")
     if db is not None:
         if db.exists():
             check_sqlite(db, uri, source)

@@ -81,6 +81,13 @@ def test_report_without_tables_keeps_every_report_it_has_no_runs_for(reports, tm
     assert "No finished runs yet" in (reports / "table4.md").read_text()   # no report yet: the stub is written
 
 
+@pytest.mark.parametrize("uri", ["sqlite:///", "sqlite://", "sqlite:///?mode=memory"])
+def test_a_sqlite_uri_without_a_file_is_refused(reports, capsys, uri):
+    assert report_main(["table1", "--tracking-uri", uri]) == 2
+    assert "names no database file" in error_line(capsys.readouterr().err)
+    _untouched(reports)
+
+
 def test_a_garbage_or_truncated_store_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     garbage = tmp_path / "garbage.db"
