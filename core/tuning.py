@@ -451,10 +451,11 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # everything that can refuse the input comes before open_study saves the study to its storage
     check_device(plan.config.train.device)
-    # an unreachable server fails here, before the study opens; --n-trials 0 only reads: it never creates a store
-    tracking_uri = tracking.configure(tracking_uri, create=plan.n_trials != 0)
+    # an unreachable study database or tracking server fails here, before the study opens and before a new tracking
+    # store is created; --n-trials 0 only reads: it never creates a store
     if "://" in plan.storage:
-        endpoints.check(plan.storage, "--storage")       # likewise the database, before the dataset is loaded
+        endpoints.check(plan.storage, "--storage")
+    tracking_uri = tracking.configure(tracking_uri, create=plan.n_trials != 0)
     dataset = load_dataset(plan.config.data, progress)
     split = split_validation(dataset, plan.spec.val_fraction, plan.spec.val_seed, plan.spec.val_queries)
     if split.dataset.num_train_pids < plan.config.data.ids_per_batch:

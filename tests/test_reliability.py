@@ -314,7 +314,7 @@ def test_report_averages_only_seeds_of_one_config_and_lists_the_others(store, tm
     assert (f"- Baseline (synthetic, MARS layout), seed 0: run `{store['short']}` — train.epochs = 1 "
             f"(kept runs: 3)") in text
     assert text.count("train.epochs = 1 ") == 1                             # only the left-out run is listed
-    assert "**These runs depart from the profile `cpu`** in: train.epochs = 3 (profile: 10)" in text   # the kept
+    assert "**These runs depart from the profile `cpu`** in: train.epochs = 3 (profile: 20)" in text   # the kept
 
 
 def test_killed_report_keeps_the_old_markdown_and_every_figure_it_links(store, tmp_path, monkeypatch):

@@ -234,7 +234,7 @@ def test_report_gives_synthetic_runs_with_intervals_beside_chance_not_beside_the
     # what the runs ran, from their logged configs: the cpu profile's settings, nothing departs from it
     assert "**What these runs ran** (from the resolved configs they logged): data: synthetic, MARS layout, preset " \
            "`occluded` (data.synthetic_size), generator seed 0; test split 10 queries" in text
-    assert "resnet18 from scratch, frames 128x64" in text and "Training: 10 epochs" in text
+    assert "resnet18_narrow pretrained, frames 64x32" in text and "Training: 20 epochs" in text
     assert "depart from the profile" not in text and "Profile `cpu` as declared" in text
     # run details: the last epoch's weighted loss terms and the gallery sizes
     assert "last epoch λ·Reg" in text and "0.0125" in text and re.search(r"\| 11310 +\| 9330 +\|", text)
@@ -309,16 +309,16 @@ def test_attention_colour_scale_is_fixed_around_one_over_n():
 
 def test_report_states_where_the_runs_depart_from_their_profile():
     runs = pd.DataFrame({"tags.dataset": ["synthetic"] * 2, "params.data.synthetic_size": ["tiny"] * 2,
-                         "params.train.epochs": ["2", "2"], "params.train.milestones": ["[8]", "[8]"],
-                         "params.model.num_regions": ["2", "4"], "params.model.backbone": ["resnet18"] * 2,
+                         "params.train.epochs": ["2", "2"], "params.train.milestones": ["[15]", "[15]"],
+                         "params.model.num_regions": ["2", "4"], "params.model.backbone": ["resnet18_narrow"] * 2,
                          "metrics.num_queries": [13.0, 13.0], "metrics.num_skipped_queries": [0.0, 0.0],
                          "metrics.gao_num_gallery": [14.0, 14.0]})
     assert reporting.profile_differences(runs, "cpu") == [("model.num_regions", "2 / 4", "4"),
                                                           ("data.synthetic_size", "tiny", "occluded"),
-                                                          ("train.epochs", "2", "10")]
+                                                          ("train.epochs", "2", "20")]
     text = "\n".join(reporting.profile_lines(runs, "cpu", "the occluded data, 10 epochs"))
     assert "**These runs depart from the profile `cpu`** in: model.num_regions = 2 / 4 (profile: 4), " \
-           "data.synthetic_size = tiny (profile: occluded), train.epochs = 2 (profile: 10)." in text
+           "data.synthetic_size = tiny (profile: occluded), train.epochs = 2 (profile: 20)." in text
     assert "Profile `cpu` as declared (`experiments/profiles.yaml`): the occluded data, 10 epochs" in text
     ran = "\n".join(reporting.ran_lines(runs, ["synthetic"], [0]))
     assert "preset `tiny` (data.synthetic_size)" in ran and "test split 13 queries, gallery 14 (`gao`) tracklets" \

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from core.config import SYNTHETIC_VERSION, RunConfig, apply_overrides, to_dict, to_flat_dict, uses_pretraining
+from core.config import BACKBONE_STRIDE, SYNTHETIC_VERSION, RunConfig, apply_overrides, to_dict, to_flat_dict, uses_pretraining
 from core.data.synthetic import pretrain_preset
 from core.engine.checkpoint import load_torch
 from core.models import build_model
@@ -49,6 +49,8 @@ def stage_config(cfg: RunConfig) -> RunConfig:
     return apply_overrides(RunConfig(), {
         **{key: flat[key] for key in INHERITED}, "data.dataset": "synthetic",
         "model.pretrained": False, "model.aggregation": "avg", "model.fusion": False,
+        # K is not read by Avg; the default, unless the frames are too small for it (config.validate)
+        "model.num_regions": min(RunConfig().model.num_regions, max(1, cfg.data.height // BACKBONE_STRIDE)),
         "model.classifier_std": p.classifier_std, "loss.triplet": p.triplet, "loss.margin": 0.3,
         "loss.reg_weight": 0.0, "data.seq_len": p.seq_len, "data.ids_per_batch": p.ids_per_batch,
         "data.tracklets_per_id": p.tracklets_per_id, "data.epoch_def": "identities", "train.epochs": p.epochs,
