@@ -51,3 +51,19 @@ def mlflow_server(postgres_server, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("mlflow-server") / "artifacts"
     with serve(postgres_server.create_database("mlflow"), artifacts) as url:
         yield url, artifacts
+
+
+@pytest.fixture(autouse=True)
+def no_full_pretraining_stage(monkeypatch):
+    """A test that reaches the cpu profile's real pretraining stage (2,000 identities, minutes of training) fails at
+    once, naming the fix, instead of running into the per-test timeout: tiny tables set TINY_TABLE's pretrain keys
+    or model.pretrained=false."""
+    from core.engine import pretrain
+    real = pretrain.ensure
+
+    def guarded(cfg, *args, **kwargs):
+        if cfg.pretrain.identities > 64:
+            pytest.fail(f"this test would train the full pretraining stage ({cfg.pretrain.identities} identities): "
+                        f"use tests.helpers.TINY_TABLE's pretrain keys or model.pretrained=false")
+        return real(cfg, *args, **kwargs)
+    monkeypatch.setattr(pretrain, "ensure", guarded)

@@ -50,6 +50,7 @@ def test_ctrl_c_during_a_table_is_one_line_saying_how_to_resume(tiny_synthetic_r
     try:
         rc = main("table1", ["--rows", "1", "--quiet", "--data-root", str(tiny_synthetic_root), "--set",
                              "data.synthetic_size=tiny", "--set", "data.ids_per_batch=4",
+                             "--set", "model.pretrained=false",       # no pretraining stage before the row
                              "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -384,7 +384,8 @@ def test_rerun_marks_the_runs_of_a_killed_table_invocation_killed(tiny_synthetic
 
     monkeypatch.setattr(core.tables, "_run_job", lambda *args, **kwargs: None)     # the rerun trains nothing
     spec = load_spec(spec_path("table1"), "cpu", data_root=str(tiny_synthetic_root),    # the data is checked first
-                     overrides={"data.synthetic_size": "tiny", "data.ids_per_batch": 4})
+                     overrides={"data.synthetic_size": "tiny", "data.ids_per_batch": 4,
+                                "model.pretrained": False})       # no pretraining stage: nothing is trained
     core.tables.run_table(select_rows(spec, ["1"]), work_dir=tmp_path / "runs", tracking_uri=uri,
                           reports_dir=tmp_path / "reports", progress=False)
     assert [client.get_run(r).info.status for r in killed] == ["KILLED", "KILLED"]
