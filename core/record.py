@@ -30,8 +30,10 @@ reports read ``metrics.R1_ci_low`` from stores written before and after issue 23
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
+from core.config import PretrainConfig
 from core.specs import EPOCH_WALL_S, METRICS, ROW_WALL_S, TRAIN_WALL_S
 
 CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
@@ -102,8 +104,7 @@ _INERT: tuple[tuple[tuple[str, ...], str, Any], ...] = (
     (("loss.margin",), "loss.triplet is false", lambda c: not c["loss.triplet"]),
     (("loss.reg_squared",), "loss.reg_weight is 0", lambda c: not c["loss.reg_weight"]),
     (("model.weights_path", "model.init"), "model.pretrained is false", lambda c: not c["model.pretrained"]),
-    (tuple(f"pretrain.{k}" for k in ("identities", "epochs", "lr", "milestones", "ids_per_batch", "tracklets_per_id",
-                                     "seq_len", "triplet", "classifier_std", "seed")),
+    (tuple(f"pretrain.{f.name}" for f in dataclasses.fields(PretrainConfig)),
      "the backbone does not start from the pretraining stage (model.pretrained and model.init=synthetic)",
      lambda c: not (c["model.pretrained"] and c["model.init"] == "synthetic")),
     (("train.momentum",), "train.optimizer is not sgd", lambda c: c["train.optimizer"] != "sgd"),

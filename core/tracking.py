@@ -82,7 +82,7 @@ def configure(uri: str | None = None, create: bool = True) -> str:
     fresh store), saying where on stdout.
     """
     source = "--tracking-uri" if uri else "$MLFLOW_TRACKING_URI"
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = resolved_uri(uri)
     check_uri(uri)
     endpoints.check(uri, source)
     stores.check_local(uri, source, create)
@@ -95,16 +95,21 @@ def configure(uri: str | None = None, create: bool = True) -> str:
 def check(uri: str | None = None) -> str:
     """What configure checks, without pointing MLflow at the store or creating it; returns the URI."""
     source = "--tracking-uri" if uri else "$MLFLOW_TRACKING_URI"
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = resolved_uri(uri)
     check_uri(uri)
     endpoints.check(uri, source)
     stores.check_local(uri, source, create=True)
     return uri
 
 
+def resolved_uri(uri: str | None = None) -> str:
+    """The store a command uses: `uri` (--tracking-uri), else $MLFLOW_TRACKING_URI, else DEFAULT_URI."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
 def shown_uri(uri: str | None = None) -> str:
-    """The store `uri` (else $MLFLOW_TRACKING_URI, else the default) as it may be printed: passwords masked."""
-    return endpoints.shown(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    """resolved_uri(uri) as it may be printed: passwords masked."""
+    return endpoints.shown(resolved_uri(uri))
 
 
 def check_uri(uri: str) -> None:
