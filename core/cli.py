@@ -15,7 +15,6 @@ from core.config import SEED_MAX, ConfigError
 from core.endpoints import shown
 from core.specs import all_spec_paths, load_profiles, load_spec, parse_yaml, select_rows, spec_path
 
-
 MAX_SEED_COUNT = 1000     # --seeds N runs every row N times: more is a typo (4294967296 took all memory)
 
 
@@ -201,7 +200,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 # ---- reproduce/tune.py ---------------------------------------------------------------------------------------
 
 def tune_parser() -> argparse.ArgumentParser:
-    from core.tune_spec import DEFAULT_SPEC
+    from core.tuning.spec import DEFAULT_SPEC
     ap = OneLineParser(
         prog="reproduce/tune.py",
         description="Optuna study of lambda (loss.reg_weight) and the triplet margin (loss.margin) on a validation "
@@ -228,8 +227,8 @@ def tune_parser() -> argparse.ArgumentParser:
 
 
 def tune_plan(args: argparse.Namespace):
-    """The study (core.tune_spec.Plan) that parsed tune flags identify; ConfigError on bad input."""
-    from core.tune_spec import plan_study
+    """The study (core.tuning.spec.Plan) that parsed tune flags identify; ConfigError on bad input."""
+    from core.tuning.spec import plan_study
     overrides = parse_set(args.overrides)
     if args.device:
         overrides["train.device"] = args.device
@@ -246,15 +245,15 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
         check_output_dir("--work-dir", args.work_dir)
         check_output_dir("--reports-dir", args.reports_dir)
         plan = tune_plan(args)
-        from core.tuning import run_study
+        from core.tuning.run import run_study
         out = run_study(plan, tracking_uri=args.tracking_uri, reports_dir=args.reports_dir,
                         evaluate_test=not args.no_test, progress=not args.quiet)
     except ValueError as e:             # ConfigError, DatasetError, ValidationSplitError
         print(f"error: {shown(str(e))}", file=sys.stderr)
         return 2
-    from core.tune_report import best_record
-    from core.tune_spec import lambda_margin
-    from core.tuning import trial_records
+    from core.tuning.compare import best_record
+    from core.tuning.spec import lambda_margin
+    from core.tuning.study import trial_records
     best = best_record(trial_records(out.study))
     print(f"study {plan.study_name} ({plan.storage_shown}): {out.new_trials} new trial(s), "
           f"{len(out.study.trials)} in all, in {time.perf_counter() - t0:.0f} s")

@@ -53,23 +53,49 @@ Init = Literal["imagenet", "synthetic"]                        # where model.pre
 ApRule = Literal["trapezoid", "step"]                          # [A15b]
 
 
+# Properties of a knob, on its field (knob(default, ...)); the tables below (MINIMUM, RESULT_NEUTRAL_KEYS, ...) are
+# read from the fields:
+#   minimum, maximum      inclusive bounds, checked by apply_overrides before anything runs
+#   neutral               cannot change a result (workers, device, checkpoint interval, torch.compile): left out of
+#                         config_hash, so changing it reuses finished runs and checkpoints; the seeds of one report row
+#                         and the workers of one study may differ in it
+#   hashed_when_changed   added after stores held finished runs: out of config_hash at its default, so those runs keep
+#                         their hashes; set to anything else it enters the hash like every other key
+#   per_machine           in the hash, but may differ between the workers of one Optuna study (a path, a batch size)
+#   report_only           only changes how a report states its intervals, never a trial: a study may be resumed with
+#                         another value
+#   seed                  the run's seed: the seeds of one report row differ in it
+SEED_MAX = 2**32 - 1                 # numpy / torch generators take 32-bit seeds everywhere in the suite
+
+
+def knob(default: Any, *, minimum: float | None = None, maximum: float | None = None, neutral: bool = False,
+         hashed_when_changed: bool = False, per_machine: bool = False, report_only: bool = False,
+         seed: bool = False) -> Any:
+    """A config field with its properties (see above) as dataclass field metadata."""
+    meta = {k: v for k, v in (("minimum", minimum), ("maximum", maximum)) if v is not None}
+    meta.update({k: True for k, v in (("neutral", neutral), ("hashed_when_changed", hashed_when_changed),
+                                       ("per_machine", per_machine), ("report_only", report_only),
+                                       ("seed", seed)) if v})
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Dataset = "synthetic"
-    root: str | None = None             # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>_seed<seed>_v<version>)
+    root: str | None = knob(None, per_machine=True)  # dataset root; synthetic: where it is generated (default: .cache/synthetic_<size>_seed<seed>_v<version>)
     synthetic_size: SyntheticSize = "default"  # generator preset (core.data.synthetic.PRESETS)
-    synthetic_seed: int = 0             # generator seed (the synthetic dataset is a function of size and seed)
-    height: int = 256                   # frame height after resize [A11: 256x128 implied by 16x8 maps]
-    width: int = 128                    # frame width after resize
-    seq_len: int = 4                    # N, frames per training clip (paper: 4)
+    synthetic_seed: int = knob(0, minimum=0, maximum=SEED_MAX)  # generator seed (the synthetic dataset is a function of size and seed)
+    height: int = knob(256, minimum=32)  # frame height after resize [A11: 256x128 implied by 16x8 maps]
+    width: int = knob(128, minimum=16)  # frame width after resize
+    seq_len: int = knob(4, minimum=1, maximum=64)  # N, frames per training clip (paper: 4)
     train_sampling: TrainSampling = "restricted"  # [A12] restricted: one random frame per N equal chunks; random: N uniform
-    ids_per_batch: int = 16             # P identities per batch (paper: 16)
-    tracklets_per_id: int = 4           # K tracklets per identity (paper: 4; not the region count)
+    ids_per_batch: int = knob(16, minimum=2)  # P identities per batch (paper: 16)
+    tracklets_per_id: int = knob(4, minimum=2)  # K tracklets per identity (paper: 4; not the region count)
     epoch_def: EpochDef = "identities"  # [A10] identities: one pass over train ids (~39 it on MARS); tracklets: ~every tracklet once
     gallery_with_queries: bool = True   # [A15a] True: official MARS protocol (11,310 gallery); False: torchreid's 9,330
-    flip_prob: float = 0.5              # horizontal flip probability
+    flip_prob: float = knob(0.5, minimum=0.0)  # horizontal flip probability
     flip_per: FlipPer = "frame"         # [A17] frame: each frame flipped on its own, the paper's words; clip: one flip per clip
-    num_workers: int = 2                # DataLoader workers
+    num_workers: int = knob(2, minimum=0, neutral=True)  # DataLoader workers
 
 
 @dataclass(frozen=True)
@@ -77,21 +103,21 @@ class ModelConfig:
     backbone: Backbone = "resnet50"     # conv5 stride is always set to 1
     pretrained: bool = True             # ImageNet weights (torchvision cache or weights_path)
     weights_path: str | None = None     # ImageNet state-dict file, overrides the cache; refused with pretrained: false
-    init: Init = "imagenet"             # with pretrained: imagenet (the paper; torchvision cache or weights_path) | synthetic: the backbone of the one-time pretraining stage on synthetic identities disjoint from every split (core.engine.pretrain, the `pretrain` keys; synthetic data only: the cpu profile's stand-in for ImageNet)
+    init: Init = knob("imagenet", hashed_when_changed=True)  # with pretrained: imagenet (the paper; torchvision cache or weights_path) | synthetic: the backbone of the one-time pretraining stage on synthetic identities disjoint from every split (core.engine.pretrain, the `pretrain` keys; synthetic data only: the cpu profile's stand-in for ImageNet)
     aggregation: Aggregation = "sta"    # frame: image baseline; avg: temporal average; sta: Eq. 1-4 + F2; stan: Li et al. 2018 (core/models/stan.py)
     fusion: bool = True                 # sta only: Alg. 1, concat [F1, F2] along channels
-    num_regions: int = 4                # K horizontal regions (paper: 4); must be <= feature-map height
-    feat_dim: int = 1024                # [A7] width of the FC retrieval feature (paper: not given)
+    num_regions: int = knob(4, minimum=1)  # K horizontal regions (paper: 4); must be <= feature-map height
+    feat_dim: int = knob(1024, minimum=1)  # [A7] width of the FC retrieval feature (paper: not given)
     attention: Attention = "energy"     # [A1] e = sum_d f^2; energy: e/sum(e), as printed; energy_l2: e/||e||_2, the text; norm_l2: sqrt(e)/||sqrt(e)||_2 (was "l2")
     f2_weights: F2Weights = "normalized"  # [A5] normalized: Eq. 4 scores, weighted average; raw: Eq. 3 block sums, Alg. 1 literally
     remainder: Remainder = "last"       # [A4] when K does not divide H: last: the last region takes the extra rows; spread: the first H mod K regions get one more
     classifier_bias: bool = False       # identity classifier with a bias; Eq. 10's logits W_k^T x have none
-    classifier_std: float = 0.001       # std of the classifier's initial weights: logits ~0, CE starts at log(C); with 1,000+ identities that starves the backbone of CE gradient (the pretraining stage uses pretrain.classifier_std)
-    stan_models: int = 6                # [S1] stan only: K spatial attention models (paper's figures: 6; authors' release: 3)
-    stan_hidden: int = 64               # [S2] stan only: width of the spatial scorer's hidden 1x1 conv (authors' release: 64)
+    classifier_std: float = knob(0.001, minimum=0.0, hashed_when_changed=True)  # std of the classifier's initial weights: logits ~0, CE starts at log(C); with 1,000+ identities that starves the backbone of CE gradient (the pretraining stage uses pretrain.classifier_std)
+    stan_models: int = knob(6, minimum=1)  # [S1] stan only: K spatial attention models (paper's figures: 6; authors' release: 3)
+    stan_hidden: int = knob(64, minimum=1)  # [S2] stan only: width of the spatial scorer's hidden 1x1 conv (authors' release: 64)
     stan_embed: StanEmbed = "concat"    # [S4] stan only: concat: K temporally attended D-dim features -> FC(K*D, feat_dim); per_model: shared Linear(D, feat_dim) + l2 per model, concat = K*feat_dim feature (authors' release)
     # STAL (Chen et al. 2019; aggregation=stal only, ignored otherwise; experiments/README.md "STAL", L1..L8)
-    stal_parts: int = 6                 # [L1] R body parts, here R horizontal stripes of the map (paper: 6 pose parts); <= map height
+    stal_parts: int = knob(6, minimum=1)  # [L1] R body parts, here R horizontal stripes of the map (paper: 6 pose parts); <= map height
     stal_ran: bool = True               # [L2] residual attention (1 + M) * f on the global branch (on the backbone's output map)
     stal_part_norm: StalPartNorm = "l1"  # [L4] ||a_bar|| in Eq. 8: l1 (Eq. 12's gradient, the "L1 normalization layer") | l2
 
@@ -99,33 +125,34 @@ class ModelConfig:
 @dataclass(frozen=True)
 class LossConfig:
     triplet: bool = True                # add batch-hard triplet (Eq. 9) to softmax CE (Eq. 10)
-    margin: float = 0.3                 # triplet margin alpha (paper: 0.3, "recommended")
-    reg_weight: float = 0.0             # lambda of Eq. 7 [A8: never given; tune.py searches it]; 0 disables Reg
+    margin: float = knob(0.3, minimum=0.0)  # triplet margin alpha (paper: 0.3, "recommended")
+    reg_weight: float = knob(0.0, minimum=0.0)  # lambda of Eq. 7 [A8: never given; tune.py searches it]; 0 disables Reg
     reg_squared: bool = False           # [A8] False: ||g_i - g_j||_F as in Eq. 6; True: squared, as the text says
-    div_weight: float = 1.0             # [S5] stan only: weight of STAN's diversity term ||QQ^T - I||_F^2 (authors' release adds it with 1; the paper's value was not available)
+    div_weight: float = knob(1.0, minimum=0.0)  # [S5] stan only: weight of STAN's diversity term ||QQ^T - I||_F^2 (authors' release adds it with 1; the paper's value was not available)
     div_squared: bool = True            # [S5] True: ||QQ^T - I||_F^2 as the paper writes it; False: ||QQ^T - I||_F
     # STAL's objective, Eq. 3-6 (aggregation=stal only; its global triplet uses stal_margin_global, not margin)
-    stal_margin_global: float = 1.2     # m_g of Eq. 4 (STAL III-E)
-    stal_margin_local: float = 0.8      # m_l of Eq. 4 (STAL III-E)
-    stal_local_weight: float = 0.3      # lambda of Eq. 4, on the local triplet term (STAL III-E)
-    stal_consist_weight: float = 1.0    # [L6] weight of the consistency constraint C_cons (Eq. 3: 1)
+    stal_margin_global: float = knob(1.2, minimum=0.0)  # m_g of Eq. 4 (STAL III-E)
+    stal_margin_local: float = knob(0.8, minimum=0.0)  # m_l of Eq. 4 (STAL III-E)
+    stal_local_weight: float = knob(0.3, minimum=0.0)  # lambda of Eq. 4, on the local triplet term (STAL III-E)
+    stal_consist_weight: float = knob(1.0, minimum=0.0)  # [L6] weight of the consistency constraint C_cons (Eq. 3: 1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 800                   # [A10] total epochs (paper: 800; "70" in the same paragraph)
-    lr: float = 3e-4                    # learning rate (paper: Adam, 3e-4)
-    optimizer: Optimizer = "adam"       # adam (the paper) | sgd: SGD with Nesterov momentum train.momentum
-    momentum: float = 0.9               # sgd only
-    weight_decay: float = 5e-4          # Adam weight decay
+    epochs: int = knob(800, minimum=1)  # [A10] total epochs (paper: 800; "70" in the same paragraph)
+    lr: float = knob(3e-4, minimum=0.0)  # learning rate (paper: Adam, 3e-4)
+    optimizer: Optimizer = knob("adam", hashed_when_changed=True)  # adam (the paper) | sgd: SGD with Nesterov momentum train.momentum
+    momentum: float = knob(0.9, minimum=0.0, hashed_when_changed=True)  # sgd only
+    weight_decay: float = knob(5e-4, minimum=0.0)  # Adam weight decay
     milestones: tuple[int, ...] = (200, 400)  # lr x gamma after these epochs (strictly increasing, each >= 1)
-    gamma: float = 0.1                  # lr decay factor
-    seed: int = 0                       # seeds python, numpy, torch, the sampler and frame choice
-    device: str = "auto"                # auto | cpu | cuda | cuda:<i>
+    gamma: float = knob(0.1, minimum=0.0)  # lr decay factor
+    seed: int = knob(0, minimum=0, maximum=SEED_MAX, seed=True)  # seeds python, numpy, torch, the sampler and frame choice
+    device: str = knob("auto", neutral=True)  # auto | cpu | cuda | cuda:<i>
     amp: bool = True                    # CUDA only: autocast to bf16 (fp16 + GradScaler where bf16 is unsupported)
     channels_last: bool = True          # CUDA only: channels-last memory format
-    checkpoint_every_s: float = 300.0   # write last.pt after this many seconds of training, and after every lr milestone and the last epoch (0: every epoch)
-    compile: bool = False               # torch.compile the training forward (same math; measure with python -m core.bench train)
+    checkpoint_every_s: float = knob(300.0, minimum=0.0, neutral=True)  # write last.pt after this many seconds of training, and after every lr milestone and the last epoch (0: every epoch)
+    compile: bool = knob(False, neutral=True)  # torch.compile the training forward (same math; measure with python -m core.bench train)
+    log_checkpoint: bool = knob(False, neutral=True)  # the trained model's last.pt as an MLflow artifact (checkpoint/) of the run that trained it (the paper profile: true)
 
 
 @dataclass(frozen=True)
@@ -135,33 +162,33 @@ class PretrainConfig:
     initialises every row, as ImageNet weights do in the paper. Shared by the rows and seeds of every table (it has
     its own seed) and cached by the hash of everything that makes it. Inert unless model.pretrained and
     model.init=synthetic (then it enters the runs' config hash)."""
-    identities: int = 2000              # people of the pretraining tree (none of them in any split of any preset)
-    epochs: int = 80                    # passes over its identities (identities / P iterations each)
-    lr: float = 1e-3                    # Adam learning rate (weight decay: train.weight_decay)
+    identities: int = knob(2000, minimum=8)  # people of the pretraining tree (none of them in any split of any preset)
+    epochs: int = knob(80, minimum=1)  # passes over its identities (identities / P iterations each)
+    lr: float = knob(1e-3, minimum=0.0)  # Adam learning rate (weight decay: train.weight_decay)
     milestones: tuple[int, ...] = (70,)  # lr x train.gamma after these epochs
-    ids_per_batch: int = 32             # P identities x K tracklets per batch
-    tracklets_per_id: int = 2
-    seq_len: int = 2                    # N frames per training clip
+    ids_per_batch: int = knob(32, minimum=2)  # P identities x K tracklets per batch
+    tracklets_per_id: int = knob(2, minimum=2)
+    seq_len: int = knob(2, minimum=1)  # N frames per training clip
     triplet: bool = False               # add the batch-hard triplet loss to CE (from scratch it collapses the features to one point: docs/learning.md)
-    classifier_std: float = 0.05        # std of the classifier's initial weights (model.classifier_std)
-    seed: int = 0                       # the stage's training seed (one pretrained backbone for every row seed)
+    classifier_std: float = knob(0.05, minimum=0.0)  # std of the classifier's initial weights (model.classifier_std)
+    seed: int = knob(0, minimum=0)  # the stage's training seed (one pretrained backbone for every row seed)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    seq_len: int = 4                    # N at test time (free: the model has no N-dependent weights; Table 2)
+    seq_len: int = knob(4, minimum=1, maximum=64)  # N at test time (free: the model has no N-dependent weights; Table 2)
     sampling: EvalSampling = "evenly"   # [A12] evenly: N evenly spaced frames; dense: all frames in chunks of N, averaged
     distance: Distance = "euclidean"
     ap_rule: ApRule = "trapezoid"       # [A15b] trapezoid: official MARS code; step: non-interpolated, torchreid
-    stal_global_weight: float = 0.3     # [L7] STAL test distance d = d_l + w * d_g: 0.3 (III-E); 1.0: "we add them" (III-A)
+    stal_global_weight: float = knob(0.3, minimum=0.0)  # [L7] STAL test distance d = d_l + w * d_g: 0.3 (III-E); 1.0: "we add them" (III-A)
     rerank: bool = False                # k-reciprocal re-ranking (Zhong et al. 2017) [A16]; euclidean distance only
-    rerank_k1: int = 20
-    rerank_k2: int = 6
-    rerank_lambda: float = 0.3
-    batch_size: int = 32                # clips per extraction batch
-    bootstrap_resamples: int = 1000     # identity resamples of the 95 % intervals (core.evaluation.bootstrap)
-    bootstrap_seed: int = 0             # their generator's seed (intervals are reproducible)
-    audit_occluded: float = 0.5         # attention audit (synthetic data): a region-frame or grid cell counts as occluded when at least this fraction of its pixels is damaged (clean: 0); 0.5 = mostly damaged (core.evaluation.attention_audit)
+    rerank_k1: int = knob(20, minimum=1)
+    rerank_k2: int = knob(6, minimum=1)
+    rerank_lambda: float = knob(0.3, minimum=0.0)
+    batch_size: int = knob(32, minimum=1, per_machine=True)  # clips per extraction batch
+    bootstrap_resamples: int = knob(1000, minimum=1, report_only=True)  # identity resamples of the 95 % intervals (core.evaluation.bootstrap)
+    bootstrap_seed: int = knob(0, minimum=0, maximum=SEED_MAX, report_only=True)  # their generator's seed (intervals are reproducible)
+    audit_occluded: float = knob(0.5, report_only=True)  # attention audit (synthetic data): a region-frame or grid cell counts as occluded when at least this fraction of its pixels is damaged (clean: 0); 0.5 = mostly damaged (core.evaluation.attention_audit)
 
 
 @dataclass(frozen=True)
@@ -186,31 +213,6 @@ RENAMED: dict[str, dict[str, str]] = {
     "model.attention": {"l2": "norm_l2 (sqrt(e) / ||sqrt(e)||_2, what 'l2' computed; 'energy_l2' is e / ||e||_2)"},
 }
 
-# Lower bounds of numeric fields (inclusive).
-MINIMUM: dict[str, float] = {
-    "data.synthetic_seed": 0, "train.seed": 0,     # numpy's generators refuse negative seeds
-    "data.height": 32, "data.width": 16, "data.seq_len": 1, "data.ids_per_batch": 2,
-    "data.tracklets_per_id": 2, "data.num_workers": 0, "data.flip_prob": 0.0,
-    "model.num_regions": 1, "model.feat_dim": 1, "loss.margin": 0.0, "loss.reg_weight": 0.0,
-    "model.stan_models": 1, "model.stan_hidden": 1, "loss.div_weight": 0.0,
-    "model.stal_parts": 1, "loss.stal_margin_global": 0.0, "loss.stal_margin_local": 0.0,
-    "loss.stal_local_weight": 0.0, "loss.stal_consist_weight": 0.0, "eval.stal_global_weight": 0.0,
-    "train.epochs": 1, "train.lr": 0.0, "train.momentum": 0.0, "train.weight_decay": 0.0, "train.gamma": 0.0,
-    "train.checkpoint_every_s": 0.0, "eval.seq_len": 1, "eval.rerank_k1": 1, "eval.rerank_k2": 1,
-    "eval.rerank_lambda": 0.0, "eval.batch_size": 1, "eval.bootstrap_resamples": 1, "eval.bootstrap_seed": 0,
-    "pretrain.identities": 8, "pretrain.epochs": 1, "pretrain.lr": 0.0, "pretrain.ids_per_batch": 2,
-    "pretrain.tracklets_per_id": 2, "pretrain.seed": 0, "pretrain.seq_len": 1, "pretrain.classifier_std": 0.0,
-    "model.classifier_std": 0.0,
-}
-
-# Upper bounds of numeric fields (inclusive): values past them are typos that would overflow a generator or take the
-# machine's memory (data.seq_len=1000 took 11 GB before the kernel killed it), refused before anything runs.
-SEED_MAX = 2**32 - 1                 # numpy / torch generators take 32-bit seeds everywhere in the suite
-MAXIMUM: dict[str, float] = {
-    "train.seed": SEED_MAX, "data.synthetic_seed": SEED_MAX, "eval.bootstrap_seed": SEED_MAX,
-    "data.seq_len": 64, "eval.seq_len": 64,      # frames per clip (the paper uses 2..8)
-}
-
 # The synthetic generator's version (core.data.synthetic). Bump when the drawing (core.data.render) or the plan
 # changes: it is in the default root and the marker, so a bump regenerates instead of reusing a cached tree, and it
 # enters config_hash of synthetic runs, so finished runs on the older data are not reused;
@@ -219,18 +221,6 @@ MAXIMUM: dict[str, float] = {
 # 3: every tree carries truth.parquet (core.data.truth: what the generator did to each frame), the "occluded" preset
 #    is added; the frames of tiny, small and default are 2's, pixel for pixel.
 SYNTHETIC_VERSION = 3
-
-# Keys that cannot change a result, left out of config_hash: changing one reuses finished runs and checkpoints.
-# DataLoader workers; the device (auto, cpu and cuda name the same run: the numbers differ only by floating-point
-# rounding, and by bf16 autocast where train.amp applies on CUDA; the device used is each run's tag 'device');
-# when checkpoints are written (resume is exact); torch.compile (same math, floating-point rounding aside).
-RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("data.num_workers", "train.device", "train.checkpoint_every_s",
-                                        "train.compile")
-
-# Keys added after stores already held finished runs: at these (default) values they stay out of config_hash, so those
-# runs keep their hashes and are still reused; set to anything else they enter it like every other key.
-HASHED_WHEN_CHANGED: dict[str, Any] = {"train.optimizer": "adam", "train.momentum": 0.9, "model.init": "imagenet",
-                                       "model.classifier_std": 0.001}
 
 # Output stride of the backbone with conv5 stride 1: a 256x128 frame gives 16x8 maps.
 BACKBONE_STRIDE = 16
@@ -283,6 +273,43 @@ def _section_classes() -> dict[str, type]:
 
 
 CHOICES: dict[str, tuple[str, ...]] = _choices()
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    """{dotted key: its dataclass field}, in section and field order."""
+    return {f"{name}.{f.name}": f for name, cls in _section_classes().items() for f in dataclasses.fields(cls)}
+
+
+def _knobs(prop: str) -> dict[str, Any]:
+    """{dotted key: the property's value} of the fields that have `prop` (knob's metadata)."""
+    return {key: f.metadata[prop] for key, f in _fields().items() if prop in f.metadata}
+
+
+MINIMUM: dict[str, float] = _knobs("minimum")
+# past these, values are typos that would overflow a generator or take the machine's memory (data.seq_len=1000 took
+# 11 GB before the kernel killed it), refused before anything runs
+MAXIMUM: dict[str, float] = _knobs("maximum")
+RESULT_NEUTRAL_KEYS: tuple[str, ...] = tuple(_knobs("neutral"))
+HASHED_WHEN_CHANGED: dict[str, Any] = {key: f.default for key, f in _fields().items()
+                                       if f.metadata.get("hashed_when_changed")}
+
+
+def seed_keys() -> tuple[str, ...]:
+    """The keys in which the seeds of one report row may differ: the seed and the neutral keys."""
+    return (*_knobs("seed"), *RESULT_NEUTRAL_KEYS)
+
+
+def study_neutral_keys(report: bool = True) -> tuple[str, ...]:
+    """The keys in which the workers (and invocations) of one Optuna study may differ: neutral and per-machine keys,
+    and with `report` the report-only ones."""
+    props = ("neutral", "per_machine", "report_only") if report else ("neutral", "per_machine")
+    return tuple(key for key, f in _fields().items() if any(f.metadata.get(p) for p in props))
+
+
+def field_type(key: str) -> Any:
+    """The type hint of a dotted key ('eval.rerank' -> bool)."""
+    section, _, name = key.partition(".")
+    return _field_types(_section_classes()[section])[name]
 
 
 def flatten_overrides(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The pretraining stage as the pipelines run it (tables, tuning, reproduce/pretrain.py): cached or trained once,
-logged as an MLflow run of its own (tracking.PRETRAIN_EXPERIMENT), and named by every row run that starts from it
+logged as an MLflow run of its own (record.PRETRAIN_EXPERIMENT), and named by every row run that starts from it
 (tags pretrain_hash, pretrain_run)."""
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
-"""What the suite writes to MLflow, by name, in one place: metric keys and their '/' sections, the knobs a model does
-not use, and the names of runs. No mlflow import here (core.tracking writes, reports read through it).
+"""The run record: what the suite writes to MLflow and reads back, by name, in one place. Metric names, their units
+and their '/' sections, tag names and values, artifact names, the columns of a run in core.tracking.runs_frame (and
+its params read back typed), the knobs a model does not use, and the names of runs. No mlflow import here
+(core.tracking writes and reads; core.reporting and core.tuning read through it).
 
-Metric sections (issue 23). MLflow's chart view groups metrics by the prefix before the first '/', so the code
-names a metric by its flat name (``R1``, ``official_rerank_mAP_ci_low``, ``loss_ce``, ``attn_auc_map``, ``ce``)
-and ``key(flat)`` gives the key logged. MLflow 3.17 orders the sections by plain string order and puts the metrics
-without a section ("Model metrics") after all of them (mlflow/server/js, RunsChartsCard section generation), so the
-headline gets a section whose capital first letter sorts before the lower-case ones: ``Headline/R1`` opens the
-chart view (the study's summary, ``Study/``, likewise):
+Metric sections. MLflow's chart view groups metrics by the prefix before the first '/', so the code names a metric by
+its flat name (``R1``, ``official_rerank_mAP_ci_low``, ``loss_ce``, ``attn_auc_map``, ``ce``) and ``key(flat)``
+gives the key logged. MLflow 3.17 orders the sections by plain string order and puts the metrics without a section
+("Model metrics") after all of them (mlflow/server/js, RunsChartsCard section generation), so the headline gets a
+section whose capital first letter sorts before the lower-case ones: ``Headline/R1`` opens the chart view (the
+study's summary, ``Study/``, likewise):
 
 =============  ===========================================  ==========================================
 section        flat names                                   logged as
@@ -26,19 +28,102 @@ Study          best_*, trials_* (a study's parent run)      Study/best_val_mAP, 
 =============  ===========================================  ==========================================
 
 ``flat(key)`` is the inverse: readers (``core.tracking.runs_frame``) turn the logged keys back into flat names, so
-reports read ``metrics.R1_ci_low`` from stores written before and after issue 23 alike.
+reports read ``metrics.R1_ci_low`` from stores written with and without sections alike (CHANGELOG.md).
+
+Units: R1..mAP under any protocol prefix and their interval bounds are logged in percent (``is_percent``); the
+engine computes fractions (core.evaluation), core.tracking.log_result converts once.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import math
+import types
+import typing
 from typing import Any, Mapping
 
-from core.config import PretrainConfig
-from core.specs import EPOCH_WALL_S, METRICS, ROW_WALL_S, TRAIN_WALL_S
+from core.config import PretrainConfig, field_type
 
+# ---- metrics -------------------------------------------------------------------------------------------------
+METRICS = ("R1", "R5", "R10", "R20", "mAP")      # what every run computes [A14]; percent in MLflow
 CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
+EPOCH_WALL_S = "epoch_wall_s"     # per epoch (step = epoch): wall clock between the ends of two epochs
+TRAIN_WALL_S = "train_wall_s"     # per row run: sum of its epochs' EPOCH_WALL_S, resumed epochs included
+ROW_WALL_S = "row_wall_s"         # per row run: this invocation end to end (data, training or reuse, evaluation,
+                                  # logging)
+# the names the timing metrics had in stores written before they were renamed; reports read them as a fallback
+OLD_METRIC_NAMES = {EPOCH_WALL_S: "seconds", TRAIN_WALL_S: "train_seconds", ROW_WALL_S: "wall_seconds"}
 EPOCH_TRAIN = ("ce", "triplet", "reg", "total", "train_acc", "lr", "iterations", "div", "triplet_local", "consist")
 TIMES = (EPOCH_WALL_S, "frames_per_s", "compute_frames_per_s", TRAIN_WALL_S, ROW_WALL_S)
+
+
+def is_percent(name: str) -> bool:
+    """R1..mAP under any protocol prefix ('R1', 'rerank_mAP', 'gao_R5', 'official_rerank_R1') and their interval
+    bounds ('R1_ci_low', 'gao_rerank_mAP_ci_high') are percentages."""
+    for suffix in CI_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name.rsplit("_", 1)[-1] in METRICS
+
+
+# ---- artifacts -----------------------------------------------------------------------------------------------
+PER_QUERY = "per_query.parquet"    # a row or test run: core.evaluation.PER_QUERY_COLUMNS, one row per (protocol,
+                                   # reranked, query); the reports' intervals and verdicts come from it
+VAL_PER_QUERY = "val_per_query.parquet"   # a trial run: its last validation's per-query outcomes
+CMC = "cmc.json"                   # a row run: {"rank", "cmc", "chance"} in percent; the report's CMC figures
+AUDIT_CLIPS = "audit_clips.json"   # an STA row run on synthetic data: the audit figure's clips
+CONFIG = "config.json"             # every run: its resolved config, nested (core.config.to_dict)
+CLAIMS = "claims.json"             # a table's parent run: core.reporting.report.claim_records
+REPORT = "report"                  # artifact folder of a table's parent run: tableN.md, figures/
+
+# ---- tags ----------------------------------------------------------------------------------------------------
+KIND = "kind"                      # what a run is: one of the kinds below
+ROW_KIND, TABLE_KIND = "row", "table"        # a table row and seed / an invocation's parent run
+STUDY_KIND, TRIAL_KIND, TEST_KIND = "study", "trial", "test"     # an Optuna study's parent run / trial / test run
+PRETRAIN_KIND = "pretrain"         # a pretraining stage (experiment PRETRAIN_EXPERIMENT, tag stage_hash)
+PRETRAIN_EXPERIMENT = "STA pretraining"
+
+
+# ---- a run as core.tracking.runs_frame gives it (mlflow.search_runs, metric keys flat) -------------------------
+
+def metric_col(name: str) -> str:
+    """The column of a flat-named metric: 'R1' -> 'metrics.R1'."""
+    return f"metrics.{name}"
+
+
+def param_col(key: str) -> str:
+    """The column of a config key: 'eval.rerank' -> 'params.eval.rerank'."""
+    return f"params.{key}"
+
+
+def tag_col(name: str) -> str:
+    return f"tags.{name}"
+
+
+ROW, DATASET, PROFILE, SEED = tag_col("row"), tag_col("dataset"), tag_col("profile"), tag_col("seed")
+USED_AT = tag_col("used_at")       # a reused run's last use (seconds since the epoch): the report's latest run
+CONFIG_HASH = tag_col("config_hash")
+PRETRAIN_HASH, PRETRAIN_RUN = tag_col("pretrain_hash"), tag_col("pretrain_run")
+GIT_COMMIT, GIT_DIRTY, DEVICE = tag_col("git_commit"), tag_col("git_dirty"), tag_col("device")
+
+
+def param(run: Mapping[str, Any], key: str) -> Any:
+    """A run's config value `key` read back typed (MLflow keeps params as text: 'True' -> True, '[15]' -> (15,),
+    'None' -> None); None where the run did not log it."""
+    text = run.get(param_col(key))
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    hint = field_type(key)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if text == "None":
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        return {"True": True, "False": False}.get(str(text))
+    if hint in (int, float):
+        return hint(text)
+    if typing.get_origin(hint) is tuple:
+        return tuple(ast.literal_eval(str(text)))
+    return str(text)
 
 
 def _headline_ci(name: str) -> bool:
@@ -90,7 +175,7 @@ def keyed(metrics: Mapping[str, float]) -> dict[str, float]:
     return {key(k): v for k, v in metrics.items()}
 
 
-# ---- params: the knobs a run's model does not use (issue 23, item 7) --------------------------------------------
+# ---- params: the knobs a run's model does not use --------------------------------------------
 # (flat config keys, why they do nothing, when): logged in the config.json artifact and the config hash, but not as
 # MLflow params, so Compare's "Show diff only" shows only differences that change the model or the loss
 _INERT: tuple[tuple[tuple[str, ...], str, Any], ...] = (
@@ -120,7 +205,7 @@ def inert(flat_config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-# ---- run names (issue 23, item 2): they differ in their first characters ------------------------------------------
+# ---- run names: they differ in their first characters ------------------------------------------
 
 def row_run_name(table: str, index: int, label: str, seed: int) -> str:
     """'T1.3 Baseline + TL + Avg · seed 0': the table and row index first, so truncated names still differ."""
@@ -139,7 +224,7 @@ def test_run_name(labels: list[str], lam: float, margin: float) -> str:
     return f"test: {' = '.join(labels) or 'earlier best'} (λ={lam:g}, m={margin:g})"
 
 
-# ---- the runs table's columns (issue 23, item 2): an experiment's shared view ----------------------------------
+# ---- the runs table's columns: an experiment's shared view ----------------------------------
 # MLflow 3.17 shows Source, Models and Dataset by default, no result. A view saved as the experiment tag
 # 'mlflow.sharedViewState.<key>' (JSON: search facets and UI state, as its "Share" button writes it) opens with the URL
 # parameter viewStateShareKey=<key> (core.ui.runs_url): rows flat (a filter and an order other than the start time

@@ -9,7 +9,7 @@ A preset is a named flat map written once for several tables (``full_sta``: the 
 included); a spec names it with ``preset:`` (every run row) or a row with its own ``preset:``.
 
 A spec also declares the paper's claims as data (``claims:``, :class:`Claim`): a run row that the paper says beats
-other run rows on some metrics; core.claims gives each a verdict from this run's per-query results.
+other run rows on some metrics; core.reporting.claims gives each a verdict from this run's per-query results.
 
 Everything is validated on load: an unknown key, a wrong type or an impossible value raises
 :class:`core.config.ConfigError` naming the file, the row, the key and what is allowed, before anything trains.
@@ -24,19 +24,11 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from core.config import ConfigError, RunConfig, allowed_keys, apply_overrides, flatten_overrides
+from core.record import METRICS
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 PROFILES_PATH = EXPERIMENTS / "profiles.yaml"
 PRESETS_PATH = EXPERIMENTS / "presets.yaml"
-METRICS = ("R1", "R5", "R10", "R20", "mAP")      # what every run computes [A14]
-# timing metrics logged to MLflow (issue 13 renamed them; runs logged before keep the old names, OLD_METRIC_NAMES,
-# which reports read as a fallback)
-EPOCH_WALL_S = "epoch_wall_s"     # per epoch (step = epoch): wall clock between the ends of two epochs; was 'seconds'
-TRAIN_WALL_S = "train_wall_s"     # per row run: sum of its epochs' EPOCH_WALL_S, resumed epochs included; was
-                                  # 'train_seconds'
-ROW_WALL_S = "row_wall_s"         # per row run: this invocation end to end (data, training or reuse, evaluation,
-                                  # logging); was 'wall_seconds'
-OLD_METRIC_NAMES = {EPOCH_WALL_S: "seconds", TRAIN_WALL_S: "train_seconds", ROW_WALL_S: "wall_seconds"}
 PAPER_DATASETS = ("mars", "duke")                # datasets the paper reports
 DATASET_NAMES = {"mars": "MARS", "duke": "DukeMTMC-VideoReID", "synthetic": "synthetic"}
 SPEC_KEYS = {"table": str, "title": str, "metrics": list, "preset": str, "base": dict, "rows": list, "notes": str,

@@ -1,7 +1,7 @@
 """One paper table, end to end: spec rows x seeds -> runs (trained, resumed or reused) -> tracked -> report.
 
 A row whose full resolved config (core.config.config_hash) already has a FINISHED run in the table's MLflow
-experiment, with its per-query outcomes (tracking.PER_QUERY), is reused, not run again, unless ``force``; an
+experiment, with its per-query outcomes (record.PER_QUERY), is reused, not run again, unless ``force``; an
 interrupted row resumes from its checkpoint in ``work_dir`` (the engine does that). Rows that differ only in evaluation options (Table 2's test N, Table 4's
 re-ranking) share one trained model through core.engine.train_dir.
 
@@ -22,12 +22,19 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from core import claims, endpoints, figures, pretraining, record, reporting, tracking
-from core.config import RunConfig, apply_overrides, config_hash, uses_pretraining
-from core.engine.checkpoint import CheckpointError, DiskFullError
+from core import endpoints, engine, pretraining, record, tracking
+from core.atomic import DiskFullError
+from core.config import ConfigError, RunConfig, apply_overrides, config_hash, uses_pretraining
+from core.data import DatasetError, load_dataset
+from core.engine.checkpoint import CheckpointError
+from core.engine.device import check_device, current_dist, init_distributed, resolve_device
 from core.engine.pretrained import stage_hash
-from core.reporting import AUDIT_CLIPS
-from core.specs import ROW_WALL_S, Row, Spec, read_spec
+from core.engine.training import check_checkpoint
+from core.record import AUDIT_CLIPS, ROW_WALL_S
+from core.reporting import claims, figures
+from core.reporting.report import claim_records, write_index, write_report
+from core.reporting.select import select_runs
+from core.specs import Row, Spec, read_spec
 from core.table_console import TableConsole
 
 
@@ -66,7 +73,6 @@ def _start_distributed(device: str) -> bool:
     """Join the torchrun process group (if any); True on the main process."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return True
-    from core.engine.device import init_distributed, resolve_device
     ddp = init_distributed(device)
     resolve_device(device, ddp)  # sets the CUDA device the NCCL broadcasts use
     return ddp.is_main
@@ -93,7 +99,6 @@ _DATASETS: dict = {}
 
 def _dataset(cfg: RunConfig, main: bool, progress: bool = True):
     """Load (generating synthetic data on first use) once per data config; rank 0 first under torchrun."""
-    from core.data import load_dataset
     key = cfg.data
     if key not in _DATASETS:
         if main:
@@ -105,12 +110,10 @@ def _dataset(cfg: RunConfig, main: bool, progress: bool = True):
 
 
 def _row_tags(spec: Spec, job: Job) -> dict[str, str]:
-    from core.engine import train_dir
-    from core.engine.device import current_dist, resolve_device
     ddp = current_dist()  # the device count is a tag, not part of the config (hash): 1 or G GPUs, one row
     return {"table": spec.table, "row": job.row.label, "row_index": str(job.row.index),
             "dataset": job.cfg.data.dataset, "profile": spec.profile or "", "seed": str(job.seed),
-            "config_hash": config_hash(job.cfg), "train_dir": train_dir(job.cfg, ".").name,
+            "config_hash": config_hash(job.cfg), "train_dir": engine.train_dir(job.cfg, ".").name,
             "device": str(resolve_device(job.cfg.train.device, ddp)), "world_size": str(ddp.world_size),
             "spec": spec.path.name,
             "mlflow.note.content": job.row.full_deviation, **tracking.provenance_tags()}
@@ -120,10 +123,9 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool,
              stage_tags: dict[str, str] | None = None):
     """Train/resume and evaluate one row and seed; on rank 0 log everything into a nested run (with the tags of the
     pretraining stage it starts from, if any); returns the engine's RunResult (None on other ranks)."""
-    from core.engine import run
     dataset = _dataset(job.cfg, main, progress)
     if not main:
-        run(job.cfg, work_dir, dataset=dataset, progress=False)
+        engine.run(job.cfg, work_dir, dataset=dataset, progress=False)
         return None
     tags = {**_row_tags(spec, job), **(stage_tags or {})}
     run_name = record.row_run_name(spec.table, job.row.index, job.row.label, job.seed)
@@ -135,10 +137,10 @@ def _run_job(spec: Spec, job: Job, work_dir: Path, main: bool, progress: bool,
         tracking.log_datasets(job.cfg, dataset)
         callback = tracking.epoch_callback()
         t0 = time.perf_counter()
-        result = run(job.cfg, work_dir, callbacks=[callback], dataset=dataset, progress=progress)
+        result = engine.run(job.cfg, work_dir, callbacks=[callback], dataset=dataset, progress=progress)
         tracking.log_result(result, logged_by=callback, extra_metrics={ROW_WALL_S: time.perf_counter() - t0})
         _log_figures(job, result, dataset)
-        if spec.profile == "paper" and callback.logged:     # the run that trained it (Table 2's others share it)
+        if job.cfg.train.log_checkpoint and callback.logged:    # the run that trained it (Table 2's others share it)
             tracking.log_file(result.run_dir / "last.pt", "checkpoint")
         tracking.set_tags({"checkpoint_path": str((result.run_dir / "last.pt").resolve())})
     return result
@@ -172,8 +174,6 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
               tracking_uri: str | None = None, reports_dir: str | Path = "reports", progress: bool = True,
               ) -> TableOutcome:
     """Run (or reuse) every runnable row of a load_spec()-resolved spec for each seed, then write its report."""
-    from core.data import DatasetError
-    from core.engine.device import check_device
     todo = jobs(spec, seeds)
     if not todo:
         raise ValueError(f"{spec.path}: no runnable rows selected")
@@ -193,7 +193,7 @@ def run_table(spec: Spec, seeds: Sequence[int] | None = None, work_dir: str | Pa
         tracking.configure(tracking_uri)
         tracking.end_orphaned_runs(experiment)     # runs of a killed earlier invocation: RUNNING -> KILLED
     found = [_agree(None if force else tracking.find_finished(experiment, config_hash(job.cfg),
-                                                               needs=(tracking.PER_QUERY,)) if main else None)
+                                                               needs=(record.PER_QUERY,)) if main else None)
              for job in todo]
     cleared: set[Path] = set()
     console = TableConsole(spec.table, [j.name for j in todo], found, tracking.shown_uri(tracking_uri),
@@ -244,8 +244,6 @@ def check_data_fits(cfg: RunConfig, dataset) -> None:
     """Refuse, before any row trains, a dataset a config cannot train or be scored on: fewer than 2 training
     identities, fewer than data.ids_per_batch (P) of them, or no query with a gallery tracklet of its identity from
     another camera (every query would be ignored: nothing to score)."""
-    from core.config import ConfigError
-    from core.data import DatasetError
     ids = dataset.num_train_pids
     if ids < 2:
         raise DatasetError(f"{dataset.name} ({cfg.data.root or cfg.data.dataset}): the training split has {ids} "
@@ -268,17 +266,15 @@ def _check_checkpoints(todo: list[Job], work_dir: Path) -> None:
     """Every checkpoint in the rows' training folders must be resumable (training.check_checkpoint): a bad one stops
     the table in one line before the store is opened and any row trains (also that of a row whose finished run would
     be reused: the file is damaged either way, and the message says to delete it)."""
-    from core.engine import train_dir
-    from core.engine.training import check_checkpoint
-    for path in dict.fromkeys(train_dir(job.cfg, work_dir) / "last.pt" for job in todo):
+    for path in dict.fromkeys(engine.train_dir(job.cfg, work_dir) / "last.pt" for job in todo):
         if path.exists():
-            check_checkpoint(path, next(j.cfg for j in todo if train_dir(j.cfg, work_dir) / "last.pt" == path))
+            check_checkpoint(path, next(j.cfg for j in todo if engine.train_dir(j.cfg, work_dir) / "last.pt" == path))
 
 
 def _runs_view(spec: Spec) -> dict:
     """The experiment's runs table (core.record.runs_view): its row runs, the spec's metrics, the knobs its rows set."""
     knobs = dict.fromkeys(k for row in spec.rows if row.run for k in row.overrides)
-    return record.runs_view(f"tags.kind = '{tracking.ROW_KIND}'", list(spec.metrics), list(knobs))
+    return record.runs_view(f"tags.kind = '{record.ROW_KIND}'", list(spec.metrics), list(knobs))
 
 
 def _parent_name(spec: Spec) -> str:
@@ -294,8 +290,7 @@ def _parent_tags(spec: Spec, todo: list[Job]) -> dict[str, str]:
 
 def _clear_checkpoint(cfg: RunConfig, work_dir: Path, cleared: set[Path], main: bool) -> None:
     """--force: retrain from scratch, once per trained model (Table 2's rows share one)."""
-    from core.engine import train_dir
-    path = train_dir(cfg, work_dir)
+    path = engine.train_dir(cfg, work_dir)
     if path in cleared:
         return
     cleared.add(path)
@@ -326,12 +321,12 @@ def rebuild_report(spec_path: str | Path, reports_dir: str | Path = "reports",
     experiment = tracking.experiment_name(spec.table)
     runs = tracking.runs_frame(experiment)
     target = Path(reports_dir) / f"{spec.table}.md"
-    if reporting.select_runs(runs).empty and target.exists():
+    if select_runs(runs).empty and target.exists():
         raise KeptReport(target, f"kept {target}: experiment '{experiment}' in {endpoints.shown(uri)} has no "
                                  f"finished row runs, so a rebuilt report would show the paper's numbers only")
     load_table = claims.cached(tracking.load_table)     # each per-query artifact read once for report and verdicts
-    path = reporting.write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
-    reporting.write_index(reports_dir)
-    tracking.log_claims(experiment, reporting.claim_records(spec, runs, load_table))
+    path = write_report(spec, runs, reports_dir, load_json=tracking.load_json, load_table=load_table)
+    write_index(reports_dir)
+    tracking.log_claims(experiment, claim_records(spec, runs, load_table))
     tracking.log_report(experiment, path)
     return path

@@ -39,10 +39,21 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from core import endpoints, leftovers, record, stores  # noqa: E402
-from core.claims import PER_QUERY  # noqa: E402
 from core.config import ConfigError, RunConfig, to_dict, to_flat_dict  # noqa: E402
 from core.provenance import provenance  # noqa: E402
-from core.specs import EXPERIMENTS, METRICS, TRAIN_WALL_S  # noqa: E402
+from core.record import (  # noqa: E402
+    CLAIMS,
+    PER_QUERY,
+    PRETRAIN_EXPERIMENT,
+    PRETRAIN_KIND,
+    REPORT,
+    ROW_KIND,
+    STUDY_KIND,
+    TABLE_KIND,
+    TRAIN_WALL_S,
+    is_percent,
+)
+from core.specs import EXPERIMENTS  # noqa: E402
 
 try:  # mlflow was imported before this module (and started its telemetry client): drop that client
     from mlflow.telemetry import get_telemetry_client, set_telemetry_client
@@ -55,13 +66,6 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 # URI schemes of the stores MLflow has (a "+driver" suffix is allowed; a plain folder is a file store); a test checks
 # them against the installed mlflow
 URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc", "uc")
-ROW_KIND, TABLE_KIND = "row", "table"        # tag "kind" of a row run / of an invocation's parent run
-STUDY_KIND = "study"                         # tag "kind" of an Optuna study's parent run (core.tuning)
-# PER_QUERY (claims.PER_QUERY, "per_query.parquet"): artifact of a row run, core.evaluation.PER_QUERY_COLUMNS, one row
-# per (protocol, reranked, query); read it with load_table(run_id, PER_QUERY)
-CLAIMS = "claims.json"                       # artifact of a table's parent run: reporting.claim_records (log_claims)
-CI_SUFFIXES = record.CI_SUFFIXES             # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
-REPORT = "report"                            # artifact folder of a table's parent run: tableN.md, figures/
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges) and asks which kind it is; the
 # value its UI names CUSTOM_MODEL_DEVELOPMENT opens the runs table (mlflow/server/js ExperimentKind, MLflow 3.x)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -335,6 +339,7 @@ def log_datasets(cfg: RunConfig, dataset) -> None:
     table's Dataset column and filter show them: name '<dataset>/<synthetic size or folder name>/<split>', source
     the data's folder, digest a hash of the data config's identity and the split's tracklet and frame counts."""
     import hashlib
+
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
     d = cfg.data
@@ -375,14 +380,6 @@ def log_history(history, skip: set[int] | frozenset = frozenset()) -> None:
     for stats in history:
         if stats.epoch not in skip:
             mlflow.log_metrics(record.keyed(stats.metrics()), step=stats.epoch + 1)
-
-
-def is_percent(name: str) -> bool:
-    """R1..mAP under any protocol prefix ('R1', 'rerank_mAP', 'gao_R5', 'official_rerank_R1') and their interval
-    bounds ('R1_ci_low', 'gao_rerank_mAP_ci_high') are percentages."""
-    for suffix in CI_SUFFIXES:
-        name = name.removesuffix(suffix)
-    return name.rsplit("_", 1)[-1] in METRICS
 
 
 def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Mapping[str, float] | None = None) -> None:
@@ -565,7 +562,7 @@ def name_run(run_id: str, name: str, tags: Mapping[str, Any] | None = None) -> N
 
 
 def log_claims(experiment: str, records: list[dict]) -> list[str]:
-    """The report's claim verdicts (reporting.claim_records) on the table's parent run: per (profile, dataset), the
+    """The report's claim verdicts (core.reporting.report.claim_records) on the table's parent run: per (profile, dataset), the
     latest run of `experiment` with tags kind=table, profile and dataset gets the artifact CLAIMS (its records),
     the metrics ``<key>_<metric>_delta``, ``_ci_low``, ``_ci_high`` and ``_paper_delta`` (percentage points; key
     claim<k>, as in the records), the tags ``<key>`` (the claim, e.g. 'N=4 > N=2') and ``<key>_<metric>_verdict``,
@@ -605,8 +602,6 @@ def log_claims(experiment: str, records: list[dict]) -> list[str]:
 
 # ---- the pretraining stage (core.engine.pretrain) ------------------------------------------------------------
 
-PRETRAIN_EXPERIMENT = "STA pretraining"     # one run per pretraining stage (tag stage_hash) that a store's runs used
-PRETRAIN_KIND = "pretrain"                  # tag "kind" of such a run
 
 
 def find_stage_run(stage_hash: str) -> str | None:

@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from core import claims
+from core import record
 from core.config import RunConfig, apply_overrides
 from core.specs import read_spec, spec_path
 
@@ -204,7 +204,7 @@ def fake_store(rows: list[tuple[dict, pd.DataFrame | None]]):
     runs = pd.DataFrame([r for r, _ in rows])
 
     def load_table(run_id: str, name: str):
-        assert name == claims.PER_QUERY
+        assert name == record.PER_QUERY
         return tables.get(run_id)
     return runs, load_table
 

@@ -13,7 +13,8 @@ import torch
 import core.tables
 from core.cli import cli_overrides, main, table_parser
 from core.engine import train_dir
-from core.engine.checkpoint import DiskFullError, save_torch
+from core.atomic import DiskFullError
+from core.engine.checkpoint import save_torch
 from core.engine.training import train_hash
 from core.specs import load_spec, select_rows, spec_path
 from core.tables import jobs

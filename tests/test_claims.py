@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import claims, reporting
+from core.reporting import claims
+from core.reporting import report as reporting
 from core.config import ConfigError
 from core.specs import read_spec, spec_path
 from tests.helpers import BAD, GOOD, fake_store, per_query, run_row, table1_store

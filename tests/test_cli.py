@@ -118,7 +118,7 @@ def test_tune_report_continue_command_parses_back_to_the_same_study(tmp_path):
     import shlex
 
     from core.cli import tune_parser, tune_plan
-    from core.tune_report import continue_command
+    from core.tuning.report import continue_command
     argv = ["--study-name", "lm9", "--set", "train.epochs=3", "--set", "train.milestones=[1, 2]", "--set",
             "model.fusion=false", "--device", "cpu", "--work-dir", str(tmp_path / "w d"), "--storage",
             str(tmp_path / "s.journal"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
@@ -138,14 +138,14 @@ def test_tune_report_continue_command_parses_back_to_the_same_study(tmp_path):
 
 
 def test_tuning_command_line_spec_and_report_need_no_optuna():
-    """Only core.tuning imports optuna (and only core.tracking mlflow): the tune command line, the study's
+    """Only core.tuning.study, .trial and .figures import optuna (and only core.tracking mlflow): the tune command line, the study's
     resolution and the report's words load without either."""
     import os
     import subprocess
     import sys
     from pathlib import Path
     repo = Path(__file__).resolve().parents[1]
-    code = ("import sys, core.cli, core.tune_report, core.tune_spec, core.tune_compare; "
+    code = ("import sys, core.cli, core.tuning.report, core.tuning.spec, core.tuning.compare; "
             "print(sorted(m for m in ('mlflow', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo,
                          env={**os.environ, "PYTHONPATH": str(repo)})

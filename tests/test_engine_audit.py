@@ -10,7 +10,9 @@ import pytest
 import scipy.io
 import torch
 
-from core import reporting, tables, tracking
+from core import record, tables, tracking
+from core.reporting import report as reporting
+from core.reporting.audit import audit_reading
 from core.data import load_dataset, make_test_loader
 from core.data.normalize import normalize_clips
 from core.data.sampling import eval_frames
@@ -127,7 +129,7 @@ def test_audit_is_logged_and_reported(tmp_path):
             tables._log_figures(tables.Job(row, 0, row.config), shown, types.SimpleNamespace(query=[]))
     runs = tracking.runs_frame("STA table1")
     assert runs["metrics.attn_auc_region"].iloc[0] == 0.625                 # an AUC, logged as a fraction
-    assert tracking.load_json(runs["run_id"].iloc[0], reporting.AUDIT_CLIPS)["clips"] == clips
+    assert tracking.load_json(runs["run_id"].iloc[0], record.AUDIT_CLIPS)["clips"] == clips
     text = reporting.write_report(read_spec(spec_path("table1")), runs, tmp_path, load_json=tracking.load_json,
                                   load_table=tracking.load_table).read_text()
     assert "### Attention audit" in text and "0.5 = no preference" in text and "eval.audit_occluded = 0.5" in text
@@ -147,12 +149,12 @@ def test_audit_reading_follows_the_intervals():
            "metrics.attn_auc_region_gain": -0.1, "metrics.attn_auc_region_gain_ci_low": -0.2,
            "metrics.attn_auc_region_gain_ci_high": -0.01, "metrics.attn_auc_map": 0.4,
            "metrics.attn_auc_map_ci_low": 0.3, "metrics.attn_auc_map_ci_high": 0.45}
-    text = reporting.audit_reading("STA", pd.DataFrame([one]))
+    text = audit_reading("STA", pd.DataFrame([one]))
     assert text == ("- **STA**: Eq. 4 scores: clean preferred over occluded (AUC interval above 0.5), less than "
                     "untrained (gain interval below 0); Eq. 1 map: occluded preferred over clean (AUC interval below "
                     "0.5).")
-    assert reporting.audit_reading("STA", pd.DataFrame([one, one])) is None        # two seeds: no single interval
-    assert reporting.audit_reading("STA", pd.DataFrame([{"metrics.attn_dev_uniform": 0.01}])) is None
+    assert audit_reading("STA", pd.DataFrame([one, one])) is None        # two seeds: no single interval
+    assert audit_reading("STA", pd.DataFrame([{"metrics.attn_dev_uniform": 0.01}])) is None
 
 
 @pytest.mark.parametrize("value", [0.0, 1.5])

@@ -18,10 +18,12 @@ import pytest
 import torch
 
 import core.engine.training as train_mod
-from core import reporting, tracking
+from core import tracking
+from core.reporting import report as reporting
 from core.config import apply_overrides, config_hash
 from core.engine import NonFiniteLossError, extract_features, run, train, train_dir
-from core.engine.checkpoint import atomic_write, load_torch, save_json, save_text, save_torch
+from core.atomic import atomic_write, save_json, save_text
+from core.engine.checkpoint import load_torch, save_torch
 from core.engine.training import non_finite, train_hash
 from core.evaluation import evaluate
 from core.specs import load_spec, read_spec, select_rows, spec_path
@@ -127,8 +129,8 @@ def test_non_finite_weights_after_the_last_step_write_no_checkpoint(tiny_synthet
 def test_diverged_trial_fails_with_its_reason_and_is_never_scored(tiny_synthetic_root, tmp_path):
     from optuna.trial import TrialState
 
-    from core.tune_spec import plan_study
-    from core.tuning import run_study
+    from core.tuning.spec import plan_study
+    from core.tuning.run import run_study
     from tests.helpers import runs_of, uri, write_spec
     plan = plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="nan", n_trials=1,
                       work_dir=tmp_path / "runs",
@@ -240,7 +242,7 @@ def test_temp_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
     save_torch({"epoch": 0}, target)
     before = target.read_bytes()
     code = ("import os, signal, sys\n"
-            "from core.engine.checkpoint import atomic_write\n"
+            "from core.atomic import atomic_write\n"
             "def dies(f):\n"
             "    f.write(b'x' * 4096); f.flush()\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -320,7 +322,7 @@ def test_report_averages_only_seeds_of_one_config_and_lists_the_others(store, tm
 def test_killed_report_keeps_the_old_markdown_and_every_figure_it_links(store, tmp_path, monkeypatch):
     import pandas as pd
 
-    import core.engine.checkpoint as ckpt
+    import core.atomic as ckpt
     tracking.configure(store["uri"])
     spec, reports = read_spec(spec_path("table1")), tmp_path / "reports"
     md = reporting.write_report(spec, tracking.runs_frame("STA table1"), reports, load_json=tracking.load_json)
@@ -394,7 +396,7 @@ def test_rerun_marks_the_runs_of_a_killed_table_invocation_killed(tiny_synthetic
 
 
 def test_resumed_study_marks_the_trial_run_of_a_killed_worker_killed(make_tune_plan, tmp_path):
-    from core.tuning import run_study
+    from core.tuning.run import run_study
     from tests.helpers import uri
     tracking.configure(uri(tmp_path))
     mlflow.search_experiments()
@@ -406,7 +408,7 @@ def test_resumed_study_marks_the_trial_run_of_a_killed_worker_killed(make_tune_p
 
 @pytest.fixture
 def make_tune_plan(tiny_synthetic_root, tmp_path):
-    from core.tune_spec import plan_study
+    from core.tuning.spec import plan_study
     from tests.helpers import write_spec
 
     def make(study: str, n_trials: int):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core import claims, reporting
+from core.reporting import claims
+from core.reporting import report as reporting
+from core.reporting import select
 from core.specs import read_spec, spec_path
 from tests.helpers import fake_store, per_query, run_row
 
@@ -36,12 +38,12 @@ def test_an_older_run_of_the_same_seed_with_another_config_is_listed(tmp_path):
     newer = _with_params(run_row("newer-3ep", LABELS[0], frame, 0), 3, 20)     # seed 0, 3 epochs: kept
     same = _with_params(run_row("rerun-3ep", LABELS[0], frame, 0), 3, 5)       # seed 0, same config, older
     runs, load_table = fake_store([(older, frame), (newer, frame), (same, frame)])
-    sel = reporting.select_runs(runs)
+    sel = select.select_runs(runs)
     assert list(sel["run_id"]) == ["newer-3ep"]
-    kept, left = reporting.same_config_runs(sel, runs)
+    kept, left = select.same_config_runs(sel, runs)
     assert list(kept["run_id"]) == ["newer-3ep"]
     assert [(lo["run_id"], lo["keys"]) for lo in left] == [("older-1ep", {"train.epochs": ("1", "3")})]
     text = reporting.write_report(read_spec(spec_path("table1")), runs, tmp_path, load_table=load_table).read_text()
     assert f"- {LABELS[0]} (synthetic, MARS layout), seed 0: run `older-1ep` — train.epochs = 1 (kept runs: 3)" in text
     assert "rerun-3ep" not in text                                  # same config as the kept run: nothing left out
-    assert reporting.same_config_runs(sel)[1] == []                 # without the full frame: only the selected runs
+    assert select.same_config_runs(sel)[1] == []                 # without the full frame: only the selected runs

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.reporting import _stage_text, ran_lines
+from core.reporting.what_ran import ran_lines, stage_text
 
 
 def _runs(**tags) -> pd.DataFrame:
@@ -21,5 +21,5 @@ def test_runs_from_the_stage_name_it_in_what_they_ran():
 
 
 def test_runs_without_the_stage_say_nothing_of_it():
-    assert _stage_text(_runs()) == ""
-    assert _stage_text(_runs(pretrain_hash=float("nan"))) == ""
+    assert stage_text(_runs()) == ""
+    assert stage_text(_runs(pretrain_hash=float("nan"))) == ""

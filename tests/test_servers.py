@@ -20,7 +20,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from core import cli, endpoints, tune_spec, tuning
+from core import cli, endpoints
+from core.tuning import spec as tune_spec
+from core.tuning import study as tuning
+from core.tuning.run import report_study
 from core.config import ConfigError
 from tests.helpers import REPO, TINY_TABLE, set_args, write_spec
 
@@ -159,7 +162,7 @@ def test_heartbeat_fails_a_silent_worker_of_another_machine_and_queues_it_again(
     assert trials[0].state == TrialState.FAIL
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].user_attrs["role"] == "baseline"
-    text = tuning.report_study(study, plan, tmp_path / "reports").read_text()
+    text = report_study(study, plan, tmp_path / "reports").read_text()
     assert "| 0 | fail | baseline |" in text and "worker gpu-node-7:4242 sent no heartbeat for 1 s" in text
 
 

@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from core.config import ConfigError, config_hash
-from core.specs import (METRICS, all_spec_paths, load_profiles, load_spec, read_spec, select_rows)
+from core.record import METRICS
+from core.specs import (all_spec_paths, load_profiles, load_spec, read_spec, select_rows)
 
 SPECS = all_spec_paths()
 PROFILES = sorted(load_profiles())

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import figures, protocols, reporting, tracking
+from core import protocols, tracking
 from core.config import config_hash
+from core.reporting import cells, figures, select, what_ran
+from core.reporting import report as reporting
 from core.specs import load_spec, read_spec, spec_path
 from tests.helpers import FakeEpoch, FakeResult, fake_per_query
-
 
 CHANCE = {"R1": 0.0022, "R5": 0.011, "R10": 0.022, "R20": 0.043, "mAP": 0.008}   # a random ranking's (fractions)
 
@@ -129,8 +130,8 @@ def test_timing_metrics_renamed_and_old_runs_still_read():
     assert stats.metrics()["epoch_wall_s"] == 2.5 and "seconds" not in stats.metrics()
     old = pd.Series({"metrics.train_wall_s": float("nan"), "metrics.train_seconds": 7.0})   # logged before issue 13
     new = pd.Series({"metrics.train_wall_s": 3.0, "metrics.train_seconds": float("nan")})
-    assert reporting._metric(old, "train_wall_s") == 7.0 and reporting._metric(new, "train_wall_s") == 3.0
-    assert reporting._metric(pd.Series({"metrics.R1": 1.0}), "train_wall_s") is None
+    assert cells.logged_metric(old, "train_wall_s") == 7.0 and cells.logged_metric(new, "train_wall_s") == 3.0
+    assert cells.logged_metric(pd.Series({"metrics.R1": 1.0}), "train_wall_s") is None
 
 
 def test_row_runs_hold_params_metrics_history_and_artifacts(store):
@@ -313,14 +314,14 @@ def test_report_states_where_the_runs_depart_from_their_profile():
                          "params.model.num_regions": ["2", "4"], "params.model.backbone": ["resnet18_narrow"] * 2,
                          "metrics.num_queries": [13.0, 13.0], "metrics.num_skipped_queries": [0.0, 0.0],
                          "metrics.gao_num_gallery": [14.0, 14.0]})
-    assert reporting.profile_differences(runs, "cpu") == [("model.num_regions", "2 / 4", "4"),
+    assert what_ran.profile_differences(runs, "cpu") == [("model.num_regions", "2 / 4", "4"),
                                                           ("data.synthetic_size", "tiny", "occluded"),
                                                           ("train.epochs", "2", "20")]
-    text = "\n".join(reporting.profile_lines(runs, "cpu", "the occluded data, 10 epochs"))
+    text = "\n".join(what_ran.profile_lines(runs, "cpu", "the occluded data, 10 epochs"))
     assert "**These runs depart from the profile `cpu`** in: model.num_regions = 2 / 4 (profile: 4), " \
            "data.synthetic_size = tiny (profile: occluded), train.epochs = 2 (profile: 20)." in text
     assert "Profile `cpu` as declared (`experiments/profiles.yaml`): the occluded data, 10 epochs" in text
-    ran = "\n".join(reporting.ran_lines(runs, ["synthetic"], [0]))
+    ran = "\n".join(what_ran.ran_lines(runs, ["synthetic"], [0]))
     assert "preset `tiny` (data.synthetic_size)" in ran and "test split 13 queries, gallery 14 (`gao`) tracklets" \
         in ran and "Training: 2 epochs" in ran and "Seeds: 0 (one seed)" in ran
 
@@ -356,8 +357,8 @@ def test_latest_used_run_wins_per_row_and_seed():
                          "start_time": pd.to_datetime([1, 2, 0], unit="s", utc=True),
                          "tags.used_at": [None, None, "3"], "tags.profile": ["cpu"] * 3,
                          "tags.dataset": ["synthetic"] * 3, "tags.row": ["A"] * 3, "tags.seed": ["0"] * 3})
-    assert list(reporting.select_runs(runs)["run_id"]) == ["reused"]
-    assert list(reporting.select_runs(runs.iloc[:2])["run_id"]) == ["new"]
+    assert list(select.select_runs(runs)["run_id"]) == ["reused"]
+    assert list(select.select_runs(runs.iloc[:2])["run_id"]) == ["new"]
 
 
 def test_table2_report_draws_lines_over_n(store, tmp_path):
@@ -382,13 +383,13 @@ def test_duke_report_states_its_released_evaluation_and_gives_gao_beside_it():
     import pandas as pd
     runs = pd.DataFrame({"tags.dataset": ["duke"], "params.data.gallery_with_queries": ["True"],
                          "params.eval.ap_rule": ["step"]})
-    assert reporting.other_protocols(runs, ["duke"]) == ["gao"]
-    text = "\n".join(reporting.protocol_lines(runs, ["duke"], ["gao"]))
+    assert select.other_protocols(runs, ["duke"]) == ["gao"]
+    text = "\n".join(what_ran.protocol_lines(runs, ["duke"], ["gao"]))
     assert "**headline** = `official`" in text and "`gallery/` as released, query tracklets included, " \
            "non-interpolated (step) AP" in text
     assert "**`gao`**" in text and "gallery without the query tracklets" in text
     mixed = pd.concat([runs, runs.assign(**{"params.eval.ap_rule": "trapezoid"})])   # a headline of neither
-    assert reporting.other_protocols(mixed, ["duke"]) == ["official", "gao"]
+    assert select.other_protocols(mixed, ["duke"]) == ["official", "gao"]
 
 
 def test_claim_verdicts_land_on_the_tables_parent_run(store):
@@ -396,7 +397,7 @@ def test_claim_verdicts_land_on_the_tables_parent_run(store):
 
     import mlflow
 
-    from core import claims
+    from core.reporting import claims
     from tests.helpers import table1_store
     tracking.configure(store["uri"])
     runs, load = table1_store()

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from core import tune_spec
+from core.tuning import spec as tune_spec
 from core.config import ConfigError
 from core.data import load_dataset
 from core.data.validation import QUERY_MODES, ValidationSplitError, split_validation
 from core.evaluation.bootstrap import Estimate
 from core.evaluation.metrics import evaluate
-from core.tune_compare import BETTER, SAME, WORSE, compare, conclude, recommend, section
+from core.tuning.compare import BETTER, SAME, WORSE, compare, conclude, recommend, section
 
 
 def frame(hits: list[bool], pids: list[int], protocol: str = "headline") -> pd.DataFrame:

@@ -18,15 +18,19 @@ from optuna.trial import TrialState
 
 import core.config
 import core.engine
-import core.tuning
+import core.tuning.compare
+import core.tuning.study
 from core import tracking
+from core.cli import tune_main as main
 from core.config import ConfigError
 from core.data import load_dataset
 from core.data.validation import ValidationSplitError, split_validation
-from core.cli import tune_main as main
-from core.tune_spec import plan_study
-from core.tuning import VAL_PER_QUERY, open_study, report_study, run_study, suggest
+from core.record import VAL_PER_QUERY
+from core.tuning.run import report_study, run_study
+from core.tuning.spec import plan_study
+from core.tuning.study import open_study, suggest
 from tests.helpers import REPO, runs_of, uri, write_spec
+
 
 @pytest.fixture
 def make_plan(tiny_synthetic_root, tmp_path):
@@ -95,7 +99,8 @@ def test_study_completes_resumes_and_is_tracked(make_plan, tmp_path, monkeypatch
 
     # resumed, with the lambda = 0 reference taken as the best (whatever trial 3 gives): a real comparison
     reference = trials[1]
-    monkeypatch.setattr(core.tuning, "_best", lambda study: reference)
+    monkeypatch.setattr(core.tuning.compare, "best_record",
+                        lambda trials: next(t for t in trials if t["number"] == reference.number))
     again = run_study(make_plan("s", n_trials=4, epochs=1), tracking_uri=uri(tmp_path),
                       reports_dir=tmp_path / "reports", progress=False)
     trials = again.study.trials
@@ -293,15 +298,15 @@ def test_a_study_resumes_across_result_neutral_keys_and_refuses_others(tiny_synt
         return plan_study(write_spec(tmp_path), data_root=str(tiny_synthetic_root), study_name="neutral", n_trials=1,
                           work_dir=tmp_path / "runs", overrides={"train.epochs": 1, **overrides})
     study, created = open_study(plan())
-    assert created and not set(study.user_attrs["base_config_changed"]) & set(core.tuning.MACHINE_KEYS)
-    assert set(core.config.RESULT_NEUTRAL_KEYS) <= set(core.tuning.MACHINE_KEYS)     # one list: config's
+    assert created and not set(study.user_attrs["base_config_changed"]) & set(core.config.study_neutral_keys(report=False))
+    assert set(core.config.RESULT_NEUTRAL_KEYS) <= set(core.config.study_neutral_keys(report=False))     # one list: config's
     neutral = {"train.compile": True, "train.checkpoint_every_s": 1.0, "data.num_workers": 0, "eval.batch_size": 3,
                "eval.bootstrap_resamples": 7}
     assert open_study(plan(**neutral))[1] is False
     with pytest.raises(ConfigError, match=r"another base config \(loss.triplet: True -> False\)"):
         open_study(plan(**{"loss.triplet": False}))
     # a study created before issue 23 holds the whole base config (older ones machine keys too): still compared
-    study.set_user_attr("base_config", {**core.tuning._comparable_config(plan().config), "train.compile": False})
+    study.set_user_attr("base_config", {**core.tuning.study._comparable_config(plan().config), "train.compile": False})
     assert open_study(plan(**neutral))[1] is False
     with pytest.raises(ConfigError, match=r"another base config \(loss.triplet: True -> False\)"):
         open_study(plan(**{"loss.triplet": False}))
@@ -318,7 +323,8 @@ def test_bad_tracking_uri_and_output_folder_are_refused_before_the_study_is_save
 
 
 def test_trial_asked_past_the_budget_is_failed_unrun_and_not_counted(make_plan):
-    from core.tuning import Objective, StopAtBudget, SurplusTrial
+    from core.tuning.study import StopAtBudget
+    from core.tuning.trial import Objective, SurplusTrial
     plan = make_plan("b", n_trials=1)
     study, _ = open_study(plan)
     first = study.ask()                  # the baseline, running in one worker; a second worker asked at that moment

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from core import claims, reporting, tune_compare
+from core.reporting import claims
+from core.reporting.audit import audit_side
+from core.tuning import compare as tune_compare
 from core.evaluation.bootstrap import Estimate
 
 # (low, high) relative to the threshold t -> the side it is on
@@ -31,7 +33,7 @@ def test_audit_reading_reads_the_right_bound(bounds, side, at):
     low, high = (at + 0.1 * b for b in bounds)
     sel = pd.DataFrame([{"metrics.attn_auc_region": (low + high) / 2, "metrics.attn_auc_region_ci_low": low,
                          "metrics.attn_auc_region_ci_high": high}])
-    assert reporting._side(sel, "attn_auc_region", at) == side
+    assert audit_side(sel, "attn_auc_region", at) == side
 
 
 @pytest.mark.parametrize("bounds, side", CASES)

@@ -17,15 +17,14 @@ import argparse
 import tempfile
 import time
 import uuid
-import warnings
 from pathlib import Path
 
-from core import tuning
-from core.tune_spec import DEFAULT_SPEC, Plan, plan_study
+from core.tuning import study as tuning
+from core.tuning.spec import DEFAULT_SPEC, Plan, plan_study
 
 
 def objective(plan: Plan, reports: int):
-    """The storage calls of core.tuning.Objective, without training."""
+    """The storage calls of core.tuning.trial.Objective, without training."""
     def run(trial) -> float:
         trial.set_user_attr("worker", "bench:0")
         tuning.StopAtBudget(plan.n_trials).count(trial.study, before=trial.number)
@@ -64,8 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reports", type=int, default=20, help="validation steps per trial (default 20)")
     ap.add_argument("--url", help="an existing PostgreSQL/MySQL database instead of a throwaway local server")
     args = ap.parse_args(argv)
-    tuning.optuna.logging.set_verbosity(tuning.optuna.logging.WARNING)      # optuna only through core.tuning
-    warnings.filterwarnings("ignore", category=tuning.optuna.exceptions.ExperimentalWarning)   # the heartbeat
+    tuning.quiet(progress=False)        # optuna only through core.tuning.study; its ExperimentalWarnings (heartbeat)
     from core.bench import servers
     rows = []
     with tempfile.TemporaryDirectory(prefix="sta-bench-storage-") as tmp:

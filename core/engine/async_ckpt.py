@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core.engine.checkpoint import DiskFullError, save_torch
+from core.atomic import DiskFullError
+from core.engine.checkpoint import save_torch
 
 
 def checkpoint_due(epoch: int, epochs: int, milestones: Sequence[int], seconds_since_save: float,

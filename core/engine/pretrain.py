@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from core.atomic import save_json
 from core.config import RunConfig, to_dict, uses_pretraining
 from core.data.datasets import as_synthetic
 from core.data.mars import load_mars
 from core.data.synthetic import default_root, ensure_synthetic, pretrain_preset
-from core.engine.checkpoint import save_json, save_torch
+from core.engine.checkpoint import save_torch
 from core.engine.pretrained import RECORD, WEIGHTS, cache_root, stage_config, stage_dir, stage_hash
 from core.engine.training import EpochCallback, EpochStats, train
 from core.provenance import provenance

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import torch
 
-from core.config import BACKBONE_STRIDE, SYNTHETIC_VERSION, RunConfig, apply_overrides, to_dict, to_flat_dict, uses_pretraining
+from core.config import (
+    BACKBONE_STRIDE,
+    RESULT_NEUTRAL_KEYS,
+    SYNTHETIC_VERSION,
+    RunConfig,
+    apply_overrides,
+    to_dict,
+    to_flat_dict,
+    uses_pretraining,
+)
 from core.data.synthetic import pretrain_preset
 from core.engine.checkpoint import load_torch
 from core.models import build_model
@@ -62,7 +71,6 @@ def stage_hash(cfg: RunConfig) -> str:
     """16 hex digits of everything that makes the stage's weights: the trained config (data, model, loss, train;
     device and other result-neutral keys aside), the pretraining tree (preset, seed, generator version) and
     STAGE_VERSION."""
-    from core.config import RESULT_NEUTRAL_KEYS
     stage = to_dict(stage_config(cfg))
     keys = {name: {k: v for k, v in stage[name].items() if f"{name}.{k}" not in RESULT_NEUTRAL_KEYS}
             for name in ("data", "model", "loss", "train")}

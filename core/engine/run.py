@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.atomic import save_json, save_parquet
 from core.config import RunConfig, config_hash, to_dict
 from core.data import Tracklet, VideoDataset, load_dataset
 from core.engine import audit as attention_audit
-from core.engine.checkpoint import save_json, save_parquet
 from core.engine.device import amp_dtype, barrier, current_dist, resolve_device
 from core.engine.extract import extract_features
 from core.engine.training import TRAIN_SECTIONS, EpochCallback, EpochStats, train

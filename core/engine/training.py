@@ -36,10 +36,10 @@ from core.engine.async_ckpt import CheckpointWriter, checkpoint_due
 from core.engine.checkpoint import CheckpointError, load_torch
 from core.engine.device import amp_dtype, autocast, gather_rows, init_distributed, resolve_device, seed_everything
 from core.engine.meter import LossMeter, StepTimer
-from core.losses import StalWeights, compute_losses
 from core.engine.pretrained import start_model
+from core.losses import StalWeights, compute_losses
 from core.progress import bar as progress_bar
-from core.specs import EPOCH_WALL_S
+from core.record import EPOCH_WALL_S
 
 LOSS_TERMS = ("ce", "triplet", "reg", "div", "triplet_local", "consist", "total")
 TRAIN_SECTIONS = ("data", "model", "loss", "train")   # what a trained model depends on (its folder's hash)

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
+from core import record
 from core.config import EvalConfig
+from core.record import PER_QUERY
 from core.specs import Spec
 
 if TYPE_CHECKING:
     from core.evaluation.bootstrap import Estimate
 
-PER_QUERY = "per_query.parquet"                  # the row runs' artifact (logged by tracking.log_result)
 NO_INTERVAL = "no interval: run logged before per-query results"
 MISSING_ARTIFACT = f"no interval: the artifact {PER_QUERY} of run {{run_id}} is missing (deleted from the store?)"
 
@@ -64,7 +65,7 @@ def cached(load_table: LoadTable | None) -> LoadTable | None:
 
 def reranked(run: pd.Series) -> bool:
     """Whether a run reports re-ranked metrics (eval.rerank: true)."""
-    return str(run.get("params.eval.rerank", "False")) == "True"
+    return record.param(run, "eval.rerank") is True
 
 
 def bootstrap_options(sel: pd.DataFrame) -> tuple[int, int]:
@@ -73,7 +74,7 @@ def bootstrap_options(sel: pd.DataFrame) -> tuple[int, int]:
     out = []
     for key, default in (("bootstrap_resamples", EvalConfig.bootstrap_resamples),
                          ("bootstrap_seed", EvalConfig.bootstrap_seed)):
-        col = f"params.eval.{key}"
+        col = record.param_col(f"eval.{key}")
         vals = sel[col].dropna() if col in sel else pd.Series(dtype=object)
         out.append(int(vals.iloc[0]) if len(vals) else default)
     return out[0], out[1]
@@ -130,15 +131,21 @@ class Verdict:
         return f"{self.row} > {self.beaten}"
 
 
+def interval_side(low: float, high: float, at: float = 0.0) -> str:
+    """Where a 95 % interval lies against `at`: "above" (low > at), "below" (high < at), else "around". The one
+    three-way reading of an interval: claim verdicts, the attention audit, the tuning comparison."""
+    return "above" if low > at else "below" if high < at else "around"
+
+
 def verdict_of(est: Estimate) -> str:
     """supported: the interval of row − beaten lies above 0; contradicted: below 0; else inconclusive."""
-    return "supported" if est.low > 0 else "contradicted" if est.high < 0 else "inconclusive"
+    return {"above": "supported", "below": "contradicted", "around": "inconclusive"}[interval_side(est.low, est.high)]
 
 
 def _logged_mean(sel: pd.DataFrame, metric: str) -> float | None:
     """Mean over a row's runs of a logged headline metric (percent; rerank_<metric> for a re-ranked row)."""
     vals = [float(r[c]) for _, r in sel.iterrows()
-            if pd.notna(r.get(c := f"metrics.{'rerank_' if reranked(r) else ''}{metric}"))]
+            if pd.notna(r.get(c := record.metric_col(f"{'rerank_' if reranked(r) else ''}{metric}")))]
     return float(np.mean(vals)) if vals else None
 
 
@@ -175,15 +182,15 @@ def judge(sel_row: pd.DataFrame, sel_beaten: pd.DataFrame, metric: str, load_tab
 
 
 def evaluate_claims(spec: Spec, runs: pd.DataFrame, ref: str, load_table: LoadTable | None) -> list[Verdict]:
-    """Verdicts of every claim of `spec` from one profile's and dataset's selected runs (reporting.select_runs);
+    """Verdicts of every claim of `spec` from one profile's and dataset's selected runs (core.reporting.select.select_runs);
     the paper's differences from its numbers on dataset `ref`."""
     paper = {r.label: r.paper.get(ref, {}) for r in spec.rows}
     out, k = [], 0
     for claim in spec.claims:
-        sel_row = runs[runs["tags.row"] == claim.row] if not runs.empty else runs
+        sel_row = runs[runs[record.ROW] == claim.row] if not runs.empty else runs
         for beaten in claim.beats:
             k += 1
-            sel_beaten = runs[runs["tags.row"] == beaten] if not runs.empty else runs
+            sel_beaten = runs[runs[record.ROW] == beaten] if not runs.empty else runs
             for m in claim.metrics:
                 b, a = paper[claim.row].get(m), paper[beaten].get(m)
                 result = judge(sel_row, sel_beaten, m, load_table, claim.row, beaten)

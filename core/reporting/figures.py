@@ -13,15 +13,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core import atomic  # noqa: E402
+
 
 def close(fig) -> None:
     plt.close(fig)
 
 
 def save(fig, path: str | Path) -> Path:
-    from core.engine.checkpoint import atomic_write  # lazy: keeps this module free of torch
     path = Path(path)
-    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=110,
+    atomic.atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=110,
                                              bbox_inches="tight"))
     plt.close(fig)
     return path

@@ -1,5 +1,6 @@
 """Do the tuned values beat the defaults? The paired comparisons, conclusion and recommendation of the tuning report
-(issue 11). Free of optuna and mlflow: core.tuning gathers the per-query frames, this module decides and words it.
+Free of optuna and mlflow: it reads the study's trials as plain records (core.tuning.study.trial_records) and the
+per-query frames through a `load_table` callable; it decides and words the comparison.
 
 Two comparisons, each a paired cluster bootstrap over query identities (``bootstrap.paired_difference``: every
 resample draws one set of identities for both sides, so what both models get right or wrong together cancels):
@@ -17,11 +18,15 @@ values only when they are better; otherwise it recommends keeping the defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from core import record
+from core.config import config_hash
 from core.evaluation import bootstrap
+from core.reporting.claims import interval_side
+from core.tuning.spec import Plan, lambda_margin, with_values
 
 DECISION_METRIC = "mAP"          # the study's objective (validation mAP) decides, on the test split
 SHOWN = ("mAP", "R1")            # differences printed in the report
@@ -44,11 +49,7 @@ class Comparison:
 
 def conclude(difference: bootstrap.Estimate) -> str:
     """better / not distinguishable / worse from the 95 % interval of a difference b − a."""
-    if difference.low > 0:
-        return BETTER
-    if difference.high < 0:
-        return WORSE
-    return SAME
+    return {"above": BETTER, "below": WORSE, "around": SAME}[interval_side(difference.low, difference.high)]
 
 
 def headline_rows(per_query: pd.DataFrame) -> pd.DataFrame:
@@ -146,3 +147,82 @@ class Compared:
     test: Any
     recommendation: Any                     # Recommendation
     test_frames: dict[str, Any]             # "chosen" / "defaults" -> per-query frame of the test run, or None
+
+
+# ---- chosen vs defaults, from the trials' records and the per-query frames in MLflow ---------------------------
+
+def best_record(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The best completed trial of core.tuning.study.trial_records: the highest value, the lowest number among
+    equals."""
+    done = [t for t in trials if t["state"] == "complete"]
+    return max(done, key=lambda t: (t["value"], -t["number"])) if done else None
+
+
+def baseline_record(trials: Sequence[Mapping[str, Any]], defaults: tuple[float, float]) -> Mapping[str, Any] | None:
+    """The completed trial of the defaults: the one queued as the baseline (core.tuning.study.open_study; a retry of
+    it keeps its role), else any completed trial with the defaults' values."""
+    done = [t for t in trials if t["state"] == "complete"]
+    return next((t for t in done if t["user_attrs"].get("role") == "baseline"),
+                next((t for t in done if lambda_margin(t["params"]) == defaults), None))
+
+
+def compare_chosen(trials: Sequence[Mapping[str, Any]], study_attrs: Mapping[str, Any], plan: Plan,
+                   load_table: Callable[[str, str], pd.DataFrame | None]) -> Compared | None:
+    """Best trial vs baseline trial on validation and chosen vs defaults on test, from the per-query frames that
+    `load_table(run_id, name)` reads (the trials' record.VAL_PER_QUERY, the test runs' record.PER_QUERY; None when
+    missing); None before any trial completed."""
+    best = best_record(trials)
+    if best is None:
+        return None
+
+    def table(run_id: str | None, name: str) -> pd.DataFrame | None:
+        return None if run_id is None else load_table(run_id, name)
+
+    resamples, seed = plan.config.eval.bootstrap_resamples, plan.config.eval.bootstrap_seed
+    chosen, defaults = lambda_margin(best["params"]), plan.baseline_values
+    baseline = baseline_record(trials, defaults)
+    tests = {}
+    for label, (lam, margin) in (("chosen", chosen), ("defaults", defaults)):
+        res = study_attrs.get(f"test:{config_hash(with_values(plan.config, lam, margin))}") or {}
+        tests[label] = table(res.get("mlflow_run_id"), record.PER_QUERY)
+    if baseline is None:
+        val = "the baseline trial has not completed (pruned, failed or not run yet)"
+    else:
+        frames = [table(t["user_attrs"].get("mlflow_run_id"), record.VAL_PER_QUERY) for t in (best, baseline)]
+        val = _compare(*frames, resamples, seed) if all(f is not None for f in frames) else (
+            "the per-query validation results of trial(s) " + ", ".join(
+                str(t["number"]) for t, f in zip((best, baseline), frames) if f is None) +
+            " are not in this MLflow store (run before they were kept, or logged to another store)")
+    if any(f is None for f in tests.values()):
+        test = (f"a test run's per-query results are missing (run with --no-test?); run `python reproduce/tune.py "
+                f"--study-name {plan.study_name} --n-trials 0` to evaluate both")
+    else:
+        test = _compare(tests["chosen"], tests["defaults"], resamples, seed)
+    rec = recommend(test if not isinstance(test, str) else None, chosen, defaults,
+                    missing=test if isinstance(test, str) else "")
+    return Compared(best["number"], None if baseline is None else baseline["number"], chosen == defaults, val, test,
+                    rec, tests)
+
+
+def _compare(frame_b, frame_a, resamples: int, seed: int):
+    """compare(), or why the two frames cannot be compared (a report is written either way)."""
+    try:
+        return compare(frame_b, frame_a, resamples, seed)
+    except ValueError as e:      # other queries (bootstrap.paired_difference), no headline rows
+        return f"not comparable: {e}"
+
+
+def compared_mlflow(c: Compared) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics (percentage points) and tags of the study's parent run: val_delta_mAP, test_delta_mAP_ci_low, ...;
+    conclusion, recommended_lambda, recommended_margin (delta: chosen − defaults, as core.reporting.claims)."""
+    metrics = {}
+    for kind, comp in (("val", c.val), ("test", c.test)):
+        if isinstance(comp, str) or c.same_values:
+            continue
+        for m, est in comp.estimates.items():
+            metrics.update({f"{kind}_delta_{m}": 100 * est.value, f"{kind}_delta_{m}_ci_low": 100 * est.low,
+                            f"{kind}_delta_{m}_ci_high": 100 * est.high})
+    conclusion = ("chosen = defaults" if c.same_values else
+                  c.test.conclusion if not isinstance(c.test, str) else "no test comparison")
+    lam, margin = c.recommendation.values
+    return metrics, {"conclusion": conclusion, "recommended_lambda": f"{lam:g}", "recommended_margin": f"{margin:g}"}

@@ -1,6 +1,6 @@
 """The tuning report, reports/<study>.md (``python reproduce/tune.py``), written from plain records: the resolved
-plan (core.tune_spec.Plan), the study's trials and user attrs as dicts, the figures drawn and the paired comparisons
-(core.tune_compare). Free of optuna and mlflow: core.tuning gathers the records, this module words them, as
+plan (core.tuning.spec.Plan), the study's trials and user attrs as dicts, the figures drawn and the paired comparisons
+(core.tuning.compare). Free of optuna and mlflow: core.tuning.study and core.tuning.run gather the records, this module words them, as
 core.reporting words the table reports from a DataFrame.
 """
 from __future__ import annotations
@@ -11,21 +11,16 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from core import endpoints, tune_compare as tc
+from core import atomic, endpoints
 from core.config import config_hash
 from core.specs import DATASET_NAMES, EXPERIMENTS
-from core.tune_compare import Compared, headline_rows
-from core.tune_spec import DEFAULT_SPEC, Plan, lambda_margin, storage_location, with_values
+from core.tuning import compare as tc
+from core.tuning.compare import Compared, best_record, headline_rows
+from core.tuning.spec import DEFAULT_SPEC, Plan, lambda_margin, storage_location, with_values
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"     # core.tracking.DEFAULT_URI (that module imports mlflow)
 
 STATES = ("complete", "pruned", "fail", "running", "waiting")     # Optuna's trial states, lower-case
-
-
-def best_record(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The best completed trial: the highest value, the lowest number among equals (as core.tuning picks it)."""
-    done = [t for t in trials if t["state"] == "complete"]
-    return max(done, key=lambda t: (t["value"], -t["number"])) if done else None
 
 
 def _fmt(v: float | None, nd: int = 2) -> str:
@@ -137,8 +132,7 @@ def write_tuning_report(plan: Plan, trials: Sequence[Mapping[str, Any]], study_a
               f"python reproduce/ui.py --tracking-uri {endpoints.shown(tracking_uri)}    # MLflow's UI: experiment "
               f"'{plan.experiment}', parent run '{stem}'", "```", ""]
     path = reports_dir / f"{stem}.md"
-    from core.engine.checkpoint import save_text
-    save_text("\n".join(lines), path)
+    atomic.save_text("\n".join(lines), path)
     for name, what in figures.items():       # only now: the old markdown linked them until it was replaced
         if what.startswith("not drawn"):
             (reports_dir / "figures" / f"{stem}_{name}.png").unlink(missing_ok=True)
