@@ -23,9 +23,10 @@ from typing import Any, Sequence
 import torch.distributed as dist
 
 from core import claims, endpoints, figures, pretraining, record, reporting, tracking
-from core.config import RunConfig, apply_overrides, config_hash, uses_pretraining
+from core.config import RunConfig, config_hash, uses_pretraining
 from core.engine.checkpoint import CheckpointError, DiskFullError
 from core.engine.pretrained import stage_hash
+from core.layers import seeded
 from core.reporting import AUDIT_CLIPS
 from core.specs import ROW_WALL_S, Row, Spec, read_spec
 from core.table_console import TableConsole
@@ -52,12 +53,8 @@ class Job:
 
 def jobs(spec: Spec, seeds: Sequence[int] | None = None) -> list[Job]:
     """Runnable rows x seeds (train.seed = each seed; None keeps the config's seed)."""
-    out = []
-    for row in spec.run_rows:
-        for seed in (seeds if seeds else [row.config.train.seed]):
-            cfg = apply_overrides(row.config, {"train.seed": int(seed)}, f"{spec.path}, row '{row.label}'")
-            out.append(Job(row, int(seed), cfg))
-    return out
+    return [Job(row, seed, cfg) for row in spec.run_rows
+            for seed, cfg in seeded(row.config, seeds, f"{spec.path}, row '{row.label}'")]
 
 
 # ---- torchrun: rank 0 decides, every rank follows -------------------------------------------------------------
