@@ -1,5 +1,5 @@
 """--show-config (core.layers) of reproduce/tableN.py and tune.py: each key's value is what a run resolves, the layer
-named is the one that set it, nothing is trained or written."""
+named is the one that set it, nothing is trained or written; and the rule for overrides that restate a default."""
 from __future__ import annotations
 
 import os
@@ -158,6 +158,20 @@ def test_restatements_compare_values_as_the_config_holds_them():
     assert found == {(PROFILE, "train.milestones", DEFAULT), (PROFILE, "train.lr", DEFAULT),
                      (ROW, "data.height", PROFILE), (ROW, "train.epochs", DEFAULT),
                      (COMMAND_LINE, "eval.rerank", ROW)}               # margin 1 is not 0.3, 0.5 is not 1
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_row_restates_only_a_knob_its_table_varies(profile):
+    """experiments/README.md, "What a file states": an override that repeats the layers below it is kept on a row
+    only for a knob the table's run rows set to different values (so each row reads on its own)."""
+    for path in all_spec_paths():
+        spec = load_spec(path, profile=profile)
+        for row in spec.run_rows:
+            for r in restatements(row.layers):
+                if r.layer.name == ROW:
+                    values = {repr(to_flat_dict(other.config)[r.key]) for other in spec.run_rows}
+                    assert len(values) > 1, (f"{path.name}, row '{row.label}': {r.key} = {r.value!r} restates "
+                                             f"the {r.below} and no other row changes it: drop it")
 
 
 def test_dataset_and_profile_choices_come_from_their_definitions():
