@@ -8,11 +8,13 @@ import math
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.config import SEED_MAX, ConfigError
+from core.config import SEED_MAX, ConfigError, Dataset
 from core.endpoints import shown
+from core.layers import show_plan, show_spec
 from core.specs import all_spec_paths, load_profiles, load_spec, parse_yaml, select_rows, spec_path
 
 MAX_SEED_COUNT = 1000     # --seeds N runs every row N times: more is a typo (4294967296 took all memory)
@@ -91,10 +93,15 @@ def check_report_target(reports_dir: str | Path, table: str) -> None:
 
 def add_data_flags(ap: argparse.ArgumentParser, profile_help: str) -> None:
     """What every pipeline command (tables, tuning) runs on: --dataset, --data-root, --profile, --device."""
-    ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "mars", "duke"])
+    ap.add_argument("--dataset", default="synthetic", choices=typing.get_args(Dataset))
     ap.add_argument("--data-root", help="dataset folder (required for mars/duke; synthetic: where it is generated)")
     ap.add_argument("--profile", default="cpu", choices=sorted(load_profiles()), help=profile_help)
     ap.add_argument("--device", help="train.device: auto | cpu | cuda | cuda:<i> (default: the profile's, auto)")
+
+
+SHOW_CONFIG_HELP = ("print every config key of %s: its value and the layer that set it (default, profile, table "
+                    "profile override, preset, table base, row%s, command line), and the config hash; then exit "
+                    "without training or writing anything")
 
 
 def add_store_flags(ap: argparse.ArgumentParser, set_help: str, work_dir_help: str,
@@ -119,6 +126,7 @@ def table_parser(table: str) -> argparse.ArgumentParser:
     add_store_flags(ap, "any config key, e.g. --set loss.reg_weight=0.5 (highest precedence; repeatable)",
                     "checkpoints (default: ./runs)", "markdown reports and figures (default: ./reports)")
     ap.add_argument("--force", action="store_true", help="retrain rows that already have a finished run")
+    ap.add_argument("--show-config", action="store_true", help=SHOW_CONFIG_HELP % ("each selected row", ""))
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
@@ -141,15 +149,19 @@ def main(table: str, argv: Sequence[str] | None = None) -> int:
     interrupt.install()
     try:
         seeds = parse_seeds(args.seeds)
-        check_output_dir("--work-dir", args.work_dir)
-        check_output_dir("--reports-dir", args.reports_dir)
-        check_report_target(args.reports_dir, table)
+        if not args.show_config:        # it writes nothing
+            check_output_dir("--work-dir", args.work_dir)
+            check_output_dir("--reports-dir", args.reports_dir)
+            check_report_target(args.reports_dir, table)
         spec = load_spec(spec_path(table), profile=args.profile, dataset=args.dataset, data_root=args.data_root,
                          overrides=cli_overrides(args))
         try:
             spec = select_rows(spec, args.rows)
         except ConfigError as e:
             raise ConfigError(f"--rows {' '.join(args.rows)}: {e}") from None
+        if args.show_config:
+            print(show_spec(spec, seeds), end="")
+            return 0
         from core.tables import run_table
         out = run_table(spec, seeds=seeds, work_dir=args.work_dir, force=args.force,
                         tracking_uri=args.tracking_uri, reports_dir=args.reports_dir, progress=not args.quiet)
@@ -222,6 +234,8 @@ def tune_parser() -> argparse.ArgumentParser:
     add_store_flags(ap, "any config key except loss.reg_weight / loss.margin (repeatable)",
                     "checkpoints and the default journal (default: ./runs)")
     ap.add_argument("--no-test", action="store_true", help="workers: no test runs, no report")
+    ap.add_argument("--show-config", action="store_true",
+                    help=SHOW_CONFIG_HELP % ("the trials' base config", ", tune budget; searched keys marked"))
     ap.add_argument("--quiet", action="store_true", help="no progress bars, no per-trial log lines")
     return ap
 
@@ -242,9 +256,13 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     args = tune_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
-        check_output_dir("--work-dir", args.work_dir)
-        check_output_dir("--reports-dir", args.reports_dir)
+        if not args.show_config:        # it writes nothing
+            check_output_dir("--work-dir", args.work_dir)
+            check_output_dir("--reports-dir", args.reports_dir)
         plan = tune_plan(args)
+        if args.show_config:
+            print(show_plan(plan), end="")
+            return 0
         from core.tuning.run import run_study
         out = run_study(plan, tracking_uri=args.tracking_uri, reports_dir=args.reports_dir,
                         evaluate_test=not args.no_test, progress=not args.quiet)

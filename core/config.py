@@ -329,22 +329,29 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any], where: str = "
 
     `where` names the source (a spec file and row) in every error message.
     """
-    sections = _section_classes()
     changes: dict[str, dict[str, Any]] = {}
     for key, value in flatten_overrides(overrides).items():
         section, _, name = key.partition(".")
-        if section not in sections or not name:
-            raise ConfigError(f"{where}: unknown key '{key}'; sections are {sorted(sections)}")
-        hints = _field_types(sections[section])
-        if name not in hints:
-            allowed = ", ".join(f"{section}.{n}" for n in hints)
-            raise ConfigError(f"{where}: unknown key '{key}'; allowed in '{section}': {allowed}")
-        changes.setdefault(section, {})[name] = _coerce(key, value, hints[name], where)
+        changes.setdefault(section, {})[name] = coerce(key, value, where)
     new = cfg
     for section, vals in changes.items():
         new = dataclasses.replace(new, **{section: dataclasses.replace(getattr(new, section), **vals)})
     validate(new, where)
     return new
+
+
+def coerce(key: str, value: Any, where: str = "overrides") -> Any:
+    """`value` as the dotted key `key` holds it (an int for a float key is a float, a list for a tuple key a tuple);
+    ConfigError on an unknown key or a wrong type (allowed values and ranges are checked by validate())."""
+    sections = _section_classes()
+    section, _, name = key.partition(".")
+    if section not in sections or not name:
+        raise ConfigError(f"{where}: unknown key '{key}'; sections are {sorted(sections)}")
+    hints = _field_types(sections[section])
+    if name not in hints:
+        allowed = ", ".join(f"{section}.{n}" for n in hints)
+        raise ConfigError(f"{where}: unknown key '{key}'; allowed in '{section}': {allowed}")
+    return _coerce(key, value, hints[name], where)
 
 
 def validate(cfg: RunConfig, where: str = "config") -> None:

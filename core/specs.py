@@ -1,9 +1,10 @@
 """Experiment specs (experiments/tableN.yaml): a paper table as rows of config overrides plus the paper's numbers.
 
-Layering of one row's config (flat dotted-key merges, later wins, no deeper inheritance):
+Layering of one row's config (flat dotted-key merges, later wins, no deeper inheritance; :func:`row_layers` is the
+one list of them, core.layers shows which layer set each key):
 
-    core/config.py defaults <- profile (experiments/profiles.yaml) <- preset (experiments/presets.yaml)
-                            <- table ``base:`` <- row ``overrides:`` <- CLI
+    core/config.py defaults <- profile (experiments/profiles.yaml) <- the table's ``profile_overrides.<profile>``
+                            <- preset (experiments/presets.yaml) <- table ``base:`` <- row ``overrides:`` <- CLI
 
 A preset is a named flat map written once for several tables (``full_sta``: the paper's full model, lambda
 included); a spec names it with ``preset:`` (every run row) or a row with its own ``preset:``.
@@ -25,6 +26,7 @@ import yaml
 
 from core.config import ConfigError, RunConfig, allowed_keys, apply_overrides, flatten_overrides
 from core.record import METRICS
+from core.layers import BASE, COMMAND_LINE, PRESET, PROFILE, ROW, TABLE_PROFILE, Layer, merged
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 PROFILES_PATH = EXPERIMENTS / "profiles.yaml"
@@ -61,6 +63,7 @@ class Row:
     run: bool = True                             # False: a literature row quoted by the paper
     config: RunConfig | None = None
     preset: Preset | None = None                 # the row's own or the spec's preset (run rows only)
+    layers: tuple[Layer, ...] = field(default=(), compare=False, repr=False)   # what `config` was merged from
 
     @property
     def full_deviation(self) -> str:
@@ -324,10 +327,24 @@ def profile_descriptions(path: str | Path = PROFILES_PATH) -> dict[str, str]:
     return {name: " ".join((p.get("description") or "").split()) for name, p in read_yaml(Path(path)).items()}
 
 
-def resolve_row(spec: Spec, row: Row, profile: Mapping[str, Any], cli: Mapping[str, Any], where: str) -> RunConfig:
-    """defaults <- profile <- preset <- base <- row <- cli, validated as one config (errors name `where`, key)."""
-    merged = {**profile, **(row.preset.overrides if row.preset else {}), **spec.base, **row.overrides, **cli}
-    cfg = apply_overrides(RunConfig(), merged, where)
+def row_layers(spec: Spec, row: Row, profile: str, profile_keys: Mapping[str, Any],
+               cli: Sequence[Layer]) -> tuple[Layer, ...]:
+    """The layers of a row's config, lowest first (later wins), those that set something: the profile, the table's
+    keys for that profile, the preset, the table's base, the row, then `cli` (the command line's layers)."""
+    name = spec.path.name
+    layers = (Layer(PROFILE, profile_keys, f"{PROFILES_PATH.name}, profile '{profile}'"),
+              Layer(TABLE_PROFILE, spec.profile_overrides.get(profile, {}), f"{name}, profile_overrides.{profile}"),
+              Layer(PRESET, row.preset.overrides if row.preset else {},
+                    f"{PRESETS_PATH.name}, preset '{row.preset.name}'" if row.preset else ""),
+              Layer(BASE, spec.base, f"{name}, base"),
+              Layer(ROW, row.overrides, f"{name}, row {row.index}"),
+              *cli)
+    return tuple(layer for layer in layers if layer.overrides)
+
+
+def resolve_row(layers: Sequence[Layer], where: str) -> RunConfig:
+    """The defaults with `layers` merged on top (row_layers), validated as one config (errors name `where`, key)."""
+    cfg = apply_overrides(RunConfig(), merged(layers), where)
     if cfg.data.dataset in PAPER_DATASETS and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"{where}: key 'data.root' is {cfg.data.root!r}, which is not a folder; it must hold "
                           f"the downloaded {DATASET_NAMES[cfg.data.dataset]} dataset (README: real datasets)")
@@ -335,10 +352,12 @@ def resolve_row(spec: Spec, row: Row, profile: Mapping[str, Any], cli: Mapping[s
 
 
 def load_spec(path: str | Path, profile: str = "cpu", dataset: str = "synthetic", data_root: str | None = None,
-              overrides: Mapping[str, Any] | None = None, profiles_path: str | Path = PROFILES_PATH) -> Spec:
+              overrides: Mapping[str, Any] | None = None, profiles_path: str | Path = PROFILES_PATH,
+              above_rows: Sequence[Layer] = ()) -> Spec:
     """Read a spec and resolve every runnable row's config for a profile and dataset.
 
-    ``overrides`` are the CLI's dotted keys (highest precedence); ``dataset``/``data_root`` set data.dataset/root.
+    ``overrides`` are the CLI's dotted keys (highest precedence); ``dataset``/``data_root`` set data.dataset/root;
+    ``above_rows`` are layers between those two (reproduce/tune.py: the tuning spec's budget).
     """
     spec = read_spec(path)
     profiles = load_profiles(profiles_path)
@@ -348,13 +367,19 @@ def load_spec(path: str | Path, profile: str = "cpu", dataset: str = "synthetic"
     if unknown:
         raise ConfigError(f"{spec.path}: key 'profile_overrides' names unknown profile(s) {unknown}; allowed: "
                           f"{', '.join(profiles)}")
-    cli = {"data.dataset": dataset, **({"data.root": data_root} if data_root else {}),
-           **_flat_overrides(overrides, "command-line overrides")}
-    layer = {**profiles[profile], **spec.profile_overrides.get(profile, {})}   # the profile as this table uses it
+    cli_layers = (Layer(COMMAND_LINE, {"data.dataset": dataset, **({"data.root": data_root} if data_root else {})},
+                        "--dataset, --data-root"),
+                  *(replace(layer, overrides=_flat_overrides(layer.overrides, layer.source)) for layer in above_rows),
+                  Layer(COMMAND_LINE, _flat_overrides(overrides, "command-line overrides"),
+                        "--set, --device, --epochs"))
+    cli = merged(cli_layers)
     rows = []
     for row in spec.rows:
         where = f"{spec.path}, row {row.index} '{row.label}' (profile '{profile}', dataset '{cli['data.dataset']}')"
-        rows.append(replace(row, config=resolve_row(spec, row, layer, cli, where)) if row.run else row)
+        if row.run:
+            layers = row_layers(spec, row, profile, profiles[profile], cli_layers)
+            row = replace(row, config=resolve_row(layers, where), layers=layers)
+        rows.append(row)
     return replace(spec, rows=tuple(rows), profile=profile, dataset=cli["data.dataset"], cli_overrides=cli)
 
 

@@ -24,12 +24,13 @@ import torch.distributed as dist
 
 from core import endpoints, engine, pretraining, record, tracking
 from core.atomic import DiskFullError
-from core.config import ConfigError, RunConfig, apply_overrides, config_hash, uses_pretraining
+from core.config import ConfigError, RunConfig, config_hash, uses_pretraining
 from core.data import DatasetError, load_dataset
 from core.engine.checkpoint import CheckpointError
 from core.engine.device import check_device, current_dist, init_distributed, resolve_device
 from core.engine.pretrained import stage_hash
 from core.engine.training import check_checkpoint
+from core.layers import seeded
 from core.record import AUDIT_CLIPS, ROW_WALL_S
 from core.reporting import claims, figures
 from core.reporting.report import claim_records, write_index, write_report
@@ -59,12 +60,8 @@ class Job:
 
 def jobs(spec: Spec, seeds: Sequence[int] | None = None) -> list[Job]:
     """Runnable rows x seeds (train.seed = each seed; None keeps the config's seed)."""
-    out = []
-    for row in spec.run_rows:
-        for seed in (seeds if seeds else [row.config.train.seed]):
-            cfg = apply_overrides(row.config, {"train.seed": int(seed)}, f"{spec.path}, row '{row.label}'")
-            out.append(Job(row, int(seed), cfg))
-    return out
+    return [Job(row, seed, cfg) for row in spec.run_rows
+            for seed, cfg in seeded(row.config, seeds, f"{spec.path}, row '{row.label}'")]
 
 
 # ---- torchrun: rank 0 decides, every rank follows -------------------------------------------------------------

@@ -9,7 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
-from core.config import SyntheticSize
+from core.config import Dataset, SyntheticSize
 from core.data.base import DatasetError, VideoDataset
 
 # the synthetic preset and seed the tables use without flags (experiments/profiles.yaml, profile cpu); keep in step
@@ -47,7 +47,7 @@ def decode_all(ds: VideoDataset) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split(":")[0])
-    ap.add_argument("--dataset", required=True, choices=["mars", "duke", "synthetic"])
+    ap.add_argument("--dataset", required=True, choices=typing.get_args(Dataset))
     ap.add_argument("--root", help="dataset folder (synthetic default: .cache/synthetic_<size>_seed<seed>_v<version>)")
     ap.add_argument("--size", default=TABLE_PRESET, choices=PRESET_NAMES,
                     help="synthetic only, to find the default root (default: %(default)s, the tables' preset)")

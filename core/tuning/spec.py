@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from core import endpoints
 from core.config import ConfigError, RunConfig, apply_overrides, flatten_overrides
+from core.layers import BUDGET, Layer
 from core.specs import EXPERIMENTS, check_keys, load_profiles, load_spec, read_yaml, select_rows, spec_path
 
 DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
@@ -23,6 +24,7 @@ SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "
 QUERY_MODES = ("all", "one")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)
+SEARCHED = ("loss.reg_weight", "loss.margin")      # the config keys a study searches (lambda, margin)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,14 @@ class TuneSpec:
         if self.reg_off:
             space["reg"] = ["on", "off"]
         return space
+
+    def searched(self) -> dict[str, str]:
+        """{config key: how the study searches it} (--show-config; "{layer}": where the baseline comes from)."""
+        def shown(r: Range) -> str:
+            return f"{r.low:g}..{r.high:g}{', log scale' if r.log else ''}"
+        off = ", or 0 (reg off)" if self.reg_off else ""
+        return {SEARCHED[0]: f"searched {shown(self.reg_weight)}{off}; baseline from {{layer}}",
+                SEARCHED[1]: f"searched {shown(self.margin)}; baseline from {{layer}}"}
 
 
 def _range(tree: Any, where: str, log_default: bool, allow_linear: bool) -> Range:
@@ -120,7 +130,7 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
                               f"or null (no limit)")
         overrides = flatten_overrides(raw.get("overrides") or {})
         apply_overrides(RunConfig(), overrides, f"{where}.overrides")      # unknown keys, types, values
-        for key in ("loss.reg_weight", "loss.margin"):
+        for key in SEARCHED:
             if key in overrides:
                 raise ConfigError(f"{where}.overrides: key '{key}' is searched; it cannot be fixed here")
         budgets[name] = Budget(raw["n_trials"], raw.get("timeout"), overrides)
@@ -172,6 +182,7 @@ class Plan:
     work_dir: Path
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)   # the command line's --set (flat keys)
     data_root: str | None = None            # --data-root as given
+    layers: tuple[Layer, ...] = dataclasses.field(default=(), compare=False)   # what `config` was merged from
 
     @property
     def experiment(self) -> str:
@@ -202,11 +213,11 @@ def plan_study(spec_file: str | Path = DEFAULT_SPEC, profile: str = "cpu", datas
         raise ConfigError(f"{spec.path}: no budgets.{profile}; profiles with a budget: {', '.join(spec.budgets)}")
     budget = spec.budgets[profile]
     cli = flatten_overrides(overrides or {})
-    for key in ("loss.reg_weight", "loss.margin"):
+    for key in SEARCHED:
         if key in cli:
             raise ConfigError(f"command line: key '{key}' is what the study searches; it cannot be set")
-    table = load_spec(spec_path(spec.table), profile=profile, dataset=dataset, data_root=data_root,
-                      overrides={**budget.overrides, **cli})
+    table = load_spec(spec_path(spec.table), profile=profile, dataset=dataset, data_root=data_root, overrides=cli,
+                      above_rows=(Layer(BUDGET, budget.overrides, f"{spec.path.name}, budgets.{profile}"),))
     try:
         row = select_rows(table, [spec.row]).rows[0]
     except ConfigError as e:
@@ -239,7 +250,7 @@ def plan_study(spec_file: str | Path = DEFAULT_SPEC, profile: str = "cpu", datas
         raise ConfigError(f"--timeout {t}: must be >= 0 seconds (0: no limit)")
     return Plan(spec=spec, profile=profile, dataset=dataset, study_name=name,
                 storage=storage_location(storage, name, work_dir), config=cfg, baseline=baseline, n_trials=n,
-                timeout=t, work_dir=Path(work_dir), overrides=cli, data_root=data_root)
+                timeout=t, work_dir=Path(work_dir), overrides=cli, data_root=data_root, layers=row.layers)
 
 
 def lambda_margin(params: Mapping[str, Any]) -> tuple[float, float]:
@@ -249,4 +260,4 @@ def lambda_margin(params: Mapping[str, Any]) -> tuple[float, float]:
 
 
 def with_values(cfg: RunConfig, lam: float, margin: float) -> RunConfig:
-    return apply_overrides(cfg, {"loss.reg_weight": lam, "loss.margin": margin}, "tuning")
+    return apply_overrides(cfg, dict(zip(SEARCHED, (lam, margin))), "tuning")
