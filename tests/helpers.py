@@ -2,8 +2,8 @@
 
 They are plain functions and constants, not fixtures, because they are called with per-test arguments
 (`tiny_cfg(root, **overrides)`), at import time (the tuning spec embeds TINY) or in spawned worker processes
-(tests/test_engine_training_ddp.py), where fixtures cannot reach. Test files import them as `from tests.helpers import ...`
-instead of importing from one another."""
+(tests/test_engine_training_ddp.py), where fixtures cannot reach. Test files import them as
+`from tests.helpers import ...` instead of importing from one another."""
 from __future__ import annotations
 
 import os
