@@ -1,4 +1,4 @@
-"""Helpers of the browser test (tests/test_browser_ui.py) and of docs/screenshots.py: the system Chromium, a small
+"""Helpers of the browser test (tests/test_ui_browser.py) and of docs/screenshots.py: the system Chromium, a small
 table store logged through the suite's own tracking code, and the suite's MLflow UI server (core.ui).
 
 Playwright drives the SYSTEM Chromium (``executable_path``): its own browser download needs the internet. Install

@@ -2,10 +2,14 @@
 
 They are plain functions and constants, not fixtures, because they are called with per-test arguments
 (`tiny_cfg(root, **overrides)`), at import time (the tuning spec embeds TINY) or in spawned worker processes
-(tests/test_engine_ddp.py), where fixtures cannot reach. Test files import them as `from tests.helpers import ...`
-instead of importing from one another."""
+(tests/test_engine_training_ddp.py), where fixtures cannot reach. Test files import them as
+`from tests.helpers import ...` instead of importing from one another."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,3 +233,29 @@ def error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if " INFO mlflow." not in line and " INFO alembic." not in line]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+# ---- leftovers of killed processes, planted files ----------------------------------------------------------------
+HOST = socket.gethostname()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def no_temp(folder: Path) -> bool:
+    """No temp file of an atomic write (``*.tmp``) is left in `folder`."""
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+class RunsCode:
+    """Unpickling this calls os.mkdir(target): a planted checkpoint that runs code."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.target),)

@@ -2,43 +2,135 @@
 torch-heavy registries) stay the values the implementing modules accept; every key that can change a result enters the config
 hash (and the training hash for data/model/loss/train keys), the speed and save knobs do not; impossible values
 are refused naming the key; removed keys (train.eval_every) are unknown keys."""
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
+import torch
 
 from core.config import (BACKBONE_STRIDE, CHOICES, RESULT_NEUTRAL_KEYS, ConfigError, RunConfig, allowed_keys,
                          apply_overrides, config_hash)
 from core.data.datasets import DATASETS
-from core.data.sampling import EPOCH_DEFS, EVAL_FRAMES, FLIP_PER, TRAIN_FRAMES
+from core.data.sampling import EVAL_FRAMES, TRAIN_FRAMES, IdentityBatchSampler, flip_decisions
 from core.data.synthetic import PRESETS
 from core.engine import train_dir
-from core.evaluation.distance import METRICS as DISTANCES
-from core.evaluation.metrics import AP_RULES
-from core.engine.pretrained import INITS
-from core.engine.training import OPTIMIZERS
-from core.models.backbone import BACKBONE_NAMES
-from core.models.model import AGGREGATIONS, F2_WEIGHTS
-from core.models.sta import ATTENTION, REMAINDERS
-from core.models.stan import STAN_EMBEDS
-from core.models.stal import PART_NORMS
+from core.engine.pretrained import PretrainMissingError, start_model
+from core.engine.training import make_optimizer
+from core.evaluation.distance import pairwise_distance
+from core.evaluation.metrics import evaluate
+from core.models.backbone import BACKBONE_NAMES, WeightsUnavailableError
+from core.models.model import VideoReIDModel
+from core.models.sta import ATTENTION, region_bounds
+from core.models.stal import spatial_weights
+from core.models.stan import STANHead
 from core.specs import load_spec, spec_path
 from tests.helpers import tiny_cfg
 
-IMPLEMENTED = {
+# Choice keys whose implementation dispatches through a dict (or a registry built from dicts): its keys are what it
+# accepts.
+DISPATCH = {
     "data.dataset": DATASETS, "data.synthetic_size": PRESETS, "data.train_sampling": TRAIN_FRAMES,
-    "data.epoch_def": EPOCH_DEFS, "data.flip_per": FLIP_PER, "model.backbone": BACKBONE_NAMES, "model.aggregation": AGGREGATIONS,
-    "model.attention": ATTENTION, "model.f2_weights": F2_WEIGHTS, "model.remainder": REMAINDERS,
-    "model.stan_embed": STAN_EMBEDS,
-    "model.stal_part_norm": PART_NORMS, "model.init": INITS, "train.optimizer": OPTIMIZERS,
-    "eval.sampling": EVAL_FRAMES, "eval.distance": DISTANCES, "eval.ap_rule": AP_RULES,
+    "eval.sampling": EVAL_FRAMES, "model.backbone": BACKBONE_NAMES, "model.attention": ATTENTION,
+}
+
+
+# Choice keys whose implementation branches on the value (if value == "a": ... else: ...) and validates it against a
+# tuple derived from the Literal itself, so comparing those tuples with the Literal cannot fail. Each probe runs the
+# implementation with one value and returns what it did; it raises ValueError for a value the implementation does
+# not implement. The case asserts that every choice of the Literal gives its own result (a choice that only falls
+# into another choice's `else` branch gives that choice's result) and that a value outside the Literal is refused.
+def _epoch_def(value):
+    # 4 identities x 5 tracklets, P = K = 2: an epoch of identities is 4 // 2 = 2 batches, of tracklets 20 // 4 = 5
+    return tuple(map(tuple, IdentityBatchSampler(np.repeat(np.arange(4), 5), 2, 2, seed=0, epoch_def=value)))
+
+
+def _flip_per(value):
+    return tuple(flip_decisions(8, 0.5, value, np.random.default_rng(0)))
+
+
+def _model(**options):
+    """What VideoReIDModel does with `options`: frames per clip in training, the output's keys and the test-time
+    features of two random clips (3 frames of 64 x 32: a 4 x 2 map, so K = 2 regions or parts)."""
+    torch.manual_seed(0)
+    net = VideoReIDModel(7, backbone="resnet18", pretrained=False, feat_dim=8, num_regions=2, stal_parts=2,
+                         **options)
+    clips = torch.rand(2, 3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    per_clip = net.train()(clips)["frames_per_clip"]
+    with torch.no_grad():
+        out = net.eval()(clips)
+    return per_clip, tuple(sorted(out)), tuple(out["feat"].flatten().round(decimals=4).tolist())
+
+
+def _stan_embed(value):
+    torch.manual_seed(0)
+    head = STANHead(8, models=2, hidden=4, embed=value, feat_dim=4)
+    with torch.no_grad():
+        clip = head(torch.rand(1, 3, 8, 2, 2, generator=torch.Generator().manual_seed(1)))["clip"]
+    return head.out_dim, tuple(clip.flatten().round(decimals=4).tolist())
+
+
+def _stal_part_norm(value):
+    # mean attention over the frames [0.4, 0.6]: l1 -> [0.4, 0.6], l2 -> [0.4, 0.6] / sqrt(0.52) = [0.555, 0.832]
+    return tuple(spatial_weights(torch.tensor([[[0.2, 0.9], [0.6, 0.3]]]), value).flatten().round(decimals=4).tolist())
+
+
+def _distance(value):
+    # euclidean: [1, sqrt(2)]; cosine: [0, 1]
+    return tuple(pairwise_distance(torch.tensor([[1., 0.]]), torch.tensor([[2., 0.], [0., 1.]]), value)
+                 .flatten().round(decimals=4).tolist())
+
+
+def _ap_rule(value):
+    # one query, its only match at rank 2: step AP 1/2, trapezoid (0 + 1/2) / 2 = 1/4
+    return evaluate(np.array([[0.1, 0.2]]), np.array([1]), np.array([2, 1]), np.array([1]), np.array([2, 2]),
+                    max_rank=2, ap_rule=value)["mAP"]
+
+
+def _optimizer(value):
+    train = SimpleNamespace(**{**dataclasses.asdict(RunConfig().train), "optimizer": value})
+    return type(make_optimizer(SimpleNamespace(train=train), [torch.nn.Parameter(torch.zeros(1))])).__name__
+
+
+def _init(value, folder):
+    """Which weights start_model looks for with model.pretrained and model.init=`value`: torch's cache and the
+    stage's cache are empty folders, so each source says in its own error that its file is missing. start_model
+    has no refusal of its own (the config refuses the value): a value that loads nothing is refused here."""
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="resnet18", pretrained=True,
+                                                             init=value))
+    try:
+        start_model(cfg, 7, cache=folder)
+    except (WeightsUnavailableError, PretrainMissingError) as error:
+        return type(error).__name__
+    raise ValueError(f"model.init={value!r}: start_model loaded no weights")
+
+
+BEHAVIOUR = {
+    "data.epoch_def": _epoch_def, "data.flip_per": _flip_per,
+    "model.aggregation": lambda v: _model(aggregation=v, fusion=False),   # with fusion the `else` (sta) branch of an
+    "model.f2_weights": lambda v: _model(aggregation="sta", f2_weights=v),  # unknown value would differ from sta's
+    "model.remainder": lambda v: tuple(region_bounds(6, 4, v)),          # last: 1 1 1 3 rows, spread: 2 2 1 1
+    "model.stan_embed": _stan_embed, "model.stal_part_norm": _stal_part_norm, "model.init": _init,
+    "train.optimizer": _optimizer, "eval.distance": _distance, "eval.ap_rule": _ap_rule,
 }
 
 
 def test_every_choice_key_is_checked_here():
-    assert set(IMPLEMENTED) == set(CHOICES)
+    assert set(DISPATCH) | set(BEHAVIOUR) == set(CHOICES) and not set(DISPATCH) & set(BEHAVIOUR)
 
 
-@pytest.mark.parametrize("key", sorted(IMPLEMENTED))
-def test_config_choices_match_the_implementation(key):
-    assert set(CHOICES[key]) == set(IMPLEMENTED[key]), key
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_config_choices_match_the_implementation(key, tmp_path, monkeypatch):
+    if key in DISPATCH:
+        assert set(CHOICES[key]) == set(DISPATCH[key]), key
+        return
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))    # no ImageNet weights (model.init)
+    probe = BEHAVIOUR[key] if key != "model.init" else lambda v: _init(v, tmp_path / "stage")
+    results = {value: probe(value) for value in CHOICES[key]}
+    assert len(set(results.values())) == len(results), f"{key}: choices that do the same: {results}"
+    with pytest.raises(ValueError):
+        probe("not_a_choice")
 
 
 # defaults with a data.root, so that data.dataset can become mars or duke

@@ -1,5 +1,5 @@
 """The synthetic generator: MARS layout read by load_mars and the check command, protocol guarantees,
-determinism, atomic generation."""
+determinism, atomic generation, the partial folders of a killed generation removed."""
 import dataclasses
 import hashlib
 import json
@@ -19,6 +19,7 @@ from core.config import DataConfig
 from core.data import DatasetError, load_dataset, load_mars, render, synthetic
 from core.data.synthetic import PRESETS, ensure_synthetic, generate
 from core.data.truth import load_truth
+from tests.helpers import HOST, dead_pid
 
 
 def test_check_command_accepts_generated_tree(tiny_synthetic_root):
@@ -209,3 +210,17 @@ def test_quiet_generation_prints_nothing_and_a_log_gets_one_line(tmp_path, capsy
     generate(tmp_path / "logged", "tiny", seed=0, progress=True)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\r" not in err and err.startswith("synthetic tiny seed 0: ")
+
+
+def test_partial_folders_of_a_dead_generation_are_removed(tiny_synthetic_root):
+    parent, name = tiny_synthetic_root.parent, tiny_synthetic_root.name
+    dead = parent / f".{name}.partial-{HOST}.{dead_pid()}.0a1b"
+    live = parent / f".{name}.partial-{HOST}.{os.getpid()}.0a1b"
+    for p in (dead, live):
+        (p / "bbox_train").mkdir(parents=True)
+    try:
+        assert ensure_synthetic(tiny_synthetic_root, "tiny", 0, progress=False) == tiny_synthetic_root
+        assert not dead.exists() and live.exists()
+    finally:
+        import shutil
+        shutil.rmtree(live, ignore_errors=True)

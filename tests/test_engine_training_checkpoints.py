@@ -1,32 +1,29 @@
-"""A checkpoint that cannot be resumed stops the table in one `error:` line, exit 2, before any row trains (issue 22:
-they were right but arrived in a 38-line traceback as a failed row, exit 1); a full disk while writing one names the
-file and says "no space left on device" (it said "unexpected pos")."""
+"""Resume checkpoints (core.engine.training.check_checkpoint, the safe loader core.engine.checkpoint.load_torch).
+
+A run resumes only its own config's checkpoint, and one that fits its model; a planted pickle is refused without
+running its code (issue 12). A checkpoint that cannot be resumed stops the table in one `error:` line, exit 2, before
+any row trains (issue 22: they were right but arrived in a 38-line traceback as a failed row, exit 1); a full disk
+while writing one names the file and says "no space left on device" (it said "unexpected pos")."""
 from __future__ import annotations
 
 import errno
 import os
 import pickle
+import re
 
 import pytest
 import torch
 
 import core.tables
 from core.cli import cli_overrides, main, table_parser
-from core.engine import train_dir
+from core.config import apply_overrides
+from core.engine import train, train_dir
 from core.atomic import DiskFullError
-from core.engine.checkpoint import save_torch
+from core.engine.checkpoint import load_torch, save_torch
 from core.engine.training import train_hash
 from core.specs import load_spec, select_rows, spec_path
 from core.tables import jobs
-from tests.helpers import TINY_TABLE, error_line, set_args
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.mkdir, (str(self.marker),)
+from tests.helpers import TINY_TABLE, RunsCode, error_line, set_args, tiny_cfg
 
 
 def _flags(tmp_path, root):
@@ -134,3 +131,39 @@ def test_a_full_disk_stops_the_table_in_one_line(tiny_synthetic_root, tmp_path, 
     assert main("table1", flags) == 2
     line = error_line(capsys.readouterr().err)
     assert "no space left on device writing" in line and str(tmp_path / "runs") in line
+
+
+# ---- resume: same config only, safe loading (issue 12) -----------------------------------------------------
+
+def test_resume_refuses_another_config_and_a_mismatched_state(tiny_synthetic_root, tiny_dataset, tmp_path):
+    cfg = tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1})
+    train(cfg, tiny_dataset, tmp_path, progress=False)
+    path = tmp_path / "last.pt"
+    where = re.escape(f"checkpoint {path}")
+    assert load_torch(path)["config_hash"] == train_hash(cfg)
+    train(apply_overrides(cfg, {"eval.seq_len": 2, "data.num_workers": 1}, "tests"), tiny_dataset, tmp_path,
+          progress=False)                                   # evaluation-only keys share the trained model
+    other = apply_overrides(cfg, {"loss.margin": 0.5}, "tests")
+    with pytest.raises(RuntimeError, match=rf"{where} belongs to another config \(training hash "
+                                           rf"{train_hash(cfg)}; this run's is {train_hash(other)}\)"):
+        train(other, tiny_dataset, tmp_path, progress=False)
+
+    state = load_torch(path)
+    state["model"].pop(next(iter(state["model"])))
+    save_torch(state, path)
+    with pytest.raises(RuntimeError, match=rf"{where} does not fit the model .*Missing key"):
+        train(cfg, tiny_dataset, tmp_path, progress=False)
+    del state["config_hash"]
+    save_torch(state, path)
+    with pytest.raises(RuntimeError, match=rf"{where} has no config hash"):
+        train(cfg, tiny_dataset, tmp_path, progress=False)
+
+
+def test_planted_checkpoint_is_refused_without_running_its_code(tiny_synthetic_root, tiny_dataset, tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({"epoch": 0, "model": RunsCode(marker)}, tmp_path / "last.pt")
+    where = re.escape(f"checkpoint {tmp_path / 'last.pt'}")
+    with pytest.raises(RuntimeError, match=rf"{where} was refused by the safe loader \(.*GLOBAL .*mkdir.*nothing "
+                                           r"in it was run"):
+        train(tiny_cfg(tiny_synthetic_root, **{"train.epochs": 1}), tiny_dataset, tmp_path, progress=False)
+    assert not marker.exists()

@@ -11,8 +11,8 @@ import pytest
 from core import protocols
 from core.evaluation import evaluate, score_protocols
 from core.evaluation.chance import chance_level, expected_ap, expected_cmc, match_counts
-from tests.test_eval_metrics import G_CAMS, G_PIDS, Q_CAMS, Q_PIDS
-from tests.test_eval_protocols import CAMS, FEATS, G_ROWS, PIDS, Q_ROWS
+from tests.test_evaluation_metrics import G_CAMS, G_PIDS, Q_CAMS, Q_PIDS
+from tests.test_evaluation_scoring import CAMS, FEATS, G_ROWS, PIDS, Q_ROWS
 
 
 def _harmonic(n: int) -> F:
@@ -53,7 +53,7 @@ def test_expected_ap_equals_the_average_over_every_placement(n, big_n):
 
 
 def test_chance_level_of_the_hand_split():
-    """tests/test_eval_metrics.py's split: q0 (pid 1, cam 1) keeps g1 g3 g4 g5 (g0 same identity and camera, g2
+    """tests/test_evaluation_metrics.py's split: q0 (pid 1, cam 1) keeps g1 g3 g4 g5 (g0 same identity and camera, g2
     junk): N = 4, n = 2; q1 (pid 2) keeps g0 g1 g3 g4 g5: N = 5, n = 1; q2 has no match: skipped.
       R1  = (2/4 + 1/5) / 2                                     = 7/20
       R2  = ((1 - C(2,2)/C(4,2)) + (1 - C(4,2)/C(5,2))) / 2     = (5/6 + 2/5) / 2 = 37/60
@@ -115,7 +115,7 @@ def test_chance_level_needs_a_valid_query():
 
 
 def test_score_protocols_logs_the_chance_level_of_each_protocol():
-    """tests/test_eval_protocols.py's split. Official (gallery with the queries, trapezoid): A keeps rows 1-6
+    """tests/test_evaluation_scoring.py's split. Official (gallery with the queries, trapezoid): A keeps rows 1-6
     (N = 6, n = 2), B rows 0, 2-6 (N = 6, n = 1), C none valid (skipped). Gao (without queries, step): A keeps
     rows 2-5 (N = 4, n = 2), B the same (n = 1).
       official R1 = (2/6 + 1/6)/2 = 1/4;  gao R1 = (2/4 + 1/4)/2 = 3/8

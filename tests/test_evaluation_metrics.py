@@ -1,4 +1,5 @@
-"""CMC / mAP (MARS protocol, both AP rules) and distances, against hand values and the reference loop."""
+"""CMC / mAP (MARS protocol, both AP rules) and distances, against hand values and the reference loop; non-finite
+distances (a diverged model) are refused."""
 import numpy as np
 import pytest
 import torch
@@ -121,3 +122,11 @@ def test_self_euclidean_symmetric_zero_diagonal():
     assert torch.equal(d, d.T) and torch.all(d.diagonal() == 0)
     direct = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
     np.testing.assert_allclose(d.numpy(), direct, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_refuses_non_finite_distances():
+    dist = np.arange(12, dtype=np.float32).reshape(3, 4)
+    dist[0, 1], dist[2, 3], dist[1, 0] = np.nan, np.inf, -np.inf
+    pids, cams = np.array([1, 2, 3]), np.array([1, 1, 1])
+    with pytest.raises(FloatingPointError, match=r"\(3 x 4\) has 3 non-finite entries"):
+        evaluate(dist, pids, np.array([1, 2, 3, 4]), cams, np.array([2, 2, 2, 2]))
