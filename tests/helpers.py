@@ -20,9 +20,9 @@ import torch
 import yaml
 from PIL import Image
 
-from core import record
-from core.config import RunConfig, apply_overrides
-from core.specs import read_spec, spec_path
+from core import protocols, record, tracking
+from core.config import RunConfig, apply_overrides, config_hash
+from core.specs import load_spec, read_spec, spec_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -259,3 +259,61 @@ class RunsCode:
 
     def __reduce__(self):
         return os.mkdir, (str(self.target),)
+
+
+# ---- a store of fake row runs (tests/test_tracking.py, tests/test_reporting_report.py) ----------------------------
+
+
+FAKE_CHANCE = {"R1": 0.0022, "R5": 0.011, "R10": 0.022, "R20": 0.043, "mAP": 0.008}   # a random ranking's (fractions)
+
+
+def log_fake_row(spec, row, seed: int, r1: float, dataset: str = "synthetic", rerank: float | None = None) -> str:
+    """A finished row run with made-up results (fractions): every protocol, intervals, chance, losses, per-query."""
+    cfg = row.config
+    tags = {"table": spec.table, "row": row.label, "dataset": dataset, "profile": spec.profile, "seed": seed,
+            "config_hash": f"{config_hash(cfg)}-{seed}-{dataset}"}
+    with tracking.child_run(f"{row.label} [seed {seed}]", tags) as run_id:
+        tracking.log_config(cfg, {"label": row.label})
+        callback = tracking.epoch_callback()
+        callback(FakeEpoch(0))             # epoch 0 seen live, epoch 1 back-filled from the history
+        metrics = {"R1": r1, "R5": 0.8, "R10": 0.9, "R20": 0.95, "mAP": 0.5, "num_queries": 10.0,
+                   "num_skipped_queries": 0.0}
+        if rerank is not None:
+            metrics.update(rerank_R1=rerank, rerank_R5=0.9, rerank_R10=0.95, rerank_R20=0.99, rerank_mAP=0.7,
+                           rerank_set_size=11310.0)
+        official = {f"official_{k}": v for k, v in metrics.items()}          # the headline is the official one
+        gao = {f"gao_{k}": v + 0.125 if k.endswith(("R1", "mAP")) else v for k, v in metrics.items()}
+        metrics.update({**official, **gao, "gao_num_skipped_queries": 2.0, "official_num_gallery": 11310.0,
+                        "gao_num_gallery": 9330.0})
+        metrics.update({"R1_ci_low": r1 - 0.125, "R1_ci_high": r1 + 0.125, "mAP_ci_low": 0.375,
+                        "mAP_ci_high": 0.625})                              # bootstrap interval bounds (fractions)
+        metrics.update({protocols.chance_name(m, p): v * (1.5 if p == "gao_" else 1.0) for p in ("", "official_", "gao_")
+                        for m, v in FAKE_CHANCE.items()})                        # the split's chance level (fractions)
+        losses = {"loss_ce": 2.5, "loss_triplet": 0.75, "loss_reg_weighted": 0.0125, "loss_total": 3.2625}
+        tracking.log_result(FakeResult(metrics, np.linspace(r1, 1.0, 20), [FakeEpoch(0), FakeEpoch(1)], {}, losses,
+                                       fake_per_query(metrics)), logged_by=callback)
+    return run_id
+
+
+def fake_tables_store(folder: Path) -> dict:
+    """One SQLite store for the module: table1 rows 1-2 with 2 seeds, table4's run rows (STA, STA + ReRank, STAN, STAL)."""
+    uri = tracking.configure(f"sqlite:///{folder}/mlflow.db")
+    t1 = load_spec(spec_path("table1"), "cpu")
+    t4 = load_spec(spec_path("table4"), "cpu")
+    ids = {}
+    with tracking.parent_run(tracking.experiment_name("table1"), "test", {"table": "table1"},
+                             tracking.describe(t1.title, t1.path)):
+        for seed, r1 in ((0, 0.50), (1, 0.60)):
+            ids[("Baseline", seed)] = log_fake_row(t1, t1.rows[0], seed, r1)
+        ids[("Baseline + TL", 0)] = log_fake_row(t1, t1.rows[1], 0, 0.70)
+    t2 = load_spec(spec_path("table2"), "cpu")
+    with tracking.parent_run(tracking.experiment_name("table2"), "test", {"table": "table2"}):
+        for row, r1 in zip(t2.rows, (0.3, 0.4, 0.42, 0.41)):
+            log_fake_row(t2, row, 0, r1)
+    with tracking.parent_run(tracking.experiment_name("table4"), "test", {"table": "table4"}):
+        rows = {r.label: r for r in t4.rows if r.run}
+        log_fake_row(t4, rows["STA"], 0, 0.40)
+        log_fake_row(t4, rows["STA + ReRank"], 0, 0.40, rerank=0.45)
+        log_fake_row(t4, rows["STAN (this suite)"], 0, 0.35)
+        log_fake_row(t4, rows["STAL (this suite)"], 0, 0.38)
+    return {"uri": uri, "folder": folder, "ids": ids, "t1": t1}

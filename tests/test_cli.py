@@ -113,7 +113,7 @@ def test_report_refuses_a_reports_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_tune_report_continue_command_parses_back_to_the_same_study(tmp_path):
-    """The tuning report's "continue" line (core.tune_report.continue_command), read by the real tune parser,
+    """The tuning report's "continue" line (core.tuning.report.continue_command), read by the real tune parser,
     resolves to the same study (plan: spec, name, dataset, profile, config with every --set, storage, work dir)."""
     import shlex
 

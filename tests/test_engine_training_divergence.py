@@ -6,7 +6,7 @@ it. A loss explosion (issue 22, case 8): with train.lr=1e6 the epoch losses were
 exploded epoch was checkpointed as the "last good" one and the run failed later at scoring without saying what to
 change. The rule (core.engine.training.explosion): an epoch whose mean total loss exceeds EXPLOSION_FACTOR x the
 first epoch's, or LOSS_CEILING, has diverged; it is not checkpointed, the checkpoint before it is kept, and the
-error says what to change. (A diverged tuning trial: tests/test_tuning_divergence.py; evaluate's own refusal of
+error says what to change. (A diverged tuning trial: tests/test_tuning_trial.py; evaluate's own refusal of
 non-finite distances: tests/test_evaluation_metrics.py.)"""
 from __future__ import annotations
 

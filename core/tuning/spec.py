@@ -20,7 +20,7 @@ DEFAULT_SPEC = EXPERIMENTS / "tune_lambda_margin.yaml"
 SPEC_KEYS = {"study": str, "config": dict, "search": dict, "validation": dict, "sampler": dict, "pruner": dict,
              "report_every": int, "budgets": dict}
 # validation.queries: core.data.validation.QUERY_MODES, repeated here so that a spec is checked without torch
-# (tests/test_tune_compare.py checks that both agree)
+# (tests/test_tuning_compare.py checks that both agree)
 QUERY_MODES = ("all", "one")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")      # storage URL schemes (a "+driver" suffix is allowed)

@@ -1,4 +1,4 @@
-"""Tuning report statistics (core.tune_compare) on hand-made per-query frames, and the validation split's query
+"""Tuning report statistics (core.tuning.compare) on hand-made per-query frames, and the validation split's query
 modes (core.data.validation): cheap, no training."""
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from tests.helpers import HOST, FakeEpoch, FakeResult, fake_per_query, no_temp
 
 
 def _log(spec, row, seed: int, r1: float, **overrides) -> str:
-    """A finished row run of `row` with `overrides` applied to its config (tests.test_tracking_reports._log_row)."""
+    """A finished row run of `row` with `overrides` applied to its config (tests.helpers.log_fake_row logs more results)."""
     cfg = apply_overrides(row.config, {"train.seed": seed, **overrides}, "tests")
     tags = {"table": spec.table, "row": row.label, "dataset": "synthetic", "profile": spec.profile, "seed": seed,
             "config_hash": config_hash(cfg)}

@@ -3,8 +3,9 @@
 A verdict rule that reads the wrong bound (``"contradicted" if est.low < 0`` instead of ``est.high < 0``) passed
 tests whose inconclusive intervals all started exactly at 0. Every rule that reads an interval against a threshold
 is tested here on an interval lying above, lying below, STRADDLING the threshold (the common inconclusive case),
-and touching it from either side: the claim verdicts (core.claims), the attention audit's reading
-(core.reporting._side) and the tuning comparison (core.tune_compare.conclude)."""
+and touching it from either side: the claim verdicts (core.reporting.claims), the attention audit's reading
+(core.reporting.audit.audit_side) and the tuning comparison (core.tuning.compare.conclude), all three through
+core.reporting.claims.interval_side."""
 from __future__ import annotations
 
 import pandas as pd

@@ -1,5 +1,5 @@
-"""train.log_checkpoint: whether the run that trained a row uploads its last.pt to MLflow (the paper profile does; the
-knob replaced a test of the profile's name, so a new GPU profile can say it too)."""
+"""core/tables.py: a table's jobs (rows x seeds), and train.log_checkpoint: whether the run that trained a row uploads
+its last.pt to MLflow (the paper profile does; the knob replaced a test of the profile's name)."""
 from __future__ import annotations
 
 import mlflow
@@ -8,6 +8,7 @@ from core import tracking
 from core.cli import main
 from core.config import RESULT_NEUTRAL_KEYS, apply_overrides, config_hash
 from core.specs import load_spec, select_rows, spec_path
+from core.tables import jobs
 from tests.helpers import TINY_TABLE, set_args
 
 
@@ -30,3 +31,11 @@ def test_a_row_trained_with_log_checkpoint_uploads_its_last_pt(tiny_synthetic_ro
     row = runs[runs["tags.kind"] == "row"].iloc[0]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(row.run_id, "checkpoint")}
     assert artifacts == {"checkpoint/last.pt"}
+
+
+def test_seeds_give_one_job_per_row_and_seed():
+    spec = load_spec(spec_path("table3"), "cpu")
+    todo = jobs(spec, [0, 1, 2])
+    assert len(todo) == 9 and [j.cfg.train.seed for j in todo[:3]] == [0, 1, 2]
+    assert len({config_hash(j.cfg) for j in todo}) == 9
+    assert [j.seed for j in jobs(spec)] == [0, 0, 0]

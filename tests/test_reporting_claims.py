@@ -1,4 +1,4 @@
-"""Claims as data (specs), their verdicts from hand-made per-query frames (core.claims), the report's intervals and
+"""Claims as data (specs), their verdicts from hand-made per-query frames (core.reporting.claims), the report's intervals and
 Claims section for a fake store, and the verdicts on the table's MLflow run."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Optuna study (core.tuning): tiny studies complete, resume, prune, record failures, share a journal between two
+"""Optuna study (core.tuning.run, .study, .trial): tiny studies complete, resume, prune, record failures, share a journal between two
 worker processes and log to MLflow; the validation split stays inside the training identities; bad input is
 refused before any trial runs."""
 from __future__ import annotations
