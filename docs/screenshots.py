@@ -1,5 +1,6 @@
 """Screenshots of what the suite's runs look like in MLflow's UI and in optuna-dashboard (docs/*.png, linked from
-the README), taken in headless Chromium with a fresh profile from a store made by the suite's own commands:
+docs/tracking.md and docs/tuning.md), taken in headless Chromium with a fresh profile from a store made by the
+suite's own commands:
 
     python reproduce/table1.py --rows 1 2 3 4 5 6 --epochs 2 --tracking-uri sqlite:///$S/mlflow.db \
         --set data.synthetic_size=tiny ...            # any tiny table run

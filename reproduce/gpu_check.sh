@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of README "Speed on a GPU", as one command, from the repository root on a CUDA machine:
+# The GPU measurements of docs/gpu.md "Speed on a GPU", as one command, from the repository root on a CUDA machine:
 #     bash reproduce/gpu_check.sh            (OUT=folder to choose where the logs go; PYTHON=... another python)
 # Needs torch, torchvision, numpy, scipy, pillow, pyyaml, tqdm; not mlflow or optuna. About 10 minutes on one H100.
 # 1. python -m core.bench train: ResNet-50, 256x128, the paper's batch (64 clips x 4 frames), bf16: step, end to
