@@ -347,7 +347,7 @@ def resolve_row(layers: Sequence[Layer], where: str) -> RunConfig:
     cfg = apply_overrides(RunConfig(), merged(layers), where)
     if cfg.data.dataset in PAPER_DATASETS and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"{where}: key 'data.root' is {cfg.data.root!r}, which is not a folder; it must hold "
-                          f"the downloaded {DATASET_NAMES[cfg.data.dataset]} dataset (README: real datasets)")
+                          f"the downloaded {DATASET_NAMES[cfg.data.dataset]} dataset (docs/gpu.md)")
     return cfg
 
 

@@ -119,7 +119,7 @@ def bench_variant(cfg: RunConfig, device: torch.device, iters: int, warmup: int,
         tracklets *= -(-EXTRACT_MIN_FRAMES // (len(tracklets) * cfg.eval.seq_len))
     # warm-up: one full batch and one of the last batch's size, so cuDNN autotunes both shapes untimed. (On an H100
     # this figure still read ~1.8k frames/s against 5-7k for the same call in a standalone script: cause unknown,
-    # README "Speed on a GPU".)
+    # docs/gpu.md "Speed on a GPU".)
     extract_features(model, tracklets[:cfg.eval.batch_size + len(tracklets) % cfg.eval.batch_size], **kwargs)
     _sync(device)
     t0 = time.perf_counter()

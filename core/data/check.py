@@ -13,7 +13,7 @@ from core.config import Dataset, SyntheticSize
 from core.data.base import DatasetError, VideoDataset
 
 # the synthetic preset and seed the tables use without flags (experiments/profiles.yaml, profile cpu); keep in step
-# (tests/test_newcomer.py checks it against the profile)
+# (tests/test_data_check.py checks it against the profile)
 TABLE_PRESET, TABLE_SEED = "occluded", 0
 PRESET_NAMES = typing.get_args(SyntheticSize)             # core.data.synthetic.PRESETS' names
 

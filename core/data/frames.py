@@ -6,7 +6,7 @@ signature and ends with its IEND chunk. A zero-byte file, a truncated copy, a li
 broken symlink or a symlink to something that is not an image (anywhere, inside the tree or not) is refused in one
 DatasetError naming the first such file, why, and how many there are. Full decoding is ``python -m core.data.check
 --decode`` (slow on real datasets); this check reads two small pieces of each file: its cost on a MARS-sized tree is
-measured by ``python -m core.bench data`` (README, Reliability).
+measured by ``python -m core.bench data`` (docs/reliability.md).
 """
 from __future__ import annotations
 
