@@ -433,7 +433,7 @@ def uses_pretraining(cfg: RunConfig) -> bool:
 
 
 # Fields that do not change what a run computes (how fast, how often it is saved), left out of config_hash.
-# The number of GPUs is not a config field at all (a run tag): 1 or G GPUs train the same batches [issue 9].
+# The number of GPUs is not a config field at all (a run tag): 1 or G GPUs train the same batches.
 def config_hash(cfg: RunConfig, sections: tuple[str, ...] = ("data", "model", "loss", "train", "eval")) -> str:
     """Stable short hash of the chosen sections (used to reuse finished runs and checkpoints).
 

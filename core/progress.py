@@ -1,4 +1,4 @@
-"""Progress bars: the only module that imports tqdm (issue 13, "--quiet must silence every progress bar; when
+"""Progress bars: the only module that imports tqdm ("--quiet must silence every progress bar; when
 output is not a terminal, a line per stage or per epoch is enough").
 
 ``bar(iterable, desc, enabled, ...)`` returns

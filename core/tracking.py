@@ -476,12 +476,12 @@ def runs_frame(experiment: str) -> pd.DataFrame:
 
 def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """A search_runs frame with its metric columns under their flat names (core.record.flat: 'metrics.interval/
-    R1_ci_low' -> 'metrics.R1_ci_low'), so runs logged before issue 23 (flat keys) and after read alike; where
+    R1_ci_low' -> 'metrics.R1_ci_low'), so runs logged with flat keys (older stores, CHANGELOG.md) and with sections read alike; where
     both kinds of run are in one frame, their values share one column."""
     names = {c: "metrics." + record.flat(c[len("metrics."):]) if c.startswith("metrics.") else c
              for c in frame.columns}
     columns: dict[str, pd.Series] = {}
-    for col in frame.columns:          # a flat name logged before issue 23 and its sectioned key: one column
+    for col in frame.columns:          # a flat name (older stores) and its sectioned key: one column
         name = names[col]
         columns[name] = columns[name].combine_first(frame[col]) if name in columns else frame[col]
     return pd.DataFrame(columns, index=frame.index)

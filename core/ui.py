@@ -1,6 +1,6 @@
 """Open the suite's MLflow store in MLflow's own UI on its runs table: ``python reproduce/ui.py``.
 
-Why a command and not a setting of the store (issue 23, item 1): MLflow 3.17's UI ignores the experiment tag
+Why a command and not a setting of the store: MLflow 3.17's UI ignores the experiment tag
 ``mlflow.experimentKind``. Its bundled JavaScript (mlflow/server/js/build/static/js/main.*.js, the hook that reads
 that tag) returns the kind picked by the "workflow type" instead, behind a flag that is compiled in as on: the
 ``workflowType`` URL parameter (``genai`` | ``machine_learning``), else the browser's localStorage key

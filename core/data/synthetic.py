@@ -20,7 +20,7 @@ tracklet of its identity in another camera, so it has a valid match with either 
 `small` (the base of `occluded`, the cpu profile's data) has 224 extra test identities (Preset.extra_test_ids) and 8x the distractors and
 junk of VERSION 1, so its test split is 8x as large (seed 0: 256 identities, 425 queries, 1,230 gallery tracklets) and
 a 95 % cluster-bootstrap interval (clusters: query identities) on the cpu profile's R1 or mAP is +-1-2.5 points
-instead of +-5-11 (issue 11); its train split is VERSION 1's, byte for byte.
+instead of +-5-11; its train split is VERSION 1's, byte for byte.
 
 `occluded` (VERSION 3) is `small`'s plan and frames with region damage added (Preset.damage, render.RegionDamage),
 drawn and painted from a stream of its own, so every pixel beyond the camera blur's reach of the damage is small's:

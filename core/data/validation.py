@@ -13,7 +13,7 @@ against a gallery in one of two ways (``queries``, spec key ``validation.queries
   would take them from every trial's training set. The number of identities (the clusters of the bootstrap,
   ``core.evaluation.bootstrap``) is unchanged: the report's interval says how much that buys.
 * ``one``: each held-out identity gives one query tracklet (drawn with the same seed among its tracklets) and the
-  rest of its tracklets as the gallery (the split before issue 11): few queries, a noisy objective.
+  rest of its tracklets as the gallery (the split of the first studies): few queries, a noisy objective.
 
 The remaining identities are relabelled 0..C'-1 and are the training set of every trial. Query/gallery identities
 are the held-out training labels + 1, so that no real identity uses 0 (the distractor label of MARS-layout test

@@ -1,4 +1,4 @@
-"""The attention audit of an STA model on its test split (issue 14; the maths: core.evaluation.attention_audit).
+"""The attention audit of an STA model on its test split (the maths: core.evaluation.attention_audit).
 
 Collection: the evaluation's own extraction hands every batch to a ClipCollector (extract_features(collect=...)),
 so the trained model is read once. It keeps, per test clip, the owner tracklet, the clip's number within it

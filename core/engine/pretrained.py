@@ -32,8 +32,7 @@ from core.models import build_model
 WEIGHTS = "backbone.pt"      # the backbone's state dict (model.backbone.state_dict())
 RECORD = "pretrain.json"     # the stage's config, hash, provenance and per-epoch figures
 STAGE_VERSION = 1            # bump when the stage's recipe changes in code (not in config): a new hash, a new stage
-CACHE = Path(".cache")
-INITS = ("imagenet", "synthetic")  # model.init: build_model loads ImageNet weights, start_model the stage's       # under the working folder, beside the synthetic trees
+CACHE = Path(".cache")       # under the working folder, beside the synthetic trees
 
 
 class PretrainMissingError(RuntimeError):

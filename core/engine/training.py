@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from core import interrupt
-from core.config import RunConfig, config_hash, to_dict
+from core.config import Optimizer, RunConfig, config_hash, to_dict
 from core.data import VideoDataset
 from core.data.clips import make_train_stream
 from core.data.normalize import normalize_clips
@@ -180,9 +181,6 @@ def _advice(cfg: RunConfig, ckpt_path: Path, saved: int | None) -> str:
             f"train.lr (now {cfg.train.lr:g}) or loss.reg_weight (now {cfg.loss.reg_weight:g})")
 
 
-OPTIMIZERS = ("adam", "sgd")  # train.optimizer: make_optimizer's branches
-
-
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     """train.optimizer: Adam (the paper) or SGD with Nesterov momentum, lr and weight decay of cfg.train."""
     t = cfg.train
@@ -190,7 +188,7 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: {', '.join(typing.get_args(Optimizer))}")
 
 
 def train(cfg: RunConfig, dataset: VideoDataset, run_dir: str | Path,

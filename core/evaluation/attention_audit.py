@@ -1,4 +1,4 @@
-"""The attention audit's maths (issue 14): how far STA's scores are from uniform, and whether they (and the Eq. 1
+"""The attention audit's maths: how far STA's scores are from uniform, and whether they (and the Eq. 1
 maps) rank clean region-frames above occluded ones. Plain numpy functions; the engine collects the inputs
 (core.engine.audit).
 

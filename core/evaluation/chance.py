@@ -1,4 +1,4 @@
-"""Chance level: the expected CMC, R1..R20 and mAP of a uniformly random ranking of a split [A15] (issue 21).
+"""Chance level: the expected CMC, R1..R20 and mAP of a uniformly random ranking of a split [A15].
 
 Exact (closed forms, no sampling), numpy arithmetic. The rules are ``core.evaluation.metrics``': for a query,
 gallery items of its identity AND camera are ignored, junk (identity -1) is ignored, distractors (identity 0) and

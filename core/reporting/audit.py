@@ -68,7 +68,7 @@ def audit_reading(label: str, sel: pd.DataFrame) -> str | None:
 
 
 def audit_lines(spec: Spec, runs: pd.DataFrame, datasets: list[str]) -> list[str]:
-    """The report's attention audit (issue 14; core.engine.audit): one line per STA row and dataset."""
+    """The report's attention audit (core.engine.audit): one line per STA row and dataset."""
     table, readings = [], []
     for ds in datasets:
         for row in spec.run_rows:

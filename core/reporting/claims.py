@@ -1,4 +1,4 @@
-"""Every report number with its 95 % interval, every paper claim with a verdict (issue 11), from the runs' per-query
+"""Every report number with its 95 % interval, every paper claim with a verdict, from the runs' per-query
 results (the MLflow artifact PER_QUERY; columns of core.evaluation.scoring.PER_QUERY_COLUMNS).
 
 Interval of a report cell (one row, protocol and metric; core.evaluation.bootstrap, resampling query identities):

@@ -196,12 +196,12 @@ def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wa
     if stored != json.loads(json.dumps(space)):
         raise ConfigError(f"{where} exists with another search space: stored {stored}, {plan.spec.path} gives "
                           f"{space}; use another --study-name or the spec the study was created with")
-    stored = {"queries": "one", **study.user_attrs.get("validation", {})}    # studies before issue 11: one
+    stored = {"queries": "one", **study.user_attrs.get("validation", {})}    # older studies: one (CHANGELOG.md)
     if stored != _validation_key(plan.spec):
         raise ConfigError(f"{where} exists with another validation split {stored}; {plan.spec.path} gives "
                           f"{_validation_key(plan.spec)}; use another --study-name or the spec's validation keys "
                           f"the study was created with")
-    if "base_config" in study.user_attrs:      # a study created before issue 23: the whole config
+    if "base_config" in study.user_attrs:      # an older study: the whole config (CHANGELOG.md)
         old = {k: v for k, v in study.user_attrs["base_config"].items() if k not in study_neutral_keys(report=False)}  # older: more
         new = base
     elif study.user_attrs.get("base_config_hash") == _hash(base):
