@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Sequence
 
 from core import record
