@@ -106,24 +106,54 @@ PRETRAIN_HASH, PRETRAIN_RUN = tag_col("pretrain_hash"), tag_col("pretrain_run")
 GIT_COMMIT, GIT_DIRTY, DEVICE = tag_col("git_commit"), tag_col("git_dirty"), tag_col("device")
 
 
-def param(run: Mapping[str, Any], key: str) -> Any:
-    """A run's config value `key` read back typed (MLflow keeps params as text: 'True' -> True, '[15]' -> (15,),
-    'None' -> None); None where the run did not log it."""
-    text = run.get(param_col(key))
+def typed(key: str, text: Any) -> Any:
+    """A config value as MLflow keeps it (text: 'True', '[15]', 'None', '0.3') read back with the type of its field;
+    None for a missing value; the text itself for a param that is no config key ('trial.number', 'label') or a value
+    of another type."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None
-    hint = field_type(key)
+    try:
+        hint = field_type(key)
+    except (KeyError, ValueError):
+        return text
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if text == "None":
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is bool:
-        return {"True": True, "False": False}.get(str(text))
-    if hint in (int, float):
-        return hint(text)
-    if typing.get_origin(hint) is tuple:
-        return tuple(ast.literal_eval(str(text)))
+    try:
+        if hint is bool:
+            return {"True": True, "False": False}[str(text)]
+        if hint in (int, float):
+            return hint(text)
+        if typing.get_origin(hint) is tuple:
+            return tuple(ast.literal_eval(str(text)))
+    except (KeyError, ValueError, SyntaxError):
+        return text                       # not what this suite logs for the key: shown as it is
     return str(text)
+
+
+def param(run: Mapping[str, Any], key: str) -> Any:
+    """A run's config value `key` from its columns (a row of core.tracking.runs_frame), typed (see typed())."""
+    return typed(key, run.get(param_col(key)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """A run as the suite reads it back (core.tracking.find_runs): id, name, status, its config with typed values
+    (flat keys; params that are no config key stay text), its tags, its metrics under their flat names."""
+    run_id: str
+    name: str
+    status: str
+    config: Mapping[str, Any]
+    tags: Mapping[str, str]
+    metrics: Mapping[str, float]
+
+    @classmethod
+    def of(cls, run_id: str, name: str, status: str, params: Mapping[str, str], tags: Mapping[str, str],
+           metrics: Mapping[str, float]) -> RunRecord:
+        """From what MLflow stores: params as text, metric keys with their sections."""
+        return cls(run_id, name, status, {k: typed(k, v) for k, v in params.items()}, dict(tags),
+                   {flat(k): v for k, v in metrics.items()})
 
 
 def _headline_ci(name: str) -> bool:

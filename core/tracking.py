@@ -544,13 +544,16 @@ def run_url(run_id: str) -> str:
     return f"{endpoints.shown(base)}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def find_runs(experiment: str, filter_string: str) -> list:
-    """Runs of `experiment` matching an MLflow filter (e.g. "tags.kind = 'test' and tags.study = 's'"), newest first."""
+def find_runs(experiment: str, filter_string: str) -> list[record.RunRecord]:
+    """Runs of `experiment` matching an MLflow filter (e.g. "tags.kind = 'test' and tags.study = 's'"), newest first,
+    as typed records."""
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    return MlflowClient().search_runs([exp.experiment_id], filter_string, max_results=1000,
+    runs = MlflowClient().search_runs([exp.experiment_id], filter_string, max_results=1000,
                                       order_by=["attributes.start_time DESC"])
+    return [record.RunRecord.of(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.tags,
+                                r.data.metrics) for r in runs]
 
 
 def name_run(run_id: str, name: str, tags: Mapping[str, Any] | None = None) -> None:

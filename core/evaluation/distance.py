@@ -15,7 +15,7 @@ import torch
 
 from core.config import Distance
 
-METRICS = typing.get_args(Distance)  # euclidean | cosine
+DISTANCES = typing.get_args(Distance)  # euclidean | cosine
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ def pairwise_distance(q, g, metric: str = "euclidean", chunk: int = 2048, device
     Returns:
         float32 tensor of shape [m, n] on the compute device.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    if metric not in DISTANCES:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(DISTANCES)}")
     q = as_tensor(q, device)
     g = as_tensor(g, q.device)
     if layout is not None:

@@ -65,12 +65,10 @@ def _name_test_runs(plan: Plan, out: dict[str, dict]) -> None:
         roles.setdefault(res.get("mlflow_run_id") or "", []).append(label)
     study_tag = plan.study_name.replace("\\", "\\\\").replace("'", "\\'")
     for run in tracking.find_runs(plan.experiment, f"tags.kind = 'test' and tags.study = '{study_tag}'"):
-        labels = roles.get(run.info.run_id, [])
-        params = run.data.params
-        try:
-            lam, margin = float(params["loss.reg_weight"]), float(params["loss.margin"])
-        except (KeyError, ValueError):
+        labels = roles.get(run.run_id, [])
+        lam, margin = run.config.get("loss.reg_weight"), run.config.get("loss.margin")
+        if not (isinstance(lam, float) and isinstance(margin, float)):
             continue
         name = record.test_run_name(labels, lam, margin)
-        if run.info.run_name != name:
-            tracking.name_run(run.info.run_id, name, {"label": " = ".join(labels) or "earlier best"})
+        if run.name != name:
+            tracking.name_run(run.run_id, name, {"label": " = ".join(labels) or "earlier best"})
