@@ -21,9 +21,11 @@ Runs are tagged ``worker=<host>:<pid>``; ``end_orphaned_runs`` marks KILLED the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import urllib.parse
@@ -70,6 +72,7 @@ URI_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https"
 # value its UI names CUSTOM_MODEL_DEVELOPMENT opens the runs table (mlflow/server/js ExperimentKind, MLflow 3.x)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"             # the description MLflow shows on an experiment's (or run's) page
+UI_HOST, UI_PORT = "127.0.0.1", 5000          # where reproduce/ui.py serves MLflow's UI (core.ui), the run URLs
 SETTLE_S = 1.0                               # wait before workers that created a study's parent run pick one
 
 logging.getLogger("alembic").setLevel(logging.WARNING)   # the SQLite store's schema migrations are chatty
@@ -338,7 +341,6 @@ def log_datasets(cfg: RunConfig, dataset) -> None:
     """The run's training and test data as MLflow dataset inputs (contexts 'training' and 'test'), so the runs
     table's Dataset column and filter show them: name '<dataset>/<synthetic size or folder name>/<split>', source
     the data's folder, digest a hash of the data config's identity and the split's tracklet and frame counts."""
-    import hashlib
 
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
@@ -510,7 +512,6 @@ def log_report(experiment: str, report: str | Path) -> str | None:
     """The table's report (reports/tableN.md) and the figures it links (figures/...png) as artifacts REPORT/ of the
     latest table run of `experiment` (the invocation's parent run); returns its run id (None without one).
     Rebuilding a report logs it again (the files are replaced)."""
-    import re
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
@@ -537,9 +538,8 @@ def suite_experiments() -> list[tuple[str, str, bool]]:
 def run_url(run_id: str) -> str:
     """The run's page in MLflow's UI: on the tracking server for an http(s) store, else where reproduce/ui.py serves
     it (http://127.0.0.1:5000), in the model-training view."""
-    from core import ui
     uri = mlflow.get_tracking_uri()
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://{ui.HOST}:{ui.DEFAULT_PORT}"
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://{UI_HOST}:{UI_PORT}"
     exp_id = MlflowClient().get_run(run_id).info.experiment_id
     return f"{endpoints.shown(base)}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 

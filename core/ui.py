@@ -22,10 +22,9 @@ import urllib.parse
 import urllib.request
 from typing import Sequence
 
-from core import record
+from core import endpoints, record, tracking
+from core.config import ConfigError
 
-HOST = "127.0.0.1"
-DEFAULT_PORT = 5000
 
 
 def runs_url(base: str, experiment_id: str, shared_view: bool = True, chart: bool = False) -> str:
@@ -42,16 +41,14 @@ def runs_url(base: str, experiment_id: str, shared_view: bool = True, chart: boo
 
 def experiment_urls(base: str) -> list[tuple[str, str]]:
     """(experiment name, runs URL) of every suite experiment ('STA ...') in the configured store."""
-    from core import tracking
     return [(name, runs_url(base, exp_id, shared_view=has_view)) for exp_id, name, has_view in
             tracking.suite_experiments()]
 
 
 def server_command(uri: str, port: int) -> list[str]:
     """`mlflow server` on the store `uri`, bound to 127.0.0.1, new experiments' artifacts beside the store."""
-    from core import tracking
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", HOST, "--port", str(port), "--workers", "1"]   # one user: one worker starts fastest
+           "--host", tracking.UI_HOST, "--port", str(port), "--workers", "1"]   # one user: one worker starts fastest
     root = tracking.artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
@@ -78,12 +75,10 @@ def wait_until_up(base: str, timeout_s: float = 180.0, proc: subprocess.Popen | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core import endpoints, tracking
-    from core.config import ConfigError
     ap = argparse.ArgumentParser(description="Start MLflow's UI on the suite's store (127.0.0.1) and print the URL "
                                              "of each experiment's runs table.")
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    ap.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--port", type=int, default=tracking.UI_PORT)
     ap.add_argument("--print-only", action="store_true", help="print the URLs of a server already running")
     args = ap.parse_args(argv)
     try:
@@ -94,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if uri.startswith(("http://", "https://")):
         base, proc = uri.rstrip("/"), None           # a tracking server: its own UI
     else:
-        base = f"http://{HOST}:{args.port}"
+        base = f"http://{tracking.UI_HOST}:{args.port}"
         proc = None if args.print_only else subprocess.Popen(server_command(uri, args.port), env=server_env())
     try:
         if proc is not None:

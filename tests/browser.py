@@ -67,8 +67,8 @@ def log_table_store(uri: str, rows: tuple[int, ...] = (1, 2, 3, 6)) -> str:
 @contextlib.contextmanager
 def ui_server(uri: str, port: int, log: Path) -> Iterator[str]:
     """reproduce/ui.py's server (core.ui.server_command: 127.0.0.1, telemetry off) on `uri`; yields its URL."""
-    from core import ui
-    base = f"http://{ui.HOST}:{port}"
+    from core import tracking, ui
+    base = f"http://{tracking.UI_HOST}:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen(ui.server_command(uri, port), env=ui.server_env(), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)   # its own group: uvicorn too
