@@ -1,6 +1,8 @@
 """Command line of reproduce/tableN.py, reproduce/report.py and reproduce/tune.py (argument parsing only; the work is
-in core.tables and core.tuning). The flags both pipelines share (dataset, profile, device; --set, stores, folders) are
-added by add_data_flags and add_store_flags."""
+in core.tables and core.tuning.run). The flags both pipelines share (dataset, profile, device; --set, stores, folders)
+are added by add_data_flags and add_store_flags. The pipelines are imported inside the commands, after the flags are
+parsed and checked: `--help`, `--show-config` and a bad flag answer without loading torch, mlflow or optuna
+(tests/test_cli.py, tests/test_layers.py)."""
 from __future__ import annotations
 
 import argparse
