@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-METRICS = ("R1", "R5", "R10", "R20", "mAP")
+from core.record import METRICS
+
 LEVEL = 0.95
 
 
