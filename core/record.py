@@ -44,7 +44,7 @@ from typing import Any, Mapping
 
 from core.config import PretrainConfig, field_type
 
-# ---- metrics -------------------------------------------------------------------------------------------------
+# ---- metrics -----------------------------------------------------------------------------------------------------
 METRICS = ("R1", "R5", "R10", "R20", "mAP")      # what every run computes [A14]; percent in MLflow
 CI_SUFFIXES = ("_ci_low", "_ci_high")        # bootstrap interval bounds of a metric (core.evaluation.bootstrap)
 EPOCH_WALL_S = "epoch_wall_s"     # per epoch (step = epoch): wall clock between the ends of two epochs
@@ -65,7 +65,7 @@ def is_percent(name: str) -> bool:
     return name.rsplit("_", 1)[-1] in METRICS
 
 
-# ---- artifacts -----------------------------------------------------------------------------------------------
+# ---- artifacts ---------------------------------------------------------------------------------------------------
 PER_QUERY = "per_query.parquet"    # a row or test run: core.evaluation.PER_QUERY_COLUMNS, one row per (protocol,
                                    # reranked, query); the reports' intervals and verdicts come from it
 VAL_PER_QUERY = "val_per_query.parquet"   # a trial run: its last validation's per-query outcomes
@@ -75,15 +75,14 @@ CONFIG = "config.json"             # every run: its resolved config, nested (cor
 CLAIMS = "claims.json"             # a table's parent run: core.reporting.report.claim_records
 REPORT = "report"                  # artifact folder of a table's parent run: tableN.md, figures/
 
-# ---- tags ----------------------------------------------------------------------------------------------------
-KIND = "kind"                      # what a run is: one of the kinds below
+# ---- the values of the tag "kind" (what a run is) ----------------------------------------------------------------
 ROW_KIND, TABLE_KIND = "row", "table"        # a table row and seed / an invocation's parent run
 STUDY_KIND, TRIAL_KIND, TEST_KIND = "study", "trial", "test"     # an Optuna study's parent run / trial / test run
 PRETRAIN_KIND = "pretrain"         # a pretraining stage (experiment PRETRAIN_EXPERIMENT, tag stage_hash)
 PRETRAIN_EXPERIMENT = "STA pretraining"
 
 
-# ---- a run as core.tracking.runs_frame gives it (mlflow.search_runs, metric keys flat) -------------------------
+# ---- a run as core.tracking.runs_frame gives it (mlflow.search_runs, metric keys flat) ---------------------------
 
 def metric_col(name: str) -> str:
     """The column of a flat-named metric: 'R1' -> 'metrics.R1'."""
@@ -205,7 +204,7 @@ def keyed(metrics: Mapping[str, float]) -> dict[str, float]:
     return {key(k): v for k, v in metrics.items()}
 
 
-# ---- params: the knobs a run's model does not use --------------------------------------------
+# ---- params: the knobs a run's model does not use ----------------------------------------------------------------
 # (flat config keys, why they do nothing, when): logged in the config.json artifact and the config hash, but not as
 # MLflow params, so Compare's "Show diff only" shows only differences that change the model or the loss
 _INERT: tuple[tuple[tuple[str, ...], str, Any], ...] = (
@@ -235,7 +234,7 @@ def inert(flat_config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-# ---- run names: they differ in their first characters ------------------------------------------
+# ---- run names: they differ in their first characters ------------------------------------------------------------
 
 def row_run_name(table: str, index: int, label: str, seed: int) -> str:
     """'T1.3 Baseline + TL + Avg · seed 0': the table and row index first, so truncated names still differ."""
@@ -254,7 +253,7 @@ def test_run_name(labels: list[str], lam: float, margin: float) -> str:
     return f"test: {' = '.join(labels) or 'earlier best'} (λ={lam:g}, m={margin:g})"
 
 
-# ---- the runs table's columns: an experiment's shared view ----------------------------------
+# ---- the runs table's columns: an experiment's shared view -------------------------------------------------------
 # MLflow 3.17 shows Source, Models and Dataset by default, no result. A view saved as the experiment tag
 # 'mlflow.sharedViewState.<key>' (JSON: search facets and UI state, as its "Share" button writes it) opens with the URL
 # parameter viewStateShareKey=<key> (core.ui.runs_url): rows flat (a filter and an order other than the start time

@@ -332,7 +332,7 @@ def log_config(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> None:
         for k, reason in unused.items():
             why.setdefault(reason, []).append(k)
         mlflow.set_tag("inert_params", "; ".join(f"{', '.join(ks)} ({r})" for r, ks in why.items()))
-    mlflow.log_dict(to_dict(cfg), "config.json")
+    mlflow.log_dict(to_dict(cfg), record.CONFIG)
     if extra is not None:
         mlflow.log_dict(dict(extra), "spec_row.json")
 
@@ -396,7 +396,7 @@ def log_result(result, logged_by: _EpochLogger | None = None, extra_metrics: Map
     mlflow.log_metrics(record.keyed({**metrics, **(extra_metrics or {})}))
     chance = getattr(result, "chance_cmc", ())     # the split's chance level (core.evaluation.chance)
     mlflow.log_dict({"rank": list(range(1, len(result.cmc) + 1)), "cmc": [100.0 * float(c) for c in result.cmc],
-                     **({"chance": [100.0 * float(c) for c in chance]} if len(chance) else {})}, "cmc.json")
+                     **({"chance": [100.0 * float(c) for c in chance]} if len(chance) else {})}, record.CMC)
     log_table(result.per_query, PER_QUERY)
 
 

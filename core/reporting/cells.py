@@ -87,8 +87,8 @@ def fmt_delta(v: float | None) -> str:
 def comparison_frame(spec: Spec, runs: pd.DataFrame, ds: str, protocol: str | None = None,
                      load_table: LoadTable | None = None, notes: list[str] | None = None) -> pd.DataFrame:
     """One dataset under one protocol (named in the table's caption, table_caption, not in its columns): per
-    metric this run's number with its 95 % interval (core.reporting.claims), and on a paper dataset the paper's number and
-    Δ beside it (synthetic runs are not comparable with the paper: no paper columns, and rows the suite does not
+    metric this run's number with its 95 % interval (core.reporting.claims), and on a paper dataset the paper's number
+    and Δ beside it (synthetic runs are not comparable with the paper: no paper columns, and rows the suite does not
     run are left out), then the number of queries without a valid match. The first line is the split's chance
     level (core.evaluation.chance, logged per run). `protocol`: None for the headline metrics (R1 …), else a name
     of core.protocols (official_R1 …). A cell without an interval gets a footnote mark whose reason is appended
@@ -146,7 +146,8 @@ def table_caption(spec: Spec, runs: pd.DataFrame, ds: str, protocol: str | None)
         head, what = f"**Protocol `{protocol}` — {run_header(ds)}**", protocols.named(ds)[protocol].describe(ds)
     else:
         heads = sorted({protocols.headline(ds, record.param(r, "data.gallery_with_queries") is True,
-                                           str(r.get(record.param_col("eval.ap_rule")))).describe(ds) for _, r in sub.iterrows()})
+                                           str(record.param(r, "eval.ap_rule"))).describe(ds)
+                        for _, r in sub.iterrows()})
         tag = protocol_tag(runs, ds, None)
         head = f"**Headline protocol — {run_header(ds)}**"
         what = ("" if tag == "headline" else f"= `{tag}`: ") + " / ".join(heads)

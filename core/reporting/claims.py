@@ -182,8 +182,8 @@ def judge(sel_row: pd.DataFrame, sel_beaten: pd.DataFrame, metric: str, load_tab
 
 
 def evaluate_claims(spec: Spec, runs: pd.DataFrame, ref: str, load_table: LoadTable | None) -> list[Verdict]:
-    """Verdicts of every claim of `spec` from one profile's and dataset's selected runs (core.reporting.select.select_runs);
-    the paper's differences from its numbers on dataset `ref`."""
+    """Verdicts of every claim of `spec` from one profile's and dataset's selected runs
+    (core.reporting.select.select_runs); the paper's differences from its numbers on dataset `ref`."""
     paper = {r.label: r.paper.get(ref, {}) for r in spec.rows}
     out, k = [], 0
     for claim in spec.claims:

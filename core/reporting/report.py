@@ -9,9 +9,8 @@ every run; core.evaluation.chance). Synthetic runs (MARS layout) are labelled sy
 beside the paper. The section opens with what the runs ran, from their logged configs (data preset, split sizes,
 model, epochs, …), and the keys in which they depart from their profile's declared settings. Every number of
 this run carries its 95 % bootstrap interval and every claim of the spec (``claims:``) a verdict, both computed from
-the runs' per-query results (core.reporting.claims); a run logged before those were kept shows its number without one. Per
-row and seed
-the report takes the latest used FINISHED run (a reused run is stamped `used_at`); a row averages only runs whose
+the runs' per-query results (core.reporting.claims); a run logged before those were kept shows its number without one.
+Per row and seed the report takes the latest used FINISHED run (a reused run is stamped `used_at`); a row averages only runs whose
 resolved configs equal that of its latest used run apart from the seed; the others are listed as left out. No
 mlflow import here: artifacts come through the `load_json(run_id, name)` (JSON) and `load_table(run_id, name)`
 (Parquet, a DataFrame) callables, each returning None for a missing artifact.
@@ -161,7 +160,7 @@ def _figures(spec: Spec, runs: pd.DataFrame, ds: str, load_json: LoadJson | None
     curves, chance_cmc, clips, clip_row = {}, None, None, ""
     for r in spec.run_rows:
         sel = runs[runs[record.ROW] == r.label]
-        found = [c for c in (load_json(rid, "cmc.json") for rid in sel["run_id"]) if c]
+        found = [c for c in (load_json(rid, record.CMC) for rid in sel["run_id"]) if c]
         if found:
             curves[r.label] = np.mean(np.array([c["cmc"] for c in found], dtype=float), axis=0).tolist()
             chance_cmc = chance_cmc or next((c["chance"] for c in found if c.get("chance")), None)

@@ -113,7 +113,7 @@ def headline_names(runs: pd.DataFrame, ds: str) -> set[str | None]:
     """The named protocol each run's headline metrics equal (None: another combination of the options)."""
     sub = runs[runs[record.DATASET] == ds]
     return {protocols.headline_name(ds, record.param(r, "data.gallery_with_queries") is True,
-                                    str(r.get(record.param_col("eval.ap_rule")))) for _, r in sub.iterrows()}
+                                    str(record.param(r, "eval.ap_rule"))) for _, r in sub.iterrows()}
 
 
 def protocol_tag(runs: pd.DataFrame, ds: str, protocol: str | None) -> str:

@@ -22,7 +22,7 @@ def protocol_lines(runs: pd.DataFrame, datasets: list[str], others: list[str]) -
         names = headline_names(runs, ds)
         named = protocols.named(ds)
         heads = sorted({protocols.headline(ds, record.param(r, "data.gallery_with_queries") is True,
-                                           str(r.get(record.param_col("eval.ap_rule")))).describe(ds)
+                                           str(record.param(r, "eval.ap_rule"))).describe(ds)
                         for _, r in runs[runs[record.DATASET] == ds].iterrows()})
         equal = f" = `{next(iter(names))}`" if len(names) == 1 and None not in names else ""
         out.append(f"- {run_header(ds)}, **headline**{equal} (MLflow `R1` … `mAP`; data.gallery_with_queries, "

@@ -149,7 +149,7 @@ class Compared:
     test_frames: dict[str, Any]             # "chosen" / "defaults" -> per-query frame of the test run, or None
 
 
-# ---- chosen vs defaults, from the trials' records and the per-query frames in MLflow ---------------------------
+# ---- chosen vs defaults, from the trials' records and the per-query frames in MLflow -----------------------------
 
 def best_record(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The best completed trial of core.tuning.study.trial_records: the highest value, the lowest number among

@@ -1,6 +1,7 @@
 """The tuning report, reports/<study>.md (``python reproduce/tune.py``), written from plain records: the resolved
 plan (core.tuning.spec.Plan), the study's trials and user attrs as dicts, the figures drawn and the paired comparisons
-(core.tuning.compare). Free of optuna and mlflow: core.tuning.study and core.tuning.run gather the records, this module words them, as
+(core.tuning.compare). Free of optuna and mlflow: core.tuning.study and core.tuning.run gather the records,
+this module words them, as
 core.reporting words the table reports from a DataFrame.
 """
 from __future__ import annotations

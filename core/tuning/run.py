@@ -69,7 +69,8 @@ def run_study(plan: Plan, tracking_uri: str | None = None, reports_dir: str | Pa
     test: dict[str, dict] = {}
     report = None
     described = tracking.describe(f"Optuna tuning of {plan.spec.table} row '{plan.spec.row}'", plan.spec.path)
-    view = record.runs_view("tags.kind = 'trial'", ["val_mAP_final", "val_mAP"], ["trial.lambda", "trial.margin"])
+    view = record.runs_view(f"tags.kind = '{record.TRIAL_KIND}'", ["val_mAP_final", "val_mAP"],
+                            ["trial.lambda", "trial.margin"])
     # the trials and test runs start from the pretraining stage (model.init=synthetic): cached or trained now, as
     # its own run, before the study's run is active; the study's run names it
     stages = pretraining.ensure_all([plan.config], progress)

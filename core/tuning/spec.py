@@ -145,7 +145,7 @@ def read_tune_spec(path: str | Path = DEFAULT_SPEC) -> TuneSpec:
                     report_every=every, budgets=budgets)
 
 
-# ---- the study a spec resolves to -----------------------------------------------------------------------------
+# ---- the study a spec resolves to --------------------------------------------------------------------------------
 
 def storage_location(storage: str | None, study_name: str, work_dir: str | Path = "runs") -> str:
     """The storage of a study: a URL, a journal file path, or by default <work_dir>/optuna/<study>.journal.

@@ -41,7 +41,7 @@ HEARTBEAT_S, GRACE_S = 60, 600          # RDB storages: heartbeat interval, sile
 OBJECTIVE = "val mAP (%)"    # the objective's name in the study (Study.set_metric_names) and in optuna-dashboard
 
 
-# ---- storage, sampler, budget -----------------------------------------------------------------------------------------
+# ---- storage, sampler, budget ------------------------------------------------------------------------------------
 
 def open_storage(location: str) -> optuna.storages.BaseStorage:
     """JournalStorage on a file (several local processes), else RDBStorage with a heartbeat: a trial whose worker
@@ -138,12 +138,11 @@ class StopAtBudget:
             study.stop()
 
 
-# ---- opening a study --------------------------------------------------------------------------------------------------
+# ---- opening a study ---------------------------------------------------------------------------------------------
 
 def _comparable_config(cfg: RunConfig) -> dict[str, Any]:
-    flat = to_flat_dict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()
-            if k not in study_neutral_keys() and k not in ("loss.reg_weight", "loss.margin")}
+    left_out = {*study_neutral_keys(), "loss.reg_weight", "loss.margin"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in to_flat_dict(cfg).items() if k not in left_out}
 
 
 def open_study(plan: Plan, pruner: optuna.pruners.BasePruner | None = None,
@@ -202,7 +201,8 @@ def _check_existing(study: optuna.Study, plan: Plan, space: dict, base: dict, wa
                           f"{_validation_key(plan.spec)}; use another --study-name or the spec's validation keys "
                           f"the study was created with")
     if "base_config" in study.user_attrs:      # an older study: the whole config (CHANGELOG.md)
-        old = {k: v for k, v in study.user_attrs["base_config"].items() if k not in study_neutral_keys(report=False)}  # older: more
+        machine = set(study_neutral_keys(report=False))      # may differ between workers
+        old = {k: v for k, v in study.user_attrs["base_config"].items() if k not in machine}
         new = base
     elif study.user_attrs.get("base_config_hash") == _hash(base):
         return
@@ -262,7 +262,7 @@ def _retried(trials) -> set[int]:
     return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
 
 
-# ---- running it, reading it back --------------------------------------------------------------------------------------
+# ---- running it, reading it back ---------------------------------------------------------------------------------
 
 def quiet(progress: bool) -> None:
     """Optuna's own log lines only with progress; its ExperimentalWarnings never (the APIs used are stable)."""
@@ -278,12 +278,13 @@ def optimize(study: optuna.Study, objective: Callable, n_trials: int, timeout: f
 
 
 def summary_tags(study: optuna.Study) -> dict[str, str]:
+    records = trial_records(study)
     counts = {s.name.lower(): 0 for s in (*ENDED_STATES, TrialState.RUNNING)}
-    for t in study.trials:
-        if t.state.name.lower() in counts:
-            counts[t.state.name.lower()] += 1
+    for t in records:
+        if t["state"] in counts:
+            counts[t["state"]] += 1
     tags = {f"trials_{k}": str(v) for k, v in counts.items()}
-    best = best_trial(study)
+    best = compare.best_record(records)
     if best is not None:
         lam, margin = lambda_margin(best["params"])
         tags.update(best_trial=str(best["number"]), best_lambda=f"{lam:g}", best_margin=f"{margin:g}",

@@ -35,7 +35,7 @@ def evaluate_on_test(study, best, plan: Plan, dataset, progress: bool = True) ->
         if found is not None and not _has_table(found.get("mlflow_run_id"), record.PER_QUERY):
             found = None     # evaluated before per-query outcomes were kept, or logged to another store: again
         if found is None:
-            tags = {"kind": "test", "study": plan.study_name, "label": label, "dataset": plan.dataset,
+            tags = {"kind": record.TEST_KIND, "study": plan.study_name, "label": label, "dataset": plan.dataset,
                     "profile": plan.profile, "config_hash": config_hash(cfg), **tracking.provenance_tags()}
             with tracking.child_run(record.test_run_name([label], lam, margin), tags) as run_id:
                 tracking.log_config(cfg, extra={"study": plan.study_name, "label": label, "trial": trial})
@@ -64,7 +64,7 @@ def _name_test_runs(plan: Plan, out: dict[str, dict]) -> None:
     for label, res in out.items():
         roles.setdefault(res.get("mlflow_run_id") or "", []).append(label)
     study_tag = plan.study_name.replace("\\", "\\\\").replace("'", "\\'")
-    for run in tracking.find_runs(plan.experiment, f"tags.kind = 'test' and tags.study = '{study_tag}'"):
+    for run in tracking.find_runs(plan.experiment, f"tags.kind = '{record.TEST_KIND}' and tags.study = '{study_tag}'"):
         labels = roles.get(run.run_id, [])
         lam, margin = run.config.get("loss.reg_weight"), run.config.get("loss.margin")
         if not (isinstance(lam, float) and isinstance(margin, float)):

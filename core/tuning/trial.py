@@ -45,8 +45,8 @@ class ValidationReporter:
     def evaluate(self, model, done: int) -> float:
         # the headline protocol only: a gallery made of the queries (validation.queries: all) has no "without the
         # queries" variant (the gao protocol), and the objective reads the headline mAP
-        ev = engine.evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg, progress=False,
-                            named_protocols=False)
+        ev = engine.evaluate_model(model, self.split.dataset.query, self.split.dataset.gallery, self.cfg,
+                                   progress=False, named_protocols=False)
         value = 100.0 * ev.metrics["mAP"]
         if not math.isfinite(value):     # never a score: the trial fails with this reason (Objective.__call__)
             raise FloatingPointError(f"validation mAP after epoch {done} is {value}; the trial is failed, not scored")
@@ -106,7 +106,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial, cfg: RunConfig, lam: float, margin: float) -> float:
         run_dir = engine.train_dir(cfg, self.plan.work_dir / "optuna" / self.plan.study_name / "trials")
-        tags = {"kind": "trial", "study": self.plan.study_name, "trial": str(trial.number),
+        tags = {"kind": record.TRIAL_KIND, "study": self.plan.study_name, "trial": str(trial.number),
                 "role": trial.user_attrs.get("role", "search"), "dataset": self.plan.dataset,
                 "profile": self.plan.profile, **tracking.provenance_tags()}
         pruned: optuna.TrialPruned | None = None
