@@ -25,8 +25,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from core.config import ConfigError, RunConfig, allowed_keys, apply_overrides, flatten_overrides
-from core.record import METRICS
 from core.layers import BASE, COMMAND_LINE, PRESET, PROFILE, ROW, TABLE_PROFILE, Layer, merged
+from core.record import METRICS
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 PROFILES_PATH = EXPERIMENTS / "profiles.yaml"
